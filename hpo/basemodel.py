@@ -1,0 +1,160 @@
+"""Base models: resolve a spec's ``model`` to something ``from_pretrained`` loads, and build the
+offline tiny GPT-2 (``hpo:tiny-gpt2``).
+
+The tiny model is a GPT-2 of 1.35M parameters (4 layers, 4 heads, width 128, 256 positions)
+with its own byte-level BPE tokenizer (4,096 tokens), pretrained for a fixed number of steps on
+the English text Python ships (``pydoc_data.topics``). It is deterministic from its seed, built
+once (about a minute on 2 cores) into ``$HPO_CACHE_DIR/models/`` (default ``~/.cache/hpo``),
+saved with ``save_pretrained`` and always used through ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from hpo.spec import TINY_MODEL
+
+log = logging.getLogger(__name__)
+
+RECIPE = "v1"  # bump when anything below changes the built model
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+# defaults in one block (nanoGPT style)
+VOCAB = 4096  # byte-level BPE vocabulary
+N_LAYER, N_HEAD, N_EMBD, N_POSITIONS = 4, 4, 128, 256
+BLOCK = 128  # pretraining block length
+BATCH = 16  # pretraining blocks per step
+STEPS = 300  # pretraining steps: ~60-90 s on 2 cores
+PEAK_LR, WARMUP = 1e-3, 30
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load chatter (progress bars, "loss_type=None" notes)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cache_dir() -> Path:
+    """Where hpo caches built models and prepared data (``$HPO_CACHE_DIR`` or ``~/.cache/hpo``)."""
+    return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "hpo")
+
+
+def resolve(model: str, seed: int = 0) -> str:
+    """What ``from_pretrained`` should load for a spec's ``model``: a directory or a hub id.
+
+    ``hpo:tiny-gpt2`` is built on first use; a local directory or hub id is returned as is.
+    """
+    if model == TINY_MODEL:
+        return str(tiny_gpt2(seed))
+    return model
+
+
+def tiny_gpt2(seed: int = 0) -> Path:
+    """The directory of the tiny pretrained GPT-2, building it first if it is not cached."""
+    out = cache_dir() / "models" / f"tiny-gpt2-{RECIPE}-seed{seed}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first build
+        if not (out / "config.json").is_file():
+            _build(out, seed)
+    return out
+
+
+def _texts() -> list[str]:
+    import pydoc_data.topics as topics
+
+    return [topics.topics[k] for k in sorted(topics.topics)]
+
+
+def _tokenizer(texts: list[str]):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=VOCAB, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS,
+        pad_token=PAD, model_max_length=N_POSITIONS,
+    )
+
+
+def _blocks(tok, texts: list[str]):
+    import torch
+
+    flat: list[int] = []
+    for ids in tok(texts)["input_ids"]:
+        flat.extend(ids)
+        flat.append(tok.eos_token_id)
+    n = len(flat) // BLOCK
+    return torch.tensor(flat[: n * BLOCK]).view(n, BLOCK)
+
+
+def _build(out: Path, seed: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    quiet_transformers()
+    t0 = time.time()
+    log.info("building %s (once; about a minute) into %s", TINY_MODEL, out)
+    torch.manual_seed(seed)
+    texts = _texts()
+    tok = _tokenizer(texts)
+    blocks = _blocks(tok, texts)
+    g = torch.Generator().manual_seed(seed)
+    blocks = blocks[torch.randperm(len(blocks), generator=g)]
+    n_val = max(8, len(blocks) // 20)
+    val, train = blocks[:n_val], blocks[n_val:]
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_positions=N_POSITIONS, n_embd=N_EMBD, n_layer=N_LAYER, n_head=N_HEAD,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+    )
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, weight_decay=0.01)
+    model.train()
+    for step in range(STEPS):
+        # 1. linear warmup, then cosine decay to 10% of the peak
+        warm = min(1.0, (step + 1) / WARMUP)
+        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / STEPS))
+        for group in opt.param_groups:
+            group["lr"] = PEAK_LR * warm * cos
+        # 2. one step on a seeded random batch of blocks
+        xb = train[torch.randint(0, len(train), (BATCH,), generator=g)]
+        loss = model(input_ids=xb, labels=xb).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        val_loss = float(model(input_ids=val, labels=val).loss)
+    _save(out, model, tok, {
+        "recipe": RECIPE, "seed": seed, "steps": STEPS, "params": sum(p.numel() for p in model.parameters()),
+        "val_loss": round(val_loss, 4), "build_s": round(time.time() - t0, 1),
+    })
+
+
+def _save(out: Path, model, tok, info: dict) -> None:
+    """Write into a temporary sibling, then rename: a crash never leaves a half-built model."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "hpo_build.json").write_text(json.dumps(info, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("built %s: %s", TINY_MODEL, info)

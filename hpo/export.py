@@ -1,0 +1,180 @@
+"""Export a trial's best checkpoint as a folder ``from_pretrained`` loads, with a model card.
+
+The folder is written beside its destination and renamed into place at the end, so a failed
+export leaves nothing half-written; a non-empty destination is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import storage as storage_mod
+from hpo.errors import UsageError
+from hpo.summary import best_complete
+
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+@dataclass
+class Exported:
+    """Where an export went and what it holds."""
+
+    path: str
+    study: str
+    trial: int
+    value: float | None
+    params: dict[str, Any]
+
+
+def export_best(
+    out: str | Path, study: str | None = None, storage: str | None = None, trial: int | None = None,
+    force: bool = False,
+) -> Exported:
+    """Write the best COMPLETE trial's (or trial ``trial``'s) best checkpoint to ``out``.
+
+    Raises:
+        UsageError: no finished trial, no such trial, its checkpoint was deleted, or ``out`` is a
+            file or a non-empty folder (without ``force``).
+    """
+    out = Path(out)
+    _check_destination(out, force)
+    loaded = storage_mod.load(study, storage)
+    spec = storage_mod.spec_of(loaded)
+    chosen = _choose(loaded, trial)
+    source = _checkpoint(chosen, loaded.study_name)
+    url = storage_mod.mask(storage_mod.resolve_url(storage))
+    info = _info(loaded.study_name, url, spec, chosen)
+    _write(source, out, info, force)
+    return Exported(str(out), loaded.study_name, chosen.number, chosen.value, info["hyperparameters"])
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} is not empty; choose another folder or add --force to replace it")
+
+
+def _choose(study, number: int | None) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        best = best_complete(trials, study.direction)
+        if best is None:
+            raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run `hpo run` first")
+        return best
+    for t in trials:
+        if t.number == number:
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+                raise UsageError(f"trial {number} is {t.state.name}; export a COMPLETE or PRUNED trial")
+            return t
+    raise UsageError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+
+
+def _checkpoint(trial: FrozenTrial, study_name: str) -> Path:
+    path = trial.user_attrs.get("checkpoint")
+    if not path or not Path(path).is_dir():
+        raise UsageError(
+            f"trial {trial.number} of {study_name!r} has no checkpoint on this machine "
+            f"({path or 'none recorded'}); only the best keep_top_k trials keep theirs"
+        )
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in Path(path).iterdir()):
+        raise UsageError(f"{path} holds no safetensors weights; hpo loads no pickled checkpoints")
+    return Path(path)
+
+
+def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]:
+    from hpo.space import complete
+
+    hyper = complete(trial.params, spec.space)
+    return {
+        "study": study_name,
+        "storage": url,
+        "trial": trial.number,
+        "state": trial.state.name,
+        "objective": {"metric": spec.objective.metric, "direction": spec.objective.direction, "value": trial.value},
+        "best_eval_loss": trial.user_attrs.get("best_eval_loss"),
+        "best_perplexity": trial.user_attrs.get("best_perplexity"),
+        "best_epoch": trial.user_attrs.get("best_epoch"),
+        "hyperparameters": hyper,
+        "base_model": spec.model,
+        "data": spec.data.model_dump(),
+        "seed": spec.seed,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "reproduce": [
+            f"hpo export --storage {url} --study {study_name} --trial {trial.number} --out DIR",
+        ],
+    }
+
+
+def _write(source: Path, out: Path, info: dict[str, Any], force: bool) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "hpo.json").write_text(json.dumps(info, indent=1, default=str))
+        (tmp / "README.md").write_text(model_card(info))
+        if out.exists():
+            if not force:  # appeared meanwhile
+                raise UsageError(f"--out {out} appeared while exporting; add --force to replace it")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """A Hugging Face style README.md with YAML metadata for the exported model."""
+    hp = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                   for k, v in info["hyperparameters"].items())
+    obj = info["objective"]
+    value = f"{obj['value']:.4f}" if isinstance(obj["value"], float) else obj["value"]
+    ppl = info.get("best_perplexity")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+base_model: {info['base_model']}
+tags: [hpo, causal-lm, fine-tuned]
+---
+# {info['study']} — trial {info['trial']}
+
+Fine-tuned from `{info['base_model']}` on `{info['data']['path']}` ({info['data']['format']}),
+chosen by an hpo study (`{info['study']}` in `{info['storage']}`, trial {info['trial']}, {info['state']}).
+
+## Metrics (validation)
+| metric | value |
+| --- | --- |
+| {obj['metric']} ({obj['direction']}) | {value} |
+| perplexity | {f'{ppl:.3f}' if isinstance(ppl, float) else ppl} |
+| best epoch | {info.get('best_epoch')} |
+
+## Hyperparameters
+| name | value |
+| --- | --- |
+{hp}
+| seed | {info['seed']} |
+
+## Use
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+```
+
+## Reproduce
+```
+{chr(10).join(info['reproduce'])}
+```
+Exported {info['exported_at']}; `hpo.json` holds the same facts for scripts.
+"""

@@ -1,0 +1,369 @@
+"""The Optuna <-> Ray Tune bridge: every Ray trial is an Optuna trial in the storage, live.
+
+Ray Tune's own ``OptunaSearch`` records an ASHA-stopped trial as COMPLETE with its low-fidelity
+value, sets no user attributes and leaves RUNNING rows behind after a crash. This searcher:
+
+* asks Optuna for each trial's parameters (so enqueued and re-queued trials come first) and
+  records the trial RUNNING with its Ray trial id, run id and checkpoint folder;
+* writes every evaluation as an intermediate value (step = evaluation index on the epoch grid);
+* ends it COMPLETE (value = its best objective), PRUNED when the scheduler stopped it before its
+  budget (with the epoch reached), or FAIL with the error class and message;
+* keeps heartbeats for its live trials so another process can tell a dead run's trials apart;
+* stops asking once the study holds ``target`` finished trials, counting the RUNNING trials of
+  every process, so several ``hpo run`` processes on one storage split the target.
+
+The decisions (final state, which checkpoints to delete) are pure functions at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from hpo import space
+from hpo.spec import StudySpec
+from hpo.storage import HEARTBEAT_S
+
+log = logging.getLogger(__name__)
+
+ERROR_FILE = "error.json"
+BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained all its epochs
+
+
+@dataclass
+class Event:
+    """Something that happened to a trial, for progress display."""
+
+    kind: str  # start | complete | pruned | fail | interrupted
+    number: int
+    params: dict[str, Any]
+    value: float | None = None
+    epoch: float | None = None
+    message: str = ""
+
+
+class OptunaBridge(Searcher):
+    """A Ray Tune searcher that samples with, and records everything in, an Optuna study.
+
+    Args:
+        study: the Optuna study (its storage should record heartbeats).
+        spec: the study's spec.
+        target: finished (COMPLETE + PRUNED) trials at which the study is done.
+        make_config: builds the trainable's config from (trial number, params, trial folder).
+        trials_dir: where trial folders (checkpoints, error files) go.
+        run_id: this run's id, recorded on its trials.
+        on_event: called with each ``Event`` (progress display); optional.
+        max_failures: consecutive failures after which the run stops asking for trials.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        target: int,
+        make_config: Callable[[int, dict[str, Any], str], dict[str, Any]],
+        trials_dir: Path,
+        run_id: str,
+        on_event: Callable[[Event], None] | None = None,
+        max_failures: int = 5,
+    ):
+        mode = "min" if spec.objective.direction == "minimize" else "max"
+        super().__init__(metric=spec.objective.metric, mode=mode)
+        self._study, self._spec, self._target = study, spec, target
+        self._storage = study._storage
+        self._make_config, self._trials_dir, self._run_id = make_config, trials_dir, run_id
+        self._on_event = on_event or (lambda e: None)
+        self._max_failures = max_failures
+        self._live: dict[str, optuna.trial.Trial] = {}
+        self._params: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+        self._failures: list[str] = []
+        self.stop_reason: str | None = None
+        self.stopping = False
+        self.disk_peak_mb = 0.0
+        self._lock = threading.Lock()
+        self._counts_cache: tuple[float, int, int] = (0.0, 0, 0)
+        self._beat_stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name="hpo-heartbeat", daemon=True)
+        self._beat.start()
+
+    # ------------------------------------------------------------ Searcher hooks
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.stop_reason or self.stopping:
+            return Searcher.FINISHED
+        finished, running = self._counts(fresh=False)
+        if finished >= self._target:
+            return Searcher.FINISHED
+        if finished + running >= self._target:
+            return None  # other trials may still fail; ask again later
+        trial = self._study.ask()
+        params = space.suggest(trial, self._spec.space)
+        folder = self._trials_dir / f"{trial.number:05d}"
+        attrs = {"ray_trial_id": trial_id, "hpo_run": self._run_id, "trial_dir": str(folder),
+                 "host": socket.gethostname(), "pid": os.getpid()}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self._heartbeat(trial._trial_id)
+        with self._lock:
+            self._live[trial_id], self._params[trial_id] = trial, params
+        self._counts_cache = (0.0, 0, 0)
+        self._on_event(Event("start", trial.number, params))
+        return self._make_config(trial.number, params, str(folder))
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = self._live.get(trial_id)
+        if trial is not None:
+            self._record(trial_id, trial, result)
+            self._heartbeat(trial._trial_id)
+
+    def _record(self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any]) -> None:
+        """Write one evaluation: intermediate value, epoch, and the checkpoint when it moved."""
+        previous = self._last.get(trial_id, {})
+        if self.metric not in result or result.get("epoch") == previous.get("epoch"):
+            return
+        step = eval_step(result["epoch"], self._spec.training.eval_every)
+        trial.report(float(result[self.metric]), step)
+        trial.set_user_attr("epoch", float(result["epoch"]))
+        if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
+            trial.set_user_attr("checkpoint", result["checkpoint"])
+            self._note_disk()
+        self._last[trial_id] = result
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        with self._lock:
+            trial = self._live.pop(trial_id, None)
+            params = self._params.pop(trial_id, {})
+        if trial is None:
+            return
+        if result:  # Tune hands a trial's final result (a STOP or its end) here, not to on_trial_result
+            self._record(trial_id, trial, result)
+        last = self._last.pop(trial_id, {})
+        if self.stopping and not error and not last.get(BUDGET_DONE):
+            self._interrupt(trial, params)
+            return
+        error_info = read_error(Path(trial.user_attrs["trial_dir"])) if error else None
+        state = final_state(last, error, self._spec.asha_max_t(), bool(self._spec.schedule.type == "asha"))
+        self._finish(trial, params, state, last, error_info)
+        self._collect_garbage()
+
+    # ------------------------------------------------------------ finishing trials
+
+    def _finish(self, trial, params, state: TrialState, last: dict[str, Any], error_info) -> None:
+        attrs = summary_attrs(last)
+        if state == TrialState.FAIL:
+            info = error_info or {"error_class": "TrialError", "error_message": "the trial failed without a message"}
+            attrs.update(info)
+            self._failures.append(f"{info['error_class']}: {info['error_message']}")
+            if len(self._failures) >= self._max_failures and len(set(self._failures[-self._max_failures:])) == 1:
+                self.stop_reason = f"the last {self._max_failures} trials failed with {self._failures[-1]}"
+        else:
+            self._failures.clear()
+        if state == TrialState.PRUNED:
+            attrs["pruned_at_epoch"] = last.get("epoch")
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        value = self._value(last) if state == TrialState.COMPLETE else None
+        self._study.tell(trial, value, state=state)
+        self._counts_cache = (0.0, 0, 0)
+        kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
+        message = attrs.get("error_message", "") if state == TrialState.FAIL else ""
+        self._on_event(Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message))
+
+    def _value(self, last: dict[str, Any]) -> float:
+        best = float(last["best_eval_loss"])
+        return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
+
+    def _interrupt(self, trial, params: dict[str, Any]) -> None:
+        """Fail an interrupted trial and re-queue its parameters (the next run tries them first)."""
+        trial.set_user_attr("fail_reason", "interrupted")
+        self._study.tell(trial, state=TrialState.FAIL)
+        requeue(self._study, trial.number, params, self._spec)
+        self._on_event(Event("interrupted", trial.number, params, message="re-queued"))
+
+    def abandon_live(self) -> None:
+        """At the end of a run: fail and re-queue every trial still live (Ctrl-C, a crash of Ray)."""
+        self.stopping = True
+        with self._lock:
+            live = list(self._live.items())
+            self._live.clear()
+        for trial_id, trial in live:
+            self._interrupt(trial, self._params.pop(trial_id, {}))
+        self._beat_stop.set()
+        self._collect_garbage()
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _counts(self, fresh: bool) -> tuple[int, int]:
+        """(finished, running) trials of the whole study, cached for a second between asks."""
+        stamp, finished, running = self._counts_cache
+        if fresh or time.monotonic() - stamp > 1.0:
+            trials = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.RUNNING))
+            finished = sum(t.state != TrialState.RUNNING for t in trials)
+            running = len(trials) - finished
+            self._counts_cache = (time.monotonic(), finished, running)
+        return finished, running
+
+    def _heartbeat(self, optuna_trial_id: int) -> None:
+        if hasattr(self._storage, "record_heartbeat") and self._storage.get_heartbeat_interval():
+            self._storage.record_heartbeat(optuna_trial_id)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._beat_stop.wait(HEARTBEAT_S):
+            with self._lock:
+                ids = [t._trial_id for t in self._live.values()]
+            for tid in ids:
+                try:
+                    self._heartbeat(tid)
+                except Exception:  # noqa: BLE001 - a missed beat is retried next period
+                    log.debug("heartbeat failed", exc_info=True)
+
+    def _note_disk(self) -> None:
+        self.disk_peak_mb = max(self.disk_peak_mb, du_mb(self._trials_dir))
+
+    def _collect_garbage(self) -> None:
+        trials = self._study.get_trials(deepcopy=False)
+        for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.direction):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        self._beat_stop.set()
+
+    # Ray pickles its searcher into its experiment state to restore it later. hpo never restores
+    # Ray state (each run continues the study from the storage), so there is nothing to save.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_metric": self._metric, "_mode": self._mode}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def eval_step(epoch: float, eval_every: float) -> int:
+    """The intermediate-value step of an evaluation: its index on the ``eval_every`` epoch grid."""
+    return max(1, math.ceil(epoch / eval_every - 1e-6))
+
+
+def final_state(last: dict[str, Any], error: bool, max_t: float, scheduled: bool) -> TrialState:
+    """COMPLETE when the trial ran its own budget (or the scheduler's max_t), PRUNED when the
+    scheduler stopped it earlier, FAIL on error or when it never reported."""
+    if error or "epoch" not in last:
+        return TrialState.FAIL
+    if last.get(BUDGET_DONE) or float(last["epoch"]) >= max_t - 1e-6:
+        return TrialState.COMPLETE
+    return TrialState.PRUNED if scheduled else TrialState.FAIL
+
+
+def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes a finished trial carries, from its last report."""
+    keys = ("epoch", "best_eval_loss", "best_epoch", "checkpoint", "train_s", "eval_s", "trial_s",
+            "tokens", "tokens_per_s")
+    out = {k: last[k] for k in keys if last.get(k) is not None}
+    if "best_eval_loss" in out:
+        out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
+    return out
+
+
+def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
+    """Checkpoint folders that can no longer be exported as the best: every finished trial's
+    except the ``keep`` best COMPLETE ones; RUNNING trials and interrupted ones keep theirs."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
+    winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
+    out = []
+    for t in trials:
+        folder = t.user_attrs.get("trial_dir")
+        if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
+            continue
+        if t.user_attrs.get("fail_reason") == "interrupted":
+            continue
+        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
+    return out
+
+
+def requeue(study: optuna.Study, number: int, params: dict[str, Any], spec: StudySpec) -> None:
+    """Put an interrupted trial's searched parameters back in the queue."""
+    searched = {k: v for k, v in params.items() if k in spec.space.searched()}
+    study.enqueue_trial(searched, user_attrs={"requeued_from": number}, skip_if_exists=False)
+
+
+def read_error(folder: Path) -> dict[str, str] | None:
+    """The error a trial's wrapper wrote before it failed, if any."""
+    try:
+        return json.loads((folder / ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def du_mb(path: Path) -> float:
+    """Megabytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+
+
+def recover_stale(study: optuna.Study, spec: StudySpec) -> list[int]:
+    """Fail the RUNNING trials whose run died and re-queue their parameters; returns their numbers.
+
+    A run is dead when its driver process on this host is gone, or (any host) when its heartbeat
+    is older than the grace period. Safe with several runs on one storage: a trial another run
+    recovers first is skipped.
+    """
+    storage = study._storage
+    stale = set(_dead_here(study))
+    if hasattr(storage, "_get_stale_trial_ids") and storage.get_heartbeat_interval():
+        stale.update(storage._get_stale_trial_ids(study._study_id))
+    recovered = []
+    for trial_id in sorted(stale):
+        frozen = storage.get_trial(trial_id)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another run recovered it first
+        requeue(study, frozen.number, frozen.params, spec)
+        recovered.append(frozen.number)
+    return recovered
+
+
+def _dead_here(study: optuna.Study) -> list[int]:
+    """RUNNING trials started by a process of this host that no longer exists."""
+    host = socket.gethostname()
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and (pid == os.getpid() or not _alive(pid)):
+            out.append(t._trial_id)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,74 @@
+"""Study summaries from stored trials (pure functions of Optuna's frozen trials)."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name, every state present (zeros included)."""
+    counts = dict.fromkeys(STATES, 0)
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def best_complete(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
+    """The best COMPLETE trial (ties: the earlier one), or None."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return None
+    sign = 1 if direction == StudyDirection.MINIMIZE else -1
+    return min(done, key=lambda t: (sign * t.value, t.number))
+
+
+def checkpoint_kept(trial: FrozenTrial) -> bool:
+    """Whether the trial's best checkpoint is still on disk (here)."""
+    path = trial.user_attrs.get("checkpoint")
+    return bool(path) and os.path.isdir(path)
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    """One trial as plain values (for tables and ``--json``)."""
+    duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "params": t.params,
+        "epoch": t.user_attrs.get("epoch"),
+        "duration_s": duration,
+        "checkpoint_kept": checkpoint_kept(t),
+        "error": t.user_attrs.get("error_message") or t.user_attrs.get("fail_reason"),
+    }
+
+
+def summarize(study, storage_url: str, trials: list[FrozenTrial] | None = None) -> dict[str, Any]:
+    """Everything ``hpo study show`` prints, as plain values."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    best = best_complete(trials, study.direction)
+    out: dict[str, Any] = {
+        "study": study.study_name,
+        "storage": storage_url,
+        "direction": study.direction.name.lower(),
+        "counts": state_counts(trials),
+        "disk_peak_mb": study.user_attrs.get("disk_peak_mb"),
+        "best": None,
+    }
+    if best is not None:
+        out["best"] = {
+            "trial": best.number,
+            "value": best.value,
+            "params": best.params,
+            "epoch": best.user_attrs.get("best_epoch"),
+            "checkpoint": best.user_attrs.get("checkpoint"),
+            "checkpoint_kept": checkpoint_kept(best),
+        }
+    return out

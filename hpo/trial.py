@@ -1,0 +1,336 @@
+"""One trial's fine-tune: the only place that trains. Read it top to bottom.
+
+``run(config, report)`` takes a plain dict (hyperparameters, paths, training settings) and a
+``report(metrics)`` callable, so it knows nothing of Ray: the runner passes Ray Tune's report.
+Progress is measured in epochs; evaluations happen at fixed epoch marks (``eval_every``), so a
+batch-8 and a batch-32 trial are compared after the same amount of data. The trial keeps its
+best checkpoint only (weights as safetensors, config, tokenizer; no optimizer state), written
+when the evaluation loss improves.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import TrialError
+
+log = logging.getLogger(__name__)
+
+POINTER = "BEST"  # file in a trial's checkpoint folder naming its best checkpoint
+FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|error>" makes that trial fail
+
+
+def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Fine-tune one configuration, reporting after every evaluation.
+
+    Args:
+        config: ``params`` (learning_rate, batch_size, epochs, dropout, weight_decay), ``model_path``,
+            ``data_path`` (a prepared dataset), ``checkpoint_dir``, ``trial_number``, ``seed``,
+            ``eval_every``, ``warmup_ratio``, ``max_micro_batch``, ``max_grad_norm``, ``cpus``, ``gpus``.
+        report: called with each evaluation's metrics; the last call has ``budget_done=True``.
+
+    Returns:
+        The last metrics reported.
+
+    Raises:
+        TrialError: out of memory, a NaN/inf loss, or a model that cannot load.
+    """
+    import torch
+
+    try:
+        return _run(config, report)
+    except torch.OutOfMemoryError as e:
+        raise TrialError(f"out of memory: {str(e).splitlines()[0]}") from e
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from hpo.data import Prepared
+
+    p = config["params"]
+    device = _device(config)
+    torch.manual_seed(config["seed"])
+    # 1. data: memory-mapped blocks prepared once per study
+    arrays = Prepared.load(config["data_path"]).arrays()
+    train_ids, train_labels = arrays["train_ids"], arrays["train_labels"]
+    val = (torch.from_numpy(np.array(arrays["val_ids"])), torch.from_numpy(np.array(arrays["val_labels"])))
+    n_train = len(train_ids)
+    # 2. model with the trial's dropout, optimizer without decay on biases and norms
+    model = load_model(config["model_path"], p["dropout"], device)
+    opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
+    bs = int(p["batch_size"])
+    micro = _micro_batch(bs, config["max_micro_batch"])
+    steps_per_epoch = math.ceil(n_train / bs)
+    total_steps = int(p["epochs"]) * steps_per_epoch
+    sched = _schedule(opt, config["warmup_ratio"], total_steps)
+    autocast = _autocast(device)
+    # 3. train, evaluating at each eval_every epoch mark
+    gen = torch.Generator().manual_seed(config["seed"])
+    every = float(config["eval_every"])
+    state = _State(best=math.inf, started=time.perf_counter())
+    step, next_mark = 0, 1
+    model.train()
+    for _epoch in range(int(p["epochs"])):
+        order = torch.randperm(n_train, generator=gen)
+        for s in range(steps_per_epoch):
+            idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
+            t0 = time.perf_counter()
+            loss, tokens = _step(model, opt, sched, train_ids, train_labels, idx, micro, device, autocast,
+                                 config["max_grad_norm"])
+            state.train_s += time.perf_counter() - t0
+            state.add_train(loss, tokens, step, config)
+            step += 1
+            epoch = step / steps_per_epoch
+            if epoch + 1e-9 >= next_mark * every or step == total_steps:
+                mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
+                while next_mark * every <= epoch + 1e-9:
+                    next_mark += 1
+                metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step)
+                metrics["budget_done"] = step == total_steps
+                report(metrics)
+                model.train()
+    return metrics
+
+
+class _State:
+    """Running totals of one trial."""
+
+    def __init__(self, best: float, started: float):
+        self.best, self.started = best, started
+        self.best_epoch = 0.0
+        self.train_s = self.eval_s = 0.0
+        self.tokens = 0
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.checkpoint: str | None = None
+
+    def add_train(self, loss: float, tokens: int, step: int, config: dict[str, Any]) -> None:
+        if not math.isfinite(loss):
+            raise TrialError(f"training loss became {loss} at step {step + 1}; lower learning_rate")
+        _injected_failure(config, step)
+        self.tokens += tokens
+        self.loss_sum += loss
+        self.loss_n += 1
+
+    def take_train_loss(self) -> float:
+        mean = self.loss_sum / max(1, self.loss_n)
+        self.loss_sum, self.loss_n = 0.0, 0
+        return mean
+
+
+def _evaluate_and_keep(model, val, config, state: _State, autocast, device, epoch: float, step: int) -> dict:
+    t0 = time.perf_counter()
+    loss = evaluate(model, val[0], val[1], config["max_micro_batch"], device, autocast)
+    state.eval_s += time.perf_counter() - t0
+    if loss < state.best:
+        state.best, state.best_epoch = loss, epoch
+        state.checkpoint = save_checkpoint(model, config, step)
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "epoch": round(epoch, 6),
+        "step": step,
+        "train_loss": state.take_train_loss(),
+        "best_eval_loss": state.best,
+        "best_epoch": state.best_epoch,
+        "checkpoint": state.checkpoint,
+        "tokens": state.tokens,
+        "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
+        "train_s": state.train_s,
+        "eval_s": state.eval_s,
+        "trial_s": time.perf_counter() - state.started,
+    }
+
+
+# ---------------------------------------------------------------- pieces of the loop
+
+
+def _device(config: dict[str, Any]):
+    import torch
+
+    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    if config.get("gpus", 0) and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def load_model(model_path: str, dropout: float, device=None):
+    """Load a causal LM with every dropout probability of its config set to ``dropout``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hpo.basemodel import quiet_transformers
+
+    quiet_transformers()
+    try:
+        cfg = AutoConfig.from_pretrained(model_path)
+        for name in dropout_fields(cfg.to_dict()):
+            setattr(cfg, name, float(dropout))
+        model = AutoModelForCausalLM.from_pretrained(model_path, config=cfg, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise TrialError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from e
+    return model.to(device) if device is not None else model
+
+
+def dropout_fields(config: dict[str, Any]) -> list[str]:
+    """Names of a model config's dropout probabilities: float fields ending in dropout or pdrop."""
+    return sorted(
+        k for k, v in config.items()
+        if isinstance(v, float) and not isinstance(v, bool) and k.endswith(("dropout", "pdrop"))
+    )
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on biases and norm weights (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _micro_batch(batch: int, limit: int) -> int:
+    """The largest divisor of ``batch`` not above ``limit`` (gradient accumulation covers the rest)."""
+    return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
+
+
+def _schedule(opt, warmup_ratio: float, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(opt, int(warmup_ratio * total_steps), max(1, total_steps))
+
+
+def _step(model, opt, sched, ids_arr, labels_arr, idx, micro, device, autocast, max_norm) -> tuple[float, int]:
+    """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
+    mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass."""
+    import numpy as np
+    import torch
+
+    labels_np = np.asarray(labels_arr[idx])
+    n_tokens = int((labels_np[:, 1:] != -100).sum())
+    total = 0.0
+    for i in range(0, len(idx), micro):
+        ids = torch.from_numpy(np.asarray(ids_arr[idx[i : i + micro]], dtype=np.int64)).to(device)
+        labels = torch.from_numpy(labels_np[i : i + micro].astype(np.int64)).to(device)
+        with autocast():
+            loss = _loss_sum(model, ids, labels) / max(1, n_tokens)
+        loss.backward()
+        total += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return total, n_tokens
+
+
+def _loss_sum(model, ids, labels):
+    """Summed next-token cross-entropy over tokens whose label is not -100."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids).logits[:, :-1]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None) -> float:
+    """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
+    import contextlib
+
+    import torch
+
+    device = device or next(model.parameters()).device
+    autocast = autocast or contextlib.nullcontext
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(ids), batch):
+            x = ids[i : i + batch].long().to(device)
+            y = labels[i : i + batch].long().to(device)
+            with autocast():
+                total += float(_loss_sum(model, x, y))
+            count += int((y[:, 1:] != -100).sum())
+    return total / max(1, count)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model, config: dict[str, Any], step: int) -> str:
+    """Write the model as a ``from_pretrained`` folder, point BEST at it, drop the previous one."""
+    root = Path(config["checkpoint_dir"])
+    root.mkdir(parents=True, exist_ok=True)
+    previous = best_checkpoint(root)
+    out = root / f"step-{step:07d}"
+    model.save_pretrained(out, safe_serialization=True)
+    _copy_tokenizer(config["model_path"], previous, out)
+    (root / "params.json").write_text(json.dumps(config["params"], indent=1))
+    tmp = root / f".{POINTER}.tmp"
+    tmp.write_text(out.name)
+    os.replace(tmp, root / POINTER)  # the pointer moves atomically: a crash keeps a whole checkpoint
+    if previous is not None and previous != out:
+        shutil.rmtree(previous, ignore_errors=True)
+    return str(out)
+
+
+def best_checkpoint(root: str | Path) -> Path | None:
+    """The folder a trial's BEST pointer names, if it exists."""
+    pointer = Path(root) / POINTER
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+
+
+def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
+    source = previous or Path(model_path)
+    if source.is_dir():
+        for name in _TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, out / name)
+        return
+    from transformers import AutoTokenizer  # a hub id: save the tokenizer once
+
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
+
+
+def _injected_failure(config: dict[str, Any], step: int) -> None:
+    """Test-only hook (env ``HPO_TEST_FAIL=N:kind``): make trial N fail at its second step."""
+    spec = os.environ.get(FAIL_ENV)
+    if not spec or step != 1:
+        return
+    number, _, kind = spec.partition(":")
+    if number != "*" and int(number) != config.get("trial_number"):
+        return
+    import torch
+
+    if kind == "oom":
+        raise torch.OutOfMemoryError("injected by HPO_TEST_FAIL: CUDA out of memory. Tried to allocate 2.00 GiB")
+    if kind == "nan":
+        raise TrialError("training loss became nan at step 2 (injected by HPO_TEST_FAIL)")
+    raise RuntimeError(f"injected failure ({spec})")
