@@ -83,10 +83,16 @@ def _tokenizer(texts: list[str]):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=VOCAB, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=VOCAB, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS,
-        pad_token=PAD, model_max_length=N_POSITIONS,
+        tokenizer_object=bpe._tokenizer,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        pad_token=PAD,
+        model_max_length=N_POSITIONS,
     )
 
 
@@ -117,9 +123,17 @@ def _build(out: Path, seed: int) -> None:
     n_val = max(8, len(blocks) // 20)
     val, train = blocks[:n_val], blocks[n_val:]
     cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=N_POSITIONS, n_embd=N_EMBD, n_layer=N_LAYER, n_head=N_HEAD,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+        vocab_size=len(tok),
+        n_positions=N_POSITIONS,
+        n_embd=N_EMBD,
+        n_layer=N_LAYER,
+        n_head=N_HEAD,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
     )
     model = GPT2LMHeadModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, weight_decay=0.01)
@@ -140,10 +154,19 @@ def _build(out: Path, seed: int) -> None:
     model.eval()
     with torch.no_grad():
         val_loss = float(model(input_ids=val, labels=val).loss)
-    _save(out, model, tok, {
-        "recipe": RECIPE, "seed": seed, "steps": STEPS, "params": sum(p.numel() for p in model.parameters()),
-        "val_loss": round(val_loss, 4), "build_s": round(time.time() - t0, 1),
-    })
+    _save(
+        out,
+        model,
+        tok,
+        {
+            "recipe": RECIPE,
+            "seed": seed,
+            "steps": STEPS,
+            "params": sum(p.numel() for p in model.parameters()),
+            "val_loss": round(val_loss, 4),
+            "build_s": round(time.time() - t0, 1),
+        },
+    )
 
 
 def _save(out: Path, model, tok, info: dict) -> None:

@@ -20,14 +20,16 @@ from hpo.errors import HpoError
 app = typer.Typer(
     name="hpo",
     help="Hyperparameter search for fine-tuning causal LMs (Ray Tune + ASHA, live Optuna storage).\n\n"
-    "Example:\n\n  hpo study create studies/demo.yaml && hpo run --trials 20 && hpo export --out exports/best",
+    "Example:\n\n  hpo study create studies/demo.yaml\n\n  hpo run --trials 20\n\n"
+    "  hpo export --out exports/best",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-study_app = typer.Typer(help="Create, list, show and delete studies.\n\nExample:\n\n  hpo study show demo",
-                        no_args_is_help=True)
+study_app = typer.Typer(
+    help="Create, list, show and delete studies.\n\nExample:\n\n  hpo study show demo", no_args_is_help=True
+)
 app.add_typer(study_app, name="study")
 
 _state = {"debug": False}
@@ -42,7 +44,9 @@ def _echo(msg: str = "") -> None:
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks and debug logs")) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("hpo").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
@@ -66,7 +70,10 @@ def study_create(
     where = storage_mod.mask(storage_mod.resolve_url(storage))
     searched = ", ".join(s.space.searched()) or "nothing (all fixed)"
     _echo(f"created study {s.name!r} in {where}: model {s.model}, data {s.data.path}")
-    _echo(f"searching {searched}; schedule {s.schedule.type}; objective {s.objective.metric} ({s.objective.direction})")
+    _echo(
+        f"searching {searched}; schedule {s.schedule.type}; "
+        f"objective {s.objective.metric} ({s.objective.direction})"
+    )
     _echo(f"next: hpo run --study {s.name} --trials 20")
 
 
@@ -87,8 +94,10 @@ def study_list(storage: str = StorageOpt, as_json: bool = typer.Option(False, "-
     for r in rows:
         c = r["counts"]
         best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
-        _echo(f"{r['study']:<24} {r['trials']:>5} trials  complete {c['COMPLETE']}  pruned {c['PRUNED']}  "
-              f"failed {c['FAIL']}  running {c['RUNNING']}  best {best}")
+        _echo(
+            f"{r['study']:<24} {r['trials']:>5} trials  complete {c['COMPLETE']}  pruned {c['PRUNED']}  "
+            f"failed {c['FAIL']}  running {c['RUNNING']}  best {best}"
+        )
 
 
 @study_app.command("show")
@@ -139,12 +148,20 @@ def run_cmd(
     trials: int = typer.Option(20, "--trials", "-n", help="finished trials the study should hold"),
     study: str = StudyOpt,
     storage: str = StorageOpt,
-    runs_dir: Path = typer.Option(None, "--runs-dir", help="checkpoints and Ray files (default runs/<study>)"),
-    address: str = typer.Option(None, "--address", help="join this Ray cluster (HOST:PORT) instead of a local Ray"),
-    concurrency: int = typer.Option(None, "--concurrency", help="trials at once (default: as resources allow)"),
+    runs_dir: Path = typer.Option(
+        None, "--runs-dir", help="checkpoints and Ray files (default runs/<study>)"
+    ),
+    address: str = typer.Option(
+        None, "--address", help="join this Ray cluster (HOST:PORT) instead of a local Ray"
+    ),
+    concurrency: int = typer.Option(
+        None, "--concurrency", help="trials at once (default: as resources allow)"
+    ),
     cpus_per_trial: float = typer.Option(None, "--cpus-per-trial"),
     gpus_per_trial: float = typer.Option(None, "--gpus-per-trial"),
-    max_failures: int = typer.Option(5, "--max-failures", help="stop after this many trials in a row fail alike"),
+    max_failures: int = typer.Option(
+        5, "--max-failures", help="stop after this many trials in a row fail alike"
+    ),
 ) -> None:
     """Run trials until the study holds --trials finished ones; rerun to resume.
 
@@ -155,9 +172,16 @@ def run_cmd(
 
     printer = EventPrinter(_echo, time.time(), trials)
     summary = run_study(
-        study, trials=trials, storage=storage, runs_dir=runs_dir, on_event=printer,
-        address=address, concurrency=concurrency, cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial, max_failures=max_failures,
+        study,
+        trials=trials,
+        storage=storage,
+        runs_dir=runs_dir,
+        on_event=printer,
+        address=address,
+        concurrency=concurrency,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_failures=max_failures,
     )
     print_run_summary(summary, _echo)
     if summary.interrupted:
@@ -199,8 +223,10 @@ def dashboard_cmd(
     st = storage_mod.open_storage(storage)
     import optuna_dashboard
 
-    _echo(f"optuna-dashboard on http://{host}:{port}/ for {storage_mod.mask(storage_mod.resolve_url(storage))}"
-          " (Ctrl-C stops)")
+    _echo(
+        f"optuna-dashboard on http://{host}:{port}/ for {storage_mod.mask(storage_mod.resolve_url(storage))}"
+        " (Ctrl-C stops)"
+    )
     optuna_dashboard.run_server(st, host=host, port=port)
 
 
@@ -236,7 +262,9 @@ def main(argv: list[str] | None = None) -> Any:
         if _state["debug"]:
             raise
         first = (str(e).strip().splitlines() or [""])[0]
-        typer.echo(f"error: internal error {type(e).__name__}: {first} (rerun with --debug for details)", err=True)
+        typer.echo(
+            f"error: internal error {type(e).__name__}: {first} (rerun with --debug for details)", err=True
+        )
         sys.exit(1)
 
 

@@ -101,7 +101,9 @@ def _read_jsonl(path: str) -> list[dict[str, str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+                raise DataError(
+                    f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from e
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             rows.append({k: "" if v is None else str(v) for k, v in row.items()} | {"_line": str(n)})
@@ -119,8 +121,10 @@ def _read_csv(path: str, data: DataSpec) -> list[dict[str, str]]:
                 f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header) or 'none'}); "
                 "set data.prompt_field / data.completion_field / data.text_field in the spec"
             )
-        return [{k: v or "" for k, v in row.items() if k is not None} | {"_line": str(n)}
-                for n, row in enumerate(reader, 2)]
+        return [
+            {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(n)}
+            for n, row in enumerate(reader, 2)
+        ]
 
 
 def _fields(data: DataSpec) -> list[str]:
@@ -136,7 +140,9 @@ def _is_pairs(data: DataSpec, rows: list[dict[str, str]]) -> bool:
     return not (rows and data.prompt_field not in rows[0] and data.text_field in rows[0])
 
 
-def clean(rows: list[dict[str, str]], keys: list[str], source: str) -> tuple[list[tuple[str, ...]], CleanReport]:
+def clean(
+    rows: list[dict[str, str]], keys: list[str], source: str
+) -> tuple[list[tuple[str, ...]], CleanReport]:
     """Strip, drop empty rows and exact duplicates (after whitespace normalisation).
 
     Args:
@@ -157,7 +163,9 @@ def clean(rows: list[dict[str, str]], keys: list[str], source: str) -> tuple[lis
         missing = [k for k in keys if k not in row]
         if missing:
             where = f"{source}:{row.get('_line', '?')}"
-            raise DataError(f"{where}: no field {missing[0]!r}; set data.{_field_name(keys, missing[0])} in the spec")
+            raise DataError(
+                f"{where}: no field {missing[0]!r}; set data.{_field_name(keys, missing[0])} in the spec"
+            )
         example = tuple(row[k].strip() for k in keys)
         if not all(example):
             report.empty += 1
@@ -170,7 +178,9 @@ def clean(rows: list[dict[str, str]], keys: list[str], source: str) -> tuple[lis
         kept.append(example)
     report.kept = len(kept)
     if not kept:
-        raise DataError(f"{source}: no usable rows after cleaning ({report.empty} empty, {report.duplicate} duplicate)")
+        raise DataError(
+            f"{source}: no usable rows after cleaning ({report.empty} empty, {report.duplicate} duplicate)"
+        )
     return kept, report
 
 
@@ -344,10 +354,15 @@ def _save(p: dict[str, Any], out: Path, fp: str) -> Prepared:
         for name in ARRAYS:
             np.save(tmp / f"{name}.npy", np.asarray(p[name], dtype=np.int32))
         meta = Prepared(
-            path=str(out), fingerprint=fp, block_size=len(p["train_ids"][0]), pad_id=int(p["pad_id"]),
-            train_blocks=len(p["train_ids"]), val_blocks=len(p["val_ids"]),
+            path=str(out),
+            fingerprint=fp,
+            block_size=len(p["train_ids"][0]),
+            pad_id=int(p["pad_id"]),
+            train_blocks=len(p["train_ids"]),
+            val_blocks=len(p["val_ids"]),
             train_tokens=int((np.asarray(p["train_labels"]) != IGNORE).sum()),
-            val_tokens=int((np.asarray(p["val_labels"]) != IGNORE).sum()), cleaning=p["cleaning"],
+            val_tokens=int((np.asarray(p["val_labels"]) != IGNORE).sum()),
+            cleaning=p["cleaning"],
         )
         (tmp / "meta.json").write_text(json.dumps(asdict(meta), indent=1))
         try:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "epochs", "dropout": "dropout",
-          "weight_decay": "wd"}
+_SHORT = {
+    "learning_rate": "lr",
+    "batch_size": "bs",
+    "epochs": "epochs",
+    "dropout": "dropout",
+    "weight_decay": "wd",
+}
 
 
 def fmt_params(params: dict[str, Any]) -> str:
@@ -42,8 +47,10 @@ class EventPrinter:
             line = self._end_line(e)
         c = self.counts
         best = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best else "best -"
-        tally = f"[done {c['complete'] + c['pruned']}: {c['complete']} complete, {c['pruned']} pruned; " \
-                f"{c['fail']} failed; {c['running']} running; {best}]"
+        tally = (
+            f"[done {c['complete'] + c['pruned']}: {c['complete']} complete, {c['pruned']} pruned; "
+            f"{c['fail']} failed; {c['running']} running; {best}]"
+        )
         self.echo(f"{time.time() - self.t0:7.1f}s  {line}  {tally}")
 
     @staticmethod
@@ -66,17 +73,26 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
     for note in s.notes:
         echo(f"note: {note}")
     if s.recovered:
-        echo(f"recovered {len(s.recovered)} trial(s) of a dead run (marked FAIL, parameters re-queued): "
-             f"{', '.join(map(str, s.recovered))}")
+        echo(
+            f"recovered {len(s.recovered)} trial(s) of a dead run (marked FAIL, parameters re-queued): "
+            f"{', '.join(map(str, s.recovered))}"
+        )
     if s.finished_before >= s.target:
-        echo(f"study {s.study!r} already holds {s.finished_before} finished trials (target {s.target}); "
-             "nothing to run. Raise --trials to run more.")
+        echo(
+            f"study {s.study!r} already holds {s.finished_before} finished trials (target {s.target}); "
+            "nothing to run. Raise --trials to run more."
+        )
     elif s.interrupted:
-        echo(f"interrupted after {s.wall_s:.0f}s: {done}/{s.target} finished; running trials re-queued. "
-             "Rerun the same command to resume.")
+        echo(
+            f"interrupted after {s.wall_s:.0f}s: {done}/{s.target} finished; running trials re-queued. "
+            "Rerun the same command to resume."
+        )
     else:
-        echo(f"study {s.study!r}: {done}/{s.target} finished ({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
-             f"{c['FAIL']} failed, in {s.wall_s:.0f}s")
+        echo(
+            f"study {s.study!r}: {done}/{s.target} finished "
+            f"({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
+            f"{c['FAIL']} failed, in {s.wall_s:.0f}s"
+        )
     if s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
@@ -89,8 +105,10 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
 
     console = Console(highlight=False)
     c = info["counts"]
-    console.print(f"study [bold]{info['study']}[/bold] in {info['storage']} ({info['direction']} "
-                  f"{info['spec']['objective']['metric']})")
+    console.print(
+        f"study [bold]{info['study']}[/bold] in {info['storage']} ({info['direction']} "
+        f"{info['spec']['objective']['metric']})"
+    )
     states = Table(show_header=True, box=None)
     for name in c:
         states.add_column(name, justify="right")
@@ -101,8 +119,10 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
         console.print("best: no COMPLETE trial yet")
     else:
         kept = "kept" if best["checkpoint_kept"] else "deleted"
-        console.print(f"best: trial {best['trial']}  value {best['value']:.4f}  at epoch {best['epoch']}  "
-                      f"checkpoint {kept}")
+        console.print(
+            f"best: trial {best['trial']}  value {best['value']:.4f}  at epoch {best['epoch']}  "
+            f"checkpoint {kept}"
+        )
         console.print("  " + fmt_params({**info["spec"]["space"], **best["params"]}))
     if info.get("disk_peak_mb") is not None:
         console.print(f"checkpoint disk high-water: {info['disk_peak_mb']:.1f} MB")
@@ -110,7 +130,14 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
         table = Table("#", "state", "value", "epoch", "params", "s", "ckpt", "note")
         for t in info["trials"]:
             value = f"{t['value']:.4f}" if t["value"] is not None else ""
-            table.add_row(str(t["number"]), t["state"], value, f"{t['epoch'] or ''}", fmt_params(t["params"]),
-                          f"{t['duration_s']:.0f}" if t["duration_s"] else "", "yes" if t["checkpoint_kept"] else "",
-                          (t["error"] or "")[:40])
+            table.add_row(
+                str(t["number"]),
+                t["state"],
+                value,
+                f"{t['epoch'] or ''}",
+                fmt_params(t["params"]),
+                f"{t['duration_s']:.0f}" if t["duration_s"] else "",
+                "yes" if t["checkpoint_kept"] else "",
+                (t["error"] or "")[:40],
+            )
         console.print(table)

@@ -36,7 +36,10 @@ class Exported:
 
 
 def export_best(
-    out: str | Path, study: str | None = None, storage: str | None = None, trial: int | None = None,
+    out: str | Path,
+    study: str | None = None,
+    storage: str | None = None,
+    trial: int | None = None,
     force: bool = False,
 ) -> Exported:
     """Write the best COMPLETE trial's (or trial ``trial``'s) best checkpoint to ``out``.
@@ -100,7 +103,11 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
         "storage": url,
         "trial": trial.number,
         "state": trial.state.name,
-        "objective": {"metric": spec.objective.metric, "direction": spec.objective.direction, "value": trial.value},
+        "objective": {
+            "metric": spec.objective.metric,
+            "direction": spec.objective.direction,
+            "value": trial.value,
+        },
         "best_eval_loss": trial.user_attrs.get("best_eval_loss"),
         "best_perplexity": trial.user_attrs.get("best_perplexity"),
         "best_epoch": trial.user_attrs.get("best_epoch"),
@@ -136,34 +143,36 @@ def _write(source: Path, out: Path, info: dict[str, Any], force: bool) -> None:
 
 def model_card(info: dict[str, Any]) -> str:
     """A Hugging Face style README.md with YAML metadata for the exported model."""
-    hp = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                   for k, v in info["hyperparameters"].items())
+    hp = "\n".join(
+        f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in info["hyperparameters"].items()
+    )
     obj = info["objective"]
     value = f"{obj['value']:.4f}" if isinstance(obj["value"], float) else obj["value"]
     ppl = info.get("best_perplexity")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
-base_model: {info['base_model']}
+base_model: {info["base_model"]}
 tags: [hpo, causal-lm, fine-tuned]
 ---
-# {info['study']} — trial {info['trial']}
+# {info["study"]} — trial {info["trial"]}
 
-Fine-tuned from `{info['base_model']}` on `{info['data']['path']}` ({info['data']['format']}),
-chosen by an hpo study (`{info['study']}` in `{info['storage']}`, trial {info['trial']}, {info['state']}).
+Fine-tuned from `{info["base_model"]}` on `{info["data"]["path"]}` ({info["data"]["format"]}),
+chosen by an hpo study (`{info["study"]}` in `{info["storage"]}`, trial {info["trial"]}, {info["state"]}).
 
 ## Metrics (validation)
 | metric | value |
 | --- | --- |
-| {obj['metric']} ({obj['direction']}) | {value} |
-| perplexity | {f'{ppl:.3f}' if isinstance(ppl, float) else ppl} |
-| best epoch | {info.get('best_epoch')} |
+| {obj["metric"]} ({obj["direction"]}) | {value} |
+| perplexity | {f"{ppl:.3f}" if isinstance(ppl, float) else ppl} |
+| best epoch | {info.get("best_epoch")} |
 
 ## Hyperparameters
 | name | value |
 | --- | --- |
 {hp}
-| seed | {info['seed']} |
+| seed | {info["seed"]} |
 
 ## Use
 ```python
@@ -174,7 +183,7 @@ tokenizer = AutoTokenizer.from_pretrained("PATH")
 
 ## Reproduce
 ```
-{chr(10).join(info['reproduce'])}
+{chr(10).join(info["reproduce"])}
 ```
-Exported {info['exported_at']}; `hpo.json` holds the same facts for scripts.
+Exported {info["exported_at"]}; `hpo.json` holds the same facts for scripts.
 """

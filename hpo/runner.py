@@ -104,8 +104,14 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
         bridge = searcher.OptunaBridge(
-            study, spec, opts.target, _config_maker(spec, model_path, prepared.path, cpus, gpus),
-            trials_dir, run_id, on_event, opts.max_failures,
+            study,
+            spec,
+            opts.target,
+            _config_maker(spec, model_path, prepared.path, cpus, gpus),
+            trials_dir,
+            run_id,
+            on_event,
+            opts.max_failures,
         )
         tuner = _tuner(spec, opts, bridge, cpus, gpus, concurrency, run_id)
         summary.interrupted = _fit(tuner, bridge)
@@ -170,16 +176,26 @@ def _start_ray(opts: RunOptions) -> bool:
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("HPO_")}
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(
+                address=address,
+                runtime_env={"env_vars": env_vars},
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
         else:
             ray.init(
-                _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=_temp_dir(opts.runs_dir),
-                log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                _temp_dir=_temp_dir(opts.runs_dir),
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
                 runtime_env={"env_vars": env_vars},
             )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
-        raise RunError(f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}") from e
+        raise RunError(
+            f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}"
+        ) from e
     return True
 
 
@@ -210,10 +226,18 @@ def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: floa
 
     def make(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
         return {
-            "params": params, "trial_number": number, "checkpoint_dir": folder, "model_path": model_path,
-            "data_path": data_path, "seed": spec.seed, "eval_every": training.eval_every,
-            "warmup_ratio": training.warmup_ratio, "max_micro_batch": training.max_micro_batch,
-            "max_grad_norm": training.max_grad_norm, "cpus": cpus, "gpus": gpus,
+            "params": params,
+            "trial_number": number,
+            "checkpoint_dir": folder,
+            "model_path": model_path,
+            "data_path": data_path,
+            "seed": spec.seed,
+            "eval_every": training.eval_every,
+            "warmup_ratio": training.warmup_ratio,
+            "max_micro_batch": training.max_micro_batch,
+            "max_grad_norm": training.max_grad_norm,
+            "cpus": cpus,
+            "gpus": gpus,
         }
 
     return make
@@ -223,9 +247,12 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    scheduler: FIFOScheduler
     if spec.schedule.type == "asha":
         scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=spec.asha_max_t(), grace_period=spec.schedule.grace_period,
+            time_attr="epoch",
+            max_t=spec.asha_max_t(),
+            grace_period=spec.schedule.grace_period,
             reduction_factor=spec.schedule.reduction_factor,
         )
     else:
@@ -235,12 +262,19 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=spec.objective.metric, mode=mode, search_alg=bridge, scheduler=scheduler,
-            num_samples=-1, max_concurrent_trials=concurrency, reuse_actors=True,
+            metric=spec.objective.metric,
+            mode=mode,
+            search_alg=bridge,
+            scheduler=scheduler,
+            num_samples=-1,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=f"run-{run_id}", storage_path=str((opts.runs_dir / "ray").resolve()), verbose=0,
+            name=f"run-{run_id}",
+            storage_path=str((opts.runs_dir / "ray").resolve()),
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
@@ -267,7 +301,9 @@ def _write_error(folder: str, e: BaseException) -> None:
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     message = (str(e).strip().splitlines() or [""])[0][:500]
-    (Path(folder) / ERROR_FILE).write_text(json.dumps({"error_class": type(e).__name__, "error_message": message}))
+    (Path(folder) / ERROR_FILE).write_text(
+        json.dumps({"error_class": type(e).__name__, "error_message": message})
+    )
 
 
 # ---------------------------------------------------------------- summaries

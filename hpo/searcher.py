@@ -84,7 +84,7 @@ class OptunaBridge(Searcher):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
         self._study, self._spec, self._target = study, spec, target
-        self._storage = study._storage
+        self._storage: Any = study._storage
         self._make_config, self._trials_dir, self._run_id = make_config, trials_dir, run_id
         self._on_event = on_event or (lambda e: None)
         self._max_failures = max_failures
@@ -103,7 +103,7 @@ class OptunaBridge(Searcher):
 
     # ------------------------------------------------------------ Searcher hooks
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.stop_reason or self.stopping:
             return Searcher.FINISHED
         finished, running = self._counts(fresh=False)
@@ -114,8 +114,13 @@ class OptunaBridge(Searcher):
         trial = self._study.ask()
         params = space.suggest(trial, self._spec.space)
         folder = self._trials_dir / f"{trial.number:05d}"
-        attrs = {"ray_trial_id": trial_id, "hpo_run": self._run_id, "trial_dir": str(folder),
-                 "host": socket.gethostname(), "pid": os.getpid()}
+        attrs = {
+            "ray_trial_id": trial_id,
+            "hpo_run": self._run_id,
+            "trial_dir": str(folder),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._heartbeat(trial._trial_id)
@@ -144,7 +149,9 @@ class OptunaBridge(Searcher):
             self._note_disk()
         self._last[trial_id] = result
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         with self._lock:
             trial = self._live.pop(trial_id, None)
             params = self._params.pop(trial_id, {})
@@ -166,10 +173,16 @@ class OptunaBridge(Searcher):
     def _finish(self, trial, params, state: TrialState, last: dict[str, Any], error_info) -> None:
         attrs = summary_attrs(last)
         if state == TrialState.FAIL:
-            info = error_info or {"error_class": "TrialError", "error_message": "the trial failed without a message"}
+            info = error_info or {
+                "error_class": "TrialError",
+                "error_message": "the trial failed without a message",
+            }
             attrs.update(info)
             self._failures.append(f"{info['error_class']}: {info['error_message']}")
-            if len(self._failures) >= self._max_failures and len(set(self._failures[-self._max_failures:])) == 1:
+            if (
+                len(self._failures) >= self._max_failures
+                and len(set(self._failures[-self._max_failures :])) == 1
+            ):
                 self.stop_reason = f"the last {self._max_failures} trials failed with {self._failures[-1]}"
         else:
             self._failures.clear()
@@ -182,7 +195,9 @@ class OptunaBridge(Searcher):
         self._counts_cache = (0.0, 0, 0)
         kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
         message = attrs.get("error_message", "") if state == TrialState.FAIL else ""
-        self._on_event(Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message))
+        self._on_event(
+            Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message)
+        )
 
     def _value(self, last: dict[str, Any]) -> float:
         best = float(last["best_eval_loss"])
@@ -212,8 +227,9 @@ class OptunaBridge(Searcher):
         """(finished, running) trials of the whole study, cached for a second between asks."""
         stamp, finished, running = self._counts_cache
         if fresh or time.monotonic() - stamp > 1.0:
-            trials = self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                  TrialState.RUNNING))
+            trials = self._study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
             finished = sum(t.state != TrialState.RUNNING for t in trials)
             running = len(trials) - finished
             self._counts_cache = (time.monotonic(), finished, running)
@@ -279,8 +295,17 @@ def final_state(last: dict[str, Any], error: bool, max_t: float, scheduled: bool
 
 def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
     """The user attributes a finished trial carries, from its last report."""
-    keys = ("epoch", "best_eval_loss", "best_epoch", "checkpoint", "train_s", "eval_s", "trial_s",
-            "tokens", "tokens_per_s")
+    keys = (
+        "epoch",
+        "best_eval_loss",
+        "best_epoch",
+        "checkpoint",
+        "train_s",
+        "eval_s",
+        "trial_s",
+        "tokens",
+        "tokens_per_s",
+    )
     out = {k: last[k] for k in keys if last.get(k) is not None}
     if "best_eval_loss" in out:
         out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
@@ -293,7 +318,7 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
-    out = []
+    out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
         if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
@@ -330,7 +355,7 @@ def recover_stale(study: optuna.Study, spec: StudySpec) -> list[int]:
     is older than the grace period. Safe with several runs on one storage: a trial another run
     recovers first is skipped.
     """
-    storage = study._storage
+    storage: Any = study._storage
     stale = set(_dead_here(study))
     if hasattr(storage, "_get_stale_trial_ids") and storage.get_heartbeat_interval():
         stale.update(storage._get_stale_trial_ids(study._study_id))
@@ -354,7 +379,11 @@ def _dead_here(study: optuna.Study) -> list[int]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and (pid == os.getpid() or not _alive(pid)):
+        if (
+            t.user_attrs.get("host") == host
+            and isinstance(pid, int)
+            and (pid == os.getpid() or not _alive(pid))
+        ):
             out.append(t._trial_id)
     return out
 

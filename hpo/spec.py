@@ -83,25 +83,28 @@ Param = FloatParam | IntParam | CategoricalParam
 def _kind(v: Any) -> str | None:
     if isinstance(v, dict):
         return v.get("type") if v.get("type") in ("float", "int", "categorical") else "bad-type"
-    return "fixed" if not isinstance(v, BaseModel) else v.type
+    return v.type if isinstance(v, FloatParam | IntParam | CategoricalParam) else "fixed"
 
 
 _PARAM_ERROR = "a searched parameter needs type: float, int or categorical (a plain number fixes it)"
 
 
-def _param(fixed: type) -> Any:
-    """A field that is either searched (a mapping with ``type``) or fixed (a plain ``fixed`` value)."""
-    return Annotated[
-        Annotated[FloatParam, Tag("float")]
-        | Annotated[IntParam, Tag("int")]
-        | Annotated[CategoricalParam, Tag("categorical")]
-        | Annotated[fixed, Tag("fixed")],
-        Discriminator(_kind, custom_error_type="param_type", custom_error_message=_PARAM_ERROR),
-    ]
-
-
-FloatOrParam = _param(float)
-IntOrParam = _param(int)
+_DISCRIMINATOR = Discriminator(_kind, custom_error_type="param_type", custom_error_message=_PARAM_ERROR)
+# a field that is either searched (a mapping with ``type``) or fixed (a plain value)
+FloatOrParam = Annotated[
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[CategoricalParam, Tag("categorical")]
+    | Annotated[float, Tag("fixed")],
+    _DISCRIMINATOR,
+]
+IntOrParam = Annotated[
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[CategoricalParam, Tag("categorical")]
+    | Annotated[int, Tag("fixed")],
+    _DISCRIMINATOR,
+]
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -130,7 +133,11 @@ class SpaceSpec(_Model):
 
     def searched(self) -> dict[str, Param]:
         """The parameters that are searched (not fixed), by name."""
-        return {n: v for n in SEARCHABLE if isinstance(v := getattr(self, n), BaseModel)}
+        return {
+            n: v
+            for n in SEARCHABLE
+            if isinstance(v := getattr(self, n), FloatParam | IntParam | CategoricalParam)
+        }
 
     def fixed(self) -> dict[str, float | int]:
         """The parameters fixed to a constant, by name."""

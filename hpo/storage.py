@@ -167,7 +167,9 @@ def load(
         elif not names:
             raise UsageError(f"no study in {where}; create one with `hpo study create studies/NAME.yaml`")
         else:
-            raise UsageError(f"{where} holds {len(names)} studies ({', '.join(names)}); name one with --study")
+            raise UsageError(
+                f"{where} holds {len(names)} studies ({', '.join(names)}); name one with --study"
+            )
     elif name not in names:
         known = ", ".join(names) or "none"
         raise UsageError(f"no study {name!r} in {where} (studies there: {known})")

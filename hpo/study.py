@@ -1,9 +1,9 @@
 """The operations behind the CLI, importable from notebooks: create, run, show, list, delete.
 
-    from hpo import create_study, run_study, export_best
-    create_study("studies/demo.yaml")
-    run_study("demo", trials=12)
-    export_best("exports/demo-best", study="demo")
+from hpo import create_study, run_study, export_best
+create_study("studies/demo.yaml")
+run_study("demo", trials=12)
+export_best("exports/demo-best", study="demo")
 """
 
 from __future__ import annotations
@@ -89,8 +89,14 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     for s in st.get_all_studies():
         trials = st.get_all_trials(s._study_id, deepcopy=False)
         best = best_complete(trials, s.direction)
-        out.append({"study": s.study_name, "trials": len(trials), "counts": state_counts(trials),
-                    "best_value": best.value if best else None})
+        out.append(
+            {
+                "study": s.study_name,
+                "trials": len(trials),
+                "counts": state_counts(trials),
+                "best_value": best.value if best else None,
+            }
+        )
     return out
 
 

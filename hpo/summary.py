@@ -22,22 +22,28 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 def best_complete(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
     """The best COMPLETE trial (ties: the earlier one), or None."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    done = [
+        t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    ]
     if not done:
         return None
     sign = 1 if direction == StudyDirection.MINIMIZE else -1
-    return min(done, key=lambda t: (sign * t.value, t.number))
+    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
 
 
 def checkpoint_kept(trial: FrozenTrial) -> bool:
     """Whether the trial's best checkpoint is still on disk (here)."""
     path = trial.user_attrs.get("checkpoint")
-    return bool(path) and os.path.isdir(path)
+    return isinstance(path, str) and os.path.isdir(path)
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
     """One trial as plain values (for tables and ``--json``)."""
-    duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    duration = (
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else None
+    )
     return {
         "number": t.number,
         "state": t.state.name,

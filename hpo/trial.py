@@ -90,8 +90,18 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
         for s in range(steps_per_epoch):
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
             t0 = time.perf_counter()
-            loss, tokens = _step(model, opt, sched, train_ids, train_labels, idx, micro, device, autocast,
-                                 config["max_grad_norm"])
+            loss, tokens = _step(
+                model,
+                opt,
+                sched,
+                train_ids,
+                train_labels,
+                idx,
+                micro,
+                device,
+                autocast,
+                config["max_grad_norm"],
+            )
             state.train_s += time.perf_counter() - t0
             state.add_train(loss, tokens, step, config)
             step += 1
@@ -198,7 +208,8 @@ def load_model(model_path: str, dropout: float, device=None):
 def dropout_fields(config: dict[str, Any]) -> list[str]:
     """Names of a model config's dropout probabilities: float fields ending in dropout or pdrop."""
     return sorted(
-        k for k, v in config.items()
+        k
+        for k, v in config.items()
         if isinstance(v, float) and not isinstance(v, bool) and k.endswith(("dropout", "pdrop"))
     )
 
@@ -221,7 +232,9 @@ def _schedule(opt, warmup_ratio: float, total_steps: int):
     return get_linear_schedule_with_warmup(opt, int(warmup_ratio * total_steps), max(1, total_steps))
 
 
-def _step(model, opt, sched, ids_arr, labels_arr, idx, micro, device, autocast, max_norm) -> tuple[float, int]:
+def _step(
+    model, opt, sched, ids_arr, labels_arr, idx, micro, device, autocast, max_norm
+) -> tuple[float, int]:
     """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
     mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass."""
     import numpy as np
@@ -250,7 +263,10 @@ def _loss_sum(model, ids, labels):
 
     logits = model(input_ids=ids).logits[:, :-1]
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        logits.reshape(-1, logits.size(-1)).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
     )
 
 
@@ -303,8 +319,16 @@ def best_checkpoint(root: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
@@ -330,7 +354,9 @@ def _injected_failure(config: dict[str, Any], step: int) -> None:
     import torch
 
     if kind == "oom":
-        raise torch.OutOfMemoryError("injected by HPO_TEST_FAIL: CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise torch.OutOfMemoryError(
+            "injected by HPO_TEST_FAIL: CUDA out of memory. Tried to allocate 2.00 GiB"
+        )
     if kind == "nan":
         raise TrialError("training loss became nan at step 2 (injected by HPO_TEST_FAIL)")
     raise RuntimeError(f"injected failure ({spec})")
