@@ -1,0 +1,126 @@
+"""Shared fixtures: the tiny base model, small studies, and one storage fixture over SQLite and
+PostgreSQL (the local server at 127.0.0.1:5432, a fresh database per test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = ROOT / "studies" / "data" / "support.jsonl"
+PG_ADMIN = os.environ.get("HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Ray must never bind or contact anything but loopback in tests
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """The offline tiny GPT-2 (built once per machine into the hpo cache)."""
+    from hpo import basemodel
+
+    return str(basemodel.tiny_gpt2())
+
+
+def write_rows(path: Path, n: int, start: int = 0) -> Path:
+    """The first ``n`` rows of the shipped support data (from ``start``) as a JSONL file."""
+    lines = SUPPORT.read_text(encoding="utf-8").splitlines()[start : start + n]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def small_spec(tmp_path: Path, name: str = "small", rows: int = 400, **overrides) -> Path:
+    """A study file for a fast real run: 400 support rows, 128-token blocks, ASHA from 0.25 epoch."""
+    data = write_rows(tmp_path / "data.jsonl", rows)
+    spec = {
+        "name": name,
+        "model": "hpo:tiny-gpt2",
+        "data": {"path": data.name, "format": "jsonl", "validation_fraction": 0.1, "block_size": 128},
+        "space": {
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "batch_size": {"type": "categorical", "choices": [8, 16]},
+            "epochs": {"type": "int", "low": 1, "high": 2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.2},
+            "weight_decay": 0.01,
+        },
+        "schedule": {"type": "asha", "grace_period": 0.25, "reduction_factor": 2},
+        "training": {"eval_every": 0.25},
+        "resources": {"cpus_per_trial": 1, "concurrency": 2},
+        "seed": 0,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    return small_spec(tmp_path)
+
+
+def _pg_available() -> bool:
+    try:
+        import sqlalchemy
+
+        eng = sqlalchemy.create_engine(PG_ADMIN)
+        with eng.connect():
+            pass
+        eng.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    import sqlalchemy
+
+    if not _pg_available():
+        if os.environ.get("HPO_SKIP_POSTGRES"):
+            pytest.skip("PostgreSQL at 127.0.0.1:5432 not reachable and HPO_SKIP_POSTGRES is set")
+        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN}; start it or set HPO_SKIP_POSTGRES=1")
+    name = f"hpo_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path: Path) -> str:
+    """One fixture running a test over every storage backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900):
+    """Run the real ``hpo`` command in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def load_json(text: str):
+    return json.loads(text)
