@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -33,6 +34,7 @@ SEARCHABLE = ("learning_rate", "batch_size", "epochs", "dropout", "weight_decay"
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 DATA_FORMATS = ("jsonl", "csv", "text")
 METRICS = {"eval_loss": "minimize", "perplexity": "minimize"}
 SAMPLERS = ("tpe", "random")
@@ -42,12 +44,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_bool(v: Any) -> Any:
+    # pydantic's lax mode reads YAML's true/false as 1/0; a boolean where a number goes is a mistake
+    if isinstance(v, bool):
+        raise ValueError("expected a number, got a boolean (true/false)")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Choice = Annotated[float | int | str, BeforeValidator(_no_bool)]
+
+
 class FloatParam(_Model):
     """A float searched between ``low`` and ``high`` (log scale when ``log``)."""
 
     type: Literal["float"]
-    low: float
-    high: float
+    low: Float
+    high: Float
     log: bool = False
 
     @model_validator(mode="after")
@@ -60,8 +74,8 @@ class IntParam(_Model):
     """An integer searched between ``low`` and ``high`` inclusive."""
 
     type: Literal["int"]
-    low: int
-    high: int
+    low: Int
+    high: Int
     log: bool = False
 
     @model_validator(mode="after")
@@ -74,7 +88,7 @@ class CategoricalParam(_Model):
     """One of ``choices``."""
 
     type: Literal["categorical"]
-    choices: list[float | int | str] = Field(min_length=1)
+    choices: list[Choice] = Field(min_length=1)
 
 
 Param = FloatParam | IntParam | CategoricalParam
@@ -95,14 +109,14 @@ FloatOrParam = Annotated[
     Annotated[FloatParam, Tag("float")]
     | Annotated[IntParam, Tag("int")]
     | Annotated[CategoricalParam, Tag("categorical")]
-    | Annotated[float, Tag("fixed")],
+    | Annotated[Float, Tag("fixed")],
     _DISCRIMINATOR,
 ]
 IntOrParam = Annotated[
     Annotated[FloatParam, Tag("float")]
     | Annotated[IntParam, Tag("int")]
     | Annotated[CategoricalParam, Tag("categorical")]
-    | Annotated[int, Tag("fixed")],
+    | Annotated[Int, Tag("fixed")],
     _DISCRIMINATOR,
 ]
 
@@ -127,6 +141,8 @@ class SpaceSpec(_Model):
     @classmethod
     def _bounds(cls, v: Any, info: ValidationInfo) -> Any:
         name = info.field_name
+        if name in ("batch_size", "epochs") and isinstance(v, FloatParam):
+            raise ValueError(f"{name} is a whole number; search it with type: int or categorical")
         for value in _values(v):
             _check_param_value(str(name), value)
         return v
@@ -175,9 +191,9 @@ class DataSpec(_Model):
     prompt_field: str = Field(default="prompt", description="column holding the input")
     completion_field: str = Field(default="completion", description="column holding the target")
     text_field: str = Field(default="text", description="column holding plain text (jsonl/csv text data)")
-    validation_fraction: float = Field(default=0.1, gt=0, lt=1, description="seeded validation share")
+    validation_fraction: Float = Field(default=0.1, gt=0, lt=1, description="seeded validation share")
     validation_path: str | None = Field(default=None, description="separate validation file")
-    block_size: int = Field(default=128, ge=8, le=32768, description="tokens per training block")
+    block_size: Int = Field(default=128, ge=8, le=32768, description="tokens per training block")
 
     @field_validator("path", "validation_path", mode="after")
     @classmethod
@@ -185,6 +201,8 @@ class DataSpec(_Model):
         if v is None or (info.context or {}).get("stored"):
             return v
         resolved = _resolve(v, info)
+        if os.path.isdir(resolved):
+            raise ValueError(f"{resolved} is a folder; give the path of a data file")
         if not os.path.isfile(resolved):
             raise ValueError(f"file not found: {resolved} (paths are relative to the spec file's folder)")
         return resolved
@@ -207,9 +225,9 @@ class AshaSpec(_Model):
     """Asynchronous successive halving over training progress measured in epochs."""
 
     type: Literal["asha"] = "asha"
-    grace_period: float = Field(default=0.5, gt=0, description="epochs every trial gets")
-    max_t: float | None = Field(default=None, gt=0, description="epochs at most (default: max epochs)")
-    reduction_factor: float = Field(default=2.0, gt=1, description="keep 1/rf of trials at each rung")
+    grace_period: Float = Field(default=0.5, gt=0, description="epochs every trial gets")
+    max_t: Float | None = Field(default=None, gt=0, description="epochs at most (default: max epochs)")
+    reduction_factor: Float = Field(default=2.0, gt=1, description="keep 1/rf of trials at each rung")
 
     @model_validator(mode="after")
     def _grace(self) -> AshaSpec:
@@ -224,21 +242,37 @@ class NoSchedule(_Model):
     type: Literal["none"] = "none"
 
 
+def _schedule_kind(v: Any) -> str | None:
+    if isinstance(v, dict):  # a mapping without ``type`` is ASHA's settings
+        return v.get("type", "asha") if v.get("type", "asha") in ("asha", "none") else None
+    return getattr(v, "type", None)
+
+
+Schedule = Annotated[
+    Annotated[AshaSpec, Tag("asha")] | Annotated[NoSchedule, Tag("none")],
+    Discriminator(
+        _schedule_kind,
+        custom_error_type="schedule_type",
+        custom_error_message="use asha (a mapping: type: asha, grace_period, reduction_factor) or none",
+    ),
+]
+
+
 class TrainingSpec(_Model):
     """How each trial trains and evaluates (fixed for the whole study)."""
 
-    eval_every: float = Field(default=0.25, gt=0, le=1, description="epochs between evaluations")
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="share of steps warming up")
-    max_micro_batch: int = Field(default=32, ge=1, description="largest batch in one forward pass")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient clipping norm")
+    eval_every: Float = Field(default=0.25, gt=0, le=1, description="epochs between evaluations")
+    warmup_ratio: Float = Field(default=0.05, ge=0, lt=1, description="share of steps warming up")
+    max_micro_batch: Int = Field(default=32, ge=1, description="largest batch in one forward pass")
+    max_grad_norm: Float = Field(default=1.0, gt=0, description="gradient clipping norm")
 
 
 class ResourcesSpec(_Model):
     """What one trial needs, and how many run at once."""
 
-    cpus_per_trial: float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
-    gpus_per_trial: float = Field(default=0, ge=0, description="GPUs per trial; fractions pack trials")
-    concurrency: int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
+    cpus_per_trial: Float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
+    gpus_per_trial: Float = Field(default=0, ge=0, description="GPUs per trial; fractions pack trials")
+    concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
 
 
 class StudySpec(_Model):
@@ -249,12 +283,12 @@ class StudySpec(_Model):
     data: DataSpec
     objective: ObjectiveSpec = ObjectiveSpec()
     space: SpaceSpec = SpaceSpec()
-    schedule: AshaSpec | NoSchedule = Field(default=AshaSpec(), discriminator="type")
+    schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     sampler: Literal["tpe", "random"] = "tpe"
-    keep_top_k: int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
-    seed: int = 0
+    keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
+    seed: Int = 0
 
     @field_validator("name", mode="after")
     @classmethod
@@ -268,16 +302,11 @@ class StudySpec(_Model):
     def _model_path(cls, v: str, info: ValidationInfo) -> str:
         if (info.context or {}).get("stored"):
             return v
-        if v == TINY_MODEL or v.startswith("hpo:"):
+        if v.startswith("hpo:"):
             if v != TINY_MODEL:
                 raise ValueError(f"unknown built-in model {v!r}; the built-in model is {TINY_MODEL!r}")
             return v
-        resolved = _resolve(v, info)
-        if os.path.isdir(resolved):
-            return resolved
-        if v.startswith(("/", ".", "~")) or os.sep + os.sep in v:
-            raise ValueError(f"model directory not found: {resolved}")
-        return v  # a Hugging Face hub id
+        return _local_model_or_hub_id(v, info)
 
     @property
     def max_epochs(self) -> float:
@@ -293,6 +322,24 @@ class StudySpec(_Model):
     def to_json(self) -> str:
         """The spec as JSON (paths already absolute), as stored with the study."""
         return self.model_dump_json()
+
+
+def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:
+    """A model folder (resolved) if ``v`` names one, else ``v`` as a Hugging Face hub id."""
+    resolved = _resolve(v, info)
+    if os.path.isdir(resolved):
+        if not os.path.isfile(os.path.join(resolved, "config.json")):
+            raise ValueError(f"{resolved} has no config.json; give a folder written by save_pretrained")
+        return resolved
+    base = (info.context or {}).get("base_dir", ".")
+    # "org/name" is a hub id, unless "org" is a folder here: then it was meant as a local path
+    local = not _HUB_ID.fullmatch(v) or ("/" in v and os.path.isdir(os.path.join(base, v.split("/")[0])))
+    if local:
+        raise ValueError(
+            f"model directory not found: {resolved}; give a save_pretrained folder, a hub id "
+            f"(org/name) or {TINY_MODEL}"
+        )
+    return v
 
 
 def _resolve(path: str, info: ValidationInfo) -> str:
@@ -341,8 +388,12 @@ def parse(data: Any, source: str, base_dir: str = ".", name: str | None = None) 
     Raises:
         SpecError: listing every problem at once.
     """
+    if data is None:
+        raise SpecError(source, ["the file is empty; start from studies/demo.yaml"])
     if not isinstance(data, dict):
-        raise SpecError(source, [f"the spec must be a mapping of sections, got {type(data).__name__}"])
+        raise SpecError(
+            source, [f"the spec must be a mapping of sections (name:, data:, ...), got {type(data).__name__}"]
+        )
     if name is not None:
         data = {**data, "name": name}
     if isinstance(data.get("schedule"), str):
@@ -361,17 +412,39 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> StudySpec:
     """
     p = Path(path)
     if not p.is_file():
-        raise SpecError(str(path), ["file not found; pass the path of a study YAML file"])
+        what = "is a folder" if p.is_dir() else "file not found"
+        raise SpecError(str(path), [f"{what}; pass the path of a study YAML file"])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(str(path), [f"{where}not valid YAML ({problem})"]) from e
     except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(str(path), [f"cannot read the file ({e})"]) from e
+        raise SpecError(str(path), [f"cannot read the file ({e}); check it is a UTF-8 text file"]) from e
     return parse(data, str(path), str(p.parent.resolve()), name)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice is an error (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if not isinstance(key, str | int | float | bool):
+            continue  # an unhashable key: the spec check reports it
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; keep one", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def from_json(text: str) -> StudySpec:

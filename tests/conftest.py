@@ -117,7 +117,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "hpo.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", "hpo.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -1,0 +1,157 @@
+"""The Optuna <-> Ray bridge: pure decisions, and the bridge driven by hand-made events on a
+real Optuna storage (no Ray cluster needed: Tune calls these same hooks)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo import spec as spec_mod
+from hpo import storage as storage_mod
+from hpo.searcher import (
+    BUDGET_DONE,
+    OptunaBridge,
+    checkpoints_to_delete,
+    eval_step,
+    final_state,
+    recover_stale,
+)
+from tests.conftest import small_spec
+
+
+def test_eval_step_is_the_index_on_the_epoch_grid():
+    assert [eval_step(e, 0.25) for e in (0.25, 0.5, 1.0, 2.0)] == [1, 2, 4, 8]
+    assert eval_step(1.0, 0.3) == 4  # a final evaluation off the grid gets the next index
+    assert eval_step(0.3, 0.3) == 1
+
+
+@pytest.mark.parametrize(
+    ("last", "error", "expected"),
+    [
+        ({"epoch": 0.5}, False, TrialState.PRUNED),  # stopped by ASHA before its budget
+        ({"epoch": 1.0, BUDGET_DONE: True}, False, TrialState.COMPLETE),  # its own (short) budget
+        ({"epoch": 3.0}, False, TrialState.COMPLETE),  # reached max_t: ASHA's stop is the end
+        ({"epoch": 0.5}, True, TrialState.FAIL),
+        ({}, False, TrialState.FAIL),  # never reported
+    ],
+)
+def test_final_state(last, error, expected):
+    assert final_state(last, error, max_t=3.0, scheduled=True) == expected
+
+
+def _frozen(number, state, value, folder):
+    return optuna.trial.create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        user_attrs={"trial_dir": str(folder)},
+        params={},
+        distributions={},
+    ), number
+
+
+def test_checkpoint_gc_keeps_the_top_k_complete_and_running(tmp_path: Path):
+    trials = []
+    specs = [
+        (0, TrialState.COMPLETE, 1.0),
+        (1, TrialState.COMPLETE, 0.5),
+        (2, TrialState.PRUNED, None),
+        (3, TrialState.COMPLETE, 2.0),
+        (4, TrialState.RUNNING, None),
+        (5, TrialState.FAIL, None),
+    ]
+    for number, state, value in specs:
+        folder = tmp_path / f"{number}"
+        (folder / "step-0000001").mkdir(parents=True)
+        t, _ = _frozen(number, state, value, folder)
+        t.number = number
+        trials.append(t)
+    doomed = checkpoints_to_delete(trials, keep=2, direction=optuna.study.StudyDirection.MINIMIZE)
+    assert sorted(Path(p).parent.name for p in doomed) == ["2", "3", "5"]
+
+
+def _bridge(tmp_path: Path, target: int = 3):
+    spec = spec_mod.load(small_spec(tmp_path))
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage_mod.create(spec, url)
+    study = storage_mod.load(spec.name, url, heartbeat=True)
+    events = []
+    bridge = OptunaBridge(
+        study,
+        spec,
+        target,
+        lambda n, p, folder: {"params": p, "checkpoint_dir": folder},
+        tmp_path / "trials",
+        "run1",
+        events.append,
+        max_failures=2,
+    )
+    return bridge, study, events
+
+
+def test_bridge_records_complete_pruned_and_failed_trials(tmp_path: Path):
+    bridge, study, events = _bridge(tmp_path, target=3)
+    try:
+        c0, c1, c2 = (bridge.suggest(f"ray{i}") for i in range(3))
+        assert c0 is not None and "learning_rate" in c0["params"]
+        assert bridge.suggest("ray3") is None  # 3 running would meet the target: wait
+        for epoch, loss in ((0.25, 3.0), (0.5, 2.5)):
+            bridge.on_trial_result("ray0", {"eval_loss": loss, "epoch": epoch, "best_eval_loss": loss})
+        bridge.on_trial_complete(
+            "ray0", {"eval_loss": 2.0, "epoch": 1.0, "best_eval_loss": 2.0, BUDGET_DONE: True}
+        )
+        bridge.on_trial_complete(
+            "ray1", {"eval_loss": 4.0, "epoch": 0.25, "best_eval_loss": 4.0}
+        )  # ASHA stop
+        Path(c2["checkpoint_dir"]).mkdir(parents=True)
+        Path(c2["checkpoint_dir"], "error.json").write_text(
+            '{"error_class": "TrialError", "error_message": "nan"}'
+        )
+        bridge.on_trial_complete("ray2", None, error=True)
+        trials = study.get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+        assert trials[0].value == 2.0 and trials[0].intermediate_values == {1: 3.0, 2: 2.5, 4: 2.0}
+        assert trials[1].user_attrs["pruned_at_epoch"] == 0.25 and trials[1].intermediate_values == {1: 4.0}
+        assert trials[2].user_attrs["error_class"] == "TrialError"
+        assert trials[0].user_attrs["ray_trial_id"] == "ray0"
+        assert math.isclose(trials[0].user_attrs["best_perplexity"], math.exp(2.0))
+        assert [e.kind for e in events] == ["start", "start", "start", "complete", "pruned", "fail"]
+        bridge._counts_cache = (0.0, 0, 0)
+        assert bridge.suggest("ray4") is not None  # the failure does not count: one more trial
+        bridge.on_trial_complete(
+            "ray4", {"eval_loss": 3.0, "epoch": 1.0, "best_eval_loss": 3.0, BUDGET_DONE: True}
+        )
+        assert bridge.suggest("ray5") == OptunaBridge.FINISHED
+    finally:
+        bridge.close()
+
+
+def test_interrupted_trials_are_failed_and_requeued(tmp_path: Path):
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    try:
+        config = bridge.suggest("ray0")
+        bridge.abandon_live()
+        trials = study.get_trials()
+        assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"] == "interrupted"
+        assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["requeued_from"] == 0
+        searched = set(study.get_trials()[0].params)
+        assert {k: config["params"][k] for k in searched} == trials[1].params or not trials[1].params
+    finally:
+        bridge.close()
+
+
+def test_dead_run_trials_are_recovered_once(tmp_path: Path):
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.suggest("ray0")
+    bridge.close()
+    # pretend the trial's driver died: a pid that cannot exist on this host
+    study.get_trials()[0]  # noqa: B018 - loaded for clarity
+    study._storage.set_trial_user_attr(study.get_trials()[0]._trial_id, "pid", 2**22 + 1)
+    spec = storage_mod.spec_of(study)
+    assert recover_stale(study, spec) == [0]
+    assert recover_stale(study, spec) == []
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
