@@ -167,23 +167,32 @@ def run_cmd(
 
     Example: hpo run --study demo --trials 50
     """
-    from hpo.display import EventPrinter, print_run_summary
+    from dashboards.notes import NoteWriter
+    from hpo import storage as storage_mod
+    from hpo.display import make_progress, print_run_summary
     from hpo.study import run_study
 
-    printer = EventPrinter(_echo, time.time(), trials)
-    summary = run_study(
-        study,
-        trials=trials,
-        storage=storage,
-        runs_dir=runs_dir,
-        on_event=printer,
-        address=address,
-        concurrency=concurrency,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        max_failures=max_failures,
-    )
+    # the live display and the dashboard notes read the study alongside the run
+    loaded = storage_mod.load(study, storage)
+    artifacts = (runs_dir.parent if runs_dir else Path("runs")) / "artifacts"
+    with make_progress(_echo, time.time(), trials, study=loaded) as progress:
+        notes = NoteWriter(loaded, progress, storage_mod.resolve_url(storage), artifacts)
+        summary = run_study(
+            study,
+            trials=trials,
+            storage=storage,
+            runs_dir=runs_dir,
+            on_event=notes,
+            address=address,
+            concurrency=concurrency,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            max_failures=max_failures,
+        )
+    notes.finish()
     print_run_summary(summary, _echo)
+    if notes.noted:
+        _echo(f"wrote dashboard notes for {len(notes.noted)} trials; browse them with `hpo dashboard`")
     if summary.interrupted:
         raise typer.Exit(130)
 
@@ -213,6 +222,9 @@ def dashboard_cmd(
     storage: str = StorageOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
     port: int = typer.Option(8080, "--port"),
+    artifact_dir: Path = typer.Option(
+        Path("runs/artifacts"), "--artifact-dir", help="model cards `hpo run` attached (if the folder exists)"
+    ),
 ) -> None:
     """Serve optuna-dashboard on the study storage.
 
@@ -222,12 +234,34 @@ def dashboard_cmd(
 
     st = storage_mod.open_storage(storage)
     import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
 
+    store = FileSystemArtifactStore(artifact_dir) if artifact_dir.is_dir() else None
     _echo(
         f"optuna-dashboard on http://{host}:{port}/ for {storage_mod.mask(storage_mod.resolve_url(storage))}"
         " (Ctrl-C stops)"
     )
-    optuna_dashboard.run_server(st, host=host, port=port)
+    optuna_dashboard.run_server(st, host=host, port=port, artifact_store=store)
+
+
+@app.command("report")
+def report_cmd(
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML file to write"),
+    study: str = StudyOpt,
+    storage: str = StorageOpt,
+) -> None:
+    """Write one self-contained HTML report of a study: plots, the trials table, the export command.
+
+    Example: hpo report --study demo --out report.html
+    """
+    from dashboards.report import build_report
+    from hpo import storage as storage_mod
+
+    loaded = storage_mod.load(study, storage)
+    path = build_report(loaded, out, storage_url=storage_mod.resolve_url(storage))
+    n = len(loaded.get_trials(deepcopy=False))
+    mb = path.stat().st_size / 1e6
+    _echo(f"wrote {path} ({n} trials of {loaded.study_name!r}, {mb:.1f} MB; opens offline in a browser)")
 
 
 # ---------------------------------------------------------------- entry point

@@ -40,7 +40,6 @@ class CleanReport:
     read: int = 0
     empty: int = 0
     duplicate: int = 0
-    truncated: int = 0
     kept: int = 0
 
 
@@ -84,17 +83,19 @@ def read_rows(data: DataSpec, path: str) -> list[dict[str, str]]:
             return _read_jsonl(path)
         if data.format == "csv":
             return _read_csv(path, data)
-        with open(path, encoding="utf-8") as f:
-            return [{"text": line} for line in f]
+        with open(path, encoding="utf-8-sig") as f:
+            return [{data.text_field: line, "_line": str(n)} for n, line in enumerate(f, 1)]
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise DataError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8"
+        ) from e
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from e
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the file and its permissions") from e
 
 
 def _read_jsonl(path: str) -> list[dict[str, str]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of line 1
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -105,32 +106,39 @@ def _read_jsonl(path: str) -> list[dict[str, str]]:
                     f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
                 ) from e
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(
+                    f"{path}:{n}: expected a JSON object, got {type(row).__name__}; "
+                    'each line must be one object such as {"prompt": ..., "completion": ...}'
+                )
             rows.append({k: "" if v is None else str(v) for k, v in row.items()} | {"_line": str(n)})
     return rows
 
 
 def _read_csv(path: str, data: DataSpec) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        need = _fields(data)
-        missing = [c for c in need if c not in header]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header) or 'none'}); "
-                "set data.prompt_field / data.completion_field / data.text_field in the spec"
-            )
-        return [
-            {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(n)}
-            for n, row in enumerate(reader, 2)
-        ]
+        try:
+            header = list(reader.fieldnames or [])
+            _check_columns(path, header, data)
+            return [
+                {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(reader.line_num)}
+                for row in reader
+            ]
+        except csv.Error as e:
+            where = f"{path}:{reader.line_num + 1}"  # csv counts the line it failed on only after
+            raise DataError(f"{where}: not valid CSV ({e}); fix or remove that line") from e
 
 
-def _fields(data: DataSpec) -> list[str]:
-    if data.format == "text":
-        return []
-    return [data.prompt_field, data.completion_field]
+def _check_columns(path: str, header: list[str], data: DataSpec) -> None:
+    """A CSV needs the prompt and completion columns, or the text column."""
+    pairs = [data.prompt_field, data.completion_field]
+    if all(c in header for c in pairs) or data.text_field in header:
+        return
+    missing = [c for c in pairs if c not in header]
+    raise DataError(
+        f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header) or 'none'}); "
+        "name yours with data.prompt_field / data.completion_field (or data.text_field) in the spec"
+    )
 
 
 def _is_pairs(data: DataSpec, rows: list[dict[str, str]]) -> bool:
@@ -163,8 +171,10 @@ def clean(
         missing = [k for k in keys if k not in row]
         if missing:
             where = f"{source}:{row.get('_line', '?')}"
+            fields = ", ".join(k for k in row if k != "_line") or "none"
             raise DataError(
-                f"{where}: no field {missing[0]!r}; set data.{_field_name(keys, missing[0])} in the spec"
+                f"{where}: no field {missing[0]!r} (fields: {fields}); "
+                f"add it, or set data.{_field_name(keys, missing[0])} in the spec"
             )
         example = tuple(row[k].strip() for k in keys)
         if not all(example):
@@ -179,7 +189,8 @@ def clean(
     report.kept = len(kept)
     if not kept:
         raise DataError(
-            f"{source}: no usable rows after cleaning ({report.empty} empty, {report.duplicate} duplicate)"
+            f"{source}: no usable rows after cleaning (read {report.read}: {report.empty} empty, "
+            f"{report.duplicate} duplicate); every example needs non-empty {' and '.join(keys)}"
         )
     return kept, report
 
@@ -191,7 +202,10 @@ def _field_name(keys: list[str], key: str) -> str:
 def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """A seeded train/validation split of examples (at least one of each)."""
     if len(examples) < 2:
-        raise DataError(f"need at least 2 examples to split off a validation set, got {len(examples)}")
+        raise DataError(
+            f"need at least 2 examples to split off a validation set, got {len(examples)}; "
+            "add data or set data.validation_path"
+        )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_val = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
@@ -254,9 +268,12 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
     h.update(json.dumps([PREP_VERSION, data.model_dump(exclude={"path", "validation_path"}), seed]).encode())
     for p in (data.path, data.validation_path):
         if p:
-            with open(p, "rb") as f:
-                for piece in iter(lambda: f.read(1 << 20), b""):
-                    h.update(piece)
+            try:
+                with open(p, "rb") as f:
+                    for piece in iter(lambda: f.read(1 << 20), b""):
+                        h.update(piece)
+            except OSError as e:
+                raise DataError(f"{p}: cannot read ({e.strerror}); the study's data file must stay") from e
     h.update(tokenizer_id.encode())
     return h.hexdigest()[:20]
 
@@ -302,14 +319,50 @@ def _examples(data: DataSpec, seed: int) -> tuple[list, list, dict[str, Any]]:
     rows = read_rows(data, data.path)
     keys = [data.prompt_field, data.completion_field] if _is_pairs(data, rows) else [data.text_field]
     examples, report = clean(rows, keys, data.path)
-    cleaning = {"train": asdict(report), "pairs": len(keys) == 2}
+    cleaning: dict[str, Any] = {"train": asdict(report), "pairs": len(keys) == 2}
     if data.validation_path:
         val_rows = read_rows(data, data.validation_path)
         val, val_report = clean(val_rows, keys, data.validation_path)
         cleaning["validation"] = asdict(val_report)
-        return examples, val, cleaning
-    train, val = split(examples, data.validation_fraction, seed)
+        train = examples
+    else:
+        train, val = split(examples, data.validation_fraction, seed)
+    cleaning["examples"] = {"train": len(train), "validation": len(val)}
     return train, val, cleaning
+
+
+def check(data: DataSpec, seed: int = 0) -> dict[str, Any]:
+    """A dry run of data preparation up to tokenizing: read, clean and split, in pure Python.
+
+    ``hpo study create`` runs it so bad data fails before anything is stored. It loads no
+    tokenizer, so a block-size problem (less than one block of tokens) still shows at run time.
+
+    Returns:
+        The cleaning counts, as stored with the study: ``{"train": {read, empty, duplicate,
+        kept}, "validation": {...} (with data.validation_path), "pairs": bool,
+        "examples": {"train": n, "validation": n}}``.
+
+    Raises:
+        DataError: naming the file (and line) and the fix.
+    """
+    return _examples(data, seed)[2]
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for people: what cleaning kept and dropped, and the split."""
+    t = report["train"]
+    kind = "prompt/completion pairs" if report.get("pairs") else "texts"
+    line = (
+        f"data: read {t['read']} rows, dropped {t['empty']} empty and {t['duplicate']} duplicate, "
+        f"kept {t['kept']} {kind}"
+    )
+    if "validation" in report:
+        v = report["validation"]
+        line += f"; validation file: read {v['read']}, kept {v['kept']}"
+    n = report.get("examples")
+    if n:
+        line += f" ({n['train']} train / {n['validation']} validation)"
+    return line
 
 
 def _tokenize_and_pack(tok, data: DataSpec, train_ex: list, val_ex: list, cleaning: dict) -> dict[str, Any]:

@@ -36,13 +36,14 @@ class SpecError(HpoError):
 
 
 class UsageError(HpoError):
-    """The command was asked for something that cannot be done as asked (missing study, bad --out)."""
+    """The command was asked for something that cannot be done as asked: a missing or existing
+    study, a malformed storage URL, a bad --out. Bad input, so it exits 2."""
 
     exit_code = 2
 
 
 class StorageError(HpoError):
-    """The study storage cannot be reached or refused an operation."""
+    """The study storage cannot be reached or refused an operation (a runtime fault: exit 1)."""
 
 
 class DataError(HpoError):

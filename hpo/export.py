@@ -6,6 +6,7 @@ export leaves nothing half-written; a non-empty destination is replaced only wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -65,6 +66,9 @@ def _check_destination(out: Path, force: bool) -> None:
         raise UsageError(f"--out {out} is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"--out {out} is not empty; choose another folder or add --force to replace it")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise UsageError(f"--out {out}: {above} is a file, not a folder; give a folder path")
 
 
 def _choose(study, number: int | None) -> FrozenTrial:
@@ -79,7 +83,8 @@ def _choose(study, number: int | None) -> FrozenTrial:
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 raise UsageError(f"trial {number} is {t.state.name}; export a COMPLETE or PRUNED trial")
             return t
-    raise UsageError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+    have = f"trials 0..{len(trials) - 1}" if trials else "it has no trials yet"
+    raise UsageError(f"study {study.study_name!r} has no trial {number} ({have}); check --trial")
 
 
 def _checkpoint(trial: FrozenTrial, study_name: str) -> Path:
@@ -123,6 +128,7 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
 
 
 def _write(source: Path, out: Path, info: dict[str, Any], force: bool) -> None:
+    made = [p for p in reversed(out.absolute().parents) if not p.exists()]  # folders we create
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -131,14 +137,24 @@ def _write(source: Path, out: Path, info: dict[str, Any], force: bool) -> None:
                 shutil.copy2(f, tmp / f.name)
         (tmp / "hpo.json").write_text(json.dumps(info, indent=1, default=str))
         (tmp / "README.md").write_text(model_card(info))
-        if out.exists():
-            if not force:  # appeared meanwhile
-                raise UsageError(f"--out {out} appeared while exporting; add --force to replace it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _replace(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in reversed(made):  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
         raise
+
+
+def _replace(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished folder into place; an empty ``out`` goes, a full one only with ``force``."""
+    if out.is_dir() and any(out.iterdir()):
+        if not force:  # filled meanwhile
+            raise UsageError(f"--out {out} was filled while exporting; add --force to replace it")
+        shutil.rmtree(out)
+    elif out.is_dir():
+        out.rmdir()
+    os.replace(tmp, out)
 
 
 def model_card(info: dict[str, Any]) -> str:

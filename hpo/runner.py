@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -113,8 +114,9 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
             on_event,
             opts.max_failures,
         )
-        tuner = _tuner(spec, opts, bridge, cpus, gpus, concurrency, run_id)
-        summary.interrupted = _fit(tuner, bridge)
+        stop = threading.Event()
+        tuner = _tuner(spec, opts, bridge, cpus, gpus, concurrency, run_id, _stop_callback(stop))
+        summary.interrupted = _fit(tuner, bridge, stop)
         summary.stop_reason, summary.disk_peak_mb = bridge.stop_reason, bridge.disk_peak_mb
         _record_disk_peak(study, bridge.disk_peak_mb)
     finally:
@@ -126,17 +128,25 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     return summary
 
 
-def _fit(tuner, bridge) -> bool:
-    """Run the Tuner; on Ctrl-C/SIGTERM fail and re-queue live trials. Returns True if interrupted."""
+def _fit(tuner, bridge, stop: threading.Event) -> bool:
+    """Run the Tuner; on Ctrl-C/SIGTERM fail and re-queue live trials. Returns True if interrupted.
 
-    def _raise(signum, frame):
+    The signal handler only sets ``stop`` (raising inside Ray's C++ wait would corrupt it); the
+    ``_StopOnSignal`` callback then raises between two steps of Tune's loop, Tune stops its trial
+    processes, and the bridge fails and re-queues the trials that were running. A second Ctrl-C
+    raises at once.
+    """
+
+    def _on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
         bridge.stopping = True
-        raise Interrupted(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         tuner.fit()
-        return False
+        return stop.is_set()
     except (Interrupted, KeyboardInterrupt):
         return True
     finally:
@@ -144,6 +154,24 @@ def _fit(tuner, bridge) -> bool:
             signal.signal(s, h)
         bridge.abandon_live()
         bridge.close()
+
+
+def _stop_callback(stop: threading.Event | None):
+    from ray import tune
+
+    stop = stop or threading.Event()
+
+    class _StopOnSignal(tune.Callback):
+        """Ends Tune's loop between two steps once a stop signal has arrived."""
+
+        def on_step_begin(self, iteration, trials, **info):
+            if stop.is_set():
+                raise Interrupted("stop signal")
+
+        def __reduce__(self):  # Ray pickles its callbacks into its (unused) experiment state
+            return (_stop_callback, (None,))
+
+    return _StopOnSignal()
 
 
 # ---------------------------------------------------------------- Ray
@@ -169,7 +197,7 @@ def _start_ray(opts: RunOptions) -> bool:
     import ray
 
     for name in ("ray", "ray.tune", "ray.train"):  # hpo reports progress and errors itself
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
     address = opts.address or os.environ.get("RAY_ADDRESS")
@@ -243,7 +271,7 @@ def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: floa
     return make
 
 
-def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency: int, run_id: str):
+def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency: int, run_id: str, callback):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -276,6 +304,7 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
             storage_path=str((opts.runs_dir / "ray").resolve()),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[callback],
         ),
     )
 

@@ -121,14 +121,22 @@ class OptunaBridge(Searcher):
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
+        resume = trial.user_attrs.get("resume_checkpoint")  # set when an interrupted trial was re-queued
+        if resume and Path(resume).is_dir():
+            attrs["resumed_from"] = resume
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._heartbeat(trial._trial_id)
         with self._lock:
             self._live[trial_id], self._params[trial_id] = trial, params
         self._counts_cache = (0.0, 0, 0)
-        self._on_event(Event("start", trial.number, params))
-        return self._make_config(trial.number, params, str(folder))
+        self._on_event(
+            Event("start", trial.number, params, message="resumed" if "resumed_from" in attrs else "")
+        )
+        config = self._make_config(trial.number, params, str(folder))
+        if "resumed_from" in attrs:
+            config["resume_checkpoint"] = attrs["resumed_from"]
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
@@ -204,10 +212,11 @@ class OptunaBridge(Searcher):
         return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
 
     def _interrupt(self, trial, params: dict[str, Any]) -> None:
-        """Fail an interrupted trial and re-queue its parameters (the next run tries them first)."""
+        """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
+        resuming from its checkpoint when it had one)."""
         trial.set_user_attr("fail_reason", "interrupted")
         self._study.tell(trial, state=TrialState.FAIL)
-        requeue(self._study, trial.number, params, self._spec)
+        requeue(self._study, trial.number, params, self._spec, trial.user_attrs.get("trial_dir"))
         self._on_event(Event("interrupted", trial.number, params, message="re-queued"))
 
     def abandon_live(self) -> None:
@@ -314,25 +323,36 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
-    except the ``keep`` best COMPLETE ones; RUNNING trials and interrupted ones keep theirs."""
+    except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
+    ones until the trial re-queued from them has finished."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
+    resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
     out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
         if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
             continue
-        if t.user_attrs.get("fail_reason") == "interrupted":
-            continue
+        if t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed:
+            continue  # its re-queued trial will resume from this checkpoint
         out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
     return out
 
 
-def requeue(study: optuna.Study, number: int, params: dict[str, Any], spec: StudySpec) -> None:
-    """Put an interrupted trial's searched parameters back in the queue."""
+def requeue(
+    study: optuna.Study, number: int, params: dict[str, Any], spec: StudySpec, trial_dir: str | None = None
+) -> None:
+    """Put an interrupted trial's searched parameters back in the queue, with its best checkpoint
+    (found through the trial folder's BEST pointer, which moves atomically)."""
+    from hpo.trial import best_checkpoint
+
     searched = {k: v for k, v in params.items() if k in spec.space.searched()}
-    study.enqueue_trial(searched, user_attrs={"requeued_from": number}, skip_if_exists=False)
+    attrs: dict[str, Any] = {"requeued_from": number}
+    checkpoint = best_checkpoint(trial_dir) if trial_dir else None
+    if checkpoint is not None:
+        attrs["resume_checkpoint"] = str(checkpoint)
+    study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
 
 
 def read_error(folder: Path) -> dict[str, str] | None:
@@ -368,7 +388,7 @@ def recover_stale(study: optuna.Study, spec: StudySpec) -> list[int]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another run recovered it first
-        requeue(study, frozen.number, frozen.params, spec)
+        requeue(study, frozen.number, frozen.params, spec, frozen.user_attrs.get("trial_dir"))
         recovered.append(frozen.number)
     return recovered
 

@@ -3,7 +3,10 @@
 Any SQLAlchemy URL that Optuna accepts works; SQLite (``sqlite:///hpo.db``) is the default and
 PostgreSQL is the choice for a study shared by several machines. The study's spec is stored
 with it (study user attribute ``hpo_spec``), so later commands need only the study's name.
-Every database error is re-raised here as a ``StorageError`` naming the (masked) URL.
+A malformed URL is bad input (``UsageError``, checked before anything is opened); a database
+that cannot be reached or refuses an operation is a ``StorageError``. Messages name the URL
+with its password masked. Only ``create`` makes a new SQLite file: reading commands refuse a
+missing one instead of leaving an empty database behind.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from hpo import spec as spec_mod
 from hpo.errors import StorageError, UsageError
@@ -28,11 +33,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///hpo.db"
 SPEC_ATTR = "hpo_spec"
+DATA_REPORT_ATTR = "hpo_data_report"
 #: Seconds between trial heartbeats, and how old a heartbeat may get before its trial is stale.
 HEARTBEAT_S = 10
 GRACE_S = 60
+#: Seconds to wait for a database server to answer before giving up.
+CONNECT_TIMEOUT_S = 10
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@]*:)(?P<pw>[^@]*)(?P<tail>@)")
+_FIX = "check --storage / HPO_STORAGE (e.g. sqlite:///hpo.db or postgresql://USER@HOST:5432/DB)"
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
 
 
 def resolve_url(url: str | None) -> str:
@@ -40,9 +49,41 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
 
 
+def _password(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host/...`` is in ``url``, if it has one.
+
+    The password runs to the *last* ``@``, so one holding an unescaped ``@``, ``/`` or ``?`` is
+    still masked whole (an ``@`` in the query masks a little too much, which is the safe side).
+    """
+    start = url.find("://")
+    if start < 0:
+        return None
+    start += 3
+    at = url.rfind("@", start)
+    colon = url.find(":", start, at) if at >= 0 else -1
+    if colon < 0 or "/" in url[start:colon]:  # no userinfo (a path such as sqlite:////a:b@c.db)
+        return None
+    return colon + 1, at
+
+
 def mask(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to print and to store)."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    span = _password(url)
+    if span is not None:
+        url = url[: span[0]] + "***" + url[span[1] :]
+    return _QUERY_PASSWORD.sub(r"\g<key>***", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message) with the URL masked and its password nowhere."""
+    text = text.replace(url, mask(url))
+    span = _password(url)
+    if span is not None:
+        pw = url[span[0] : span[1]]
+        for secret in {pw, unquote(pw)}:
+            if len(secret) >= 3:  # a shorter one would garble the message; drivers do not echo it
+                text = text.replace(secret, "***")
+    return text
 
 
 def is_local_sqlite(url: str) -> bool:
@@ -50,60 +91,134 @@ def is_local_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for in-memory SQLite and other databases)."""
+    if not url.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def exists(url: str | None = None) -> bool:
+    """Whether the storage is there to read: False only for a SQLite file that does not exist."""
+    url = resolve_url(url)
+    check_url(url)
+    path = sqlite_file(url)
+    return path is None or path.is_file()
+
+
+def check_url(url: str) -> None:
+    """Refuse a malformed URL, an unknown database kind or a missing driver, opening nothing.
+
+    Raises:
+        UsageError: naming the (masked) URL and what to change.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = mask(url)
+    if "://" not in url:
+        raise UsageError(f"storage {shown!r} is not a database URL; {_FIX}")
+    span = _password(url)
+    if span is not None and any(c in url[span[0] : span[1]] for c in "@/"):
+        raise UsageError(
+            f"storage {shown}: the password holds '@' or '/'; percent-encode them (%40, %2F) "
+            "or keep the password in ~/.pgpass"
+        )
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError as e:
+        raise UsageError(f"storage {shown}: unknown database kind {url.split(':')[0]!r}; {_FIX}") from e
+    except (ArgumentError, ValueError) as e:
+        raise UsageError(f"storage {shown}: malformed URL ({_scrub(str(e), url)}); {_FIX}") from e
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise UsageError(
+            f"storage {shown}: the Python driver for {parsed.drivername} is not installed ({e.name}); "
+            "install it, or use sqlite:///FILE or postgresql://... (psycopg is installed)"
+        ) from e
+    path = sqlite_file(url)
+    if path is not None and not path.resolve().parent.is_dir():
+        raise UsageError(f"storage {shown}: folder {path.resolve().parent} does not exist; create it first")
+
+
 @contextmanager
 def _db_errors(url: str, doing: str) -> Iterator[None]:
     """Turn database errors into one ``StorageError`` line naming the masked URL."""
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
-    except SQLAlchemyError as e:
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StorageError(f"storage {mask(url)}: {doing} failed: {first}") from e
-    except (ValueError, ImportError, ModuleNotFoundError) as e:  # bad URL, missing DB driver
-        if isinstance(e, UsageError):
-            raise
-        raise StorageError(f"storage {mask(url)}: {doing} failed: {e}; check --storage / HPO_STORAGE") from e
+    except (SQLAlchemyError, StorageInternalError) as e:
+        cause = getattr(e, "orig", None) or e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        fix = (
+            "check that the file is an hpo (Optuna) SQLite database"
+            if url.startswith("sqlite:")
+            else "check that the database server is running and the URL is right (--storage / HPO_STORAGE)"
+        )
+        raise StorageError(f"storage {mask(url)}: {doing} failed: {_scrub(first, url)}; {fix}") from e
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = False) -> optuna.storages.RDBStorage:
-    """Open (and create the tables of) the storage at ``url``.
+def open_storage(
+    url: str | None = None, *, heartbeat: bool = False, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """Open the storage at ``url`` (creating Optuna's tables if needed).
 
     Args:
         url: a SQLAlchemy URL; ``None`` means ``resolve_url(None)``.
         heartbeat: record trial heartbeats so a dead run's RUNNING trials can be found (``hpo run``).
+        create: make the SQLite file if there is none (only creating a study does).
 
     Raises:
-        StorageError: the URL is malformed, the database unreachable, or the driver missing.
+        UsageError: the URL is malformed, its driver missing, or its SQLite file missing.
+        StorageError: the database cannot be reached.
     """
     import optuna
 
     url = resolve_url(url)
-    _check_scheme(url)
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        # wait for a concurrent writer instead of failing with "database is locked"
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    else:
-        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    if heartbeat:
-        kwargs.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    check_url(url)
+    path = sqlite_file(url)
+    if path is not None and not create and not path.is_file():
+        raise UsageError(
+            f"no study storage at {mask(url)} (no file {path.resolve()}); create a study first with "
+            "`hpo study create SPEC`, or point --storage / HPO_STORAGE at the right database"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # hpo records heartbeats itself (ask/tell, not Study.optimize): Optuna's notes on that are noise
     warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
     with _db_errors(url, "opening"):
-        storage = optuna.storages.RDBStorage(url, **kwargs)
-        if url.startswith("sqlite:") and ":memory:" not in url and url != "sqlite://":
+        try:
+            storage = optuna.storages.RDBStorage(url, **_storage_kwargs(url, heartbeat))
+        except RuntimeError as e:  # the tables are from another Optuna version (the message says what to do)
+            raise StorageError(f"storage {mask(url)}: {_scrub(str(e), url)}") from e
+        if path is not None:
             _enable_wal(storage)
     return storage
 
 
-def _check_scheme(url: str) -> None:
-    if "://" not in url:
-        raise StorageError(
-            f"storage {mask(url)!r} is not a database URL; use e.g. sqlite:///hpo.db or "
-            "postgresql://user@127.0.0.1:5432/db"
-        )
+def _storage_kwargs(url: str, heartbeat: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        # wait for a concurrent writer instead of failing with "database is locked"
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        kwargs["engine_kwargs"] = {
+            "pool_pre_ping": True,
+            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+        }
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    return kwargs
 
 
 def _enable_wal(storage: optuna.storages.RDBStorage) -> None:
@@ -120,28 +235,58 @@ def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
         return [s.study_name for s in storage.get_all_studies()]
 
 
-def create(study_spec: StudySpec, url: str | None = None) -> optuna.Study:
+def create(
+    study_spec: StudySpec, url: str | None = None, *, data_report: dict[str, Any] | None = None
+) -> optuna.Study:
     """Create a study from a validated spec; nothing is left behind if any step fails.
 
+    Args:
+        study_spec: the validated spec, stored with the study.
+        url: the storage URL (``None``: ``resolve_url(None)``).
+        data_report: the data dry run's cleaning counts (``hpo.data.check``), stored with the study.
+
     Raises:
-        UsageError: a study of that name exists already.
+        UsageError: the URL is malformed, or a study of that name exists already.
         StorageError: the storage cannot be reached.
     """
+    url = resolve_url(url)
+    check_url(url)
+    path = sqlite_file(url)
+    new_file = path is not None and not path.exists()
+    storage = open_storage(url, create=True)
+    try:
+        return _create_study(storage, url, study_spec, data_report)
+    except BaseException:
+        if new_file and path is not None:  # the file is ours: remove it rather than leave it empty
+            storage.engine.dispose()
+            for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+                f.unlink(missing_ok=True)
+        raise
+
+
+def _create_study(
+    storage: optuna.storages.RDBStorage, url: str, study_spec: StudySpec, report: dict[str, Any] | None
+) -> optuna.Study:
     import optuna
 
-    storage = open_storage(url)
     name = study_spec.name
+    taken = UsageError(
+        f"study {name!r} already exists in {mask(url)}; pick another with --name, "
+        f"or remove it with `hpo study delete {name}`"
+    )
     if name in study_names(storage):
-        raise UsageError(
-            f"study {name!r} already exists in {mask(resolve_url(url))}; pick another with --name, "
-            f"or remove it with `hpo study delete {name}`"
-        )
-    with _db_errors(resolve_url(url), "creating the study"):
-        study = optuna.create_study(
-            storage=storage, study_name=name, direction=study_spec.objective.direction
-        )
+        raise taken
+    with _db_errors(url, "creating the study"):
+        try:
+            study = optuna.create_study(
+                storage=storage, study_name=name, direction=study_spec.objective.direction
+            )
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it just now
+            raise taken from None
         try:
             study.set_user_attr(SPEC_ATTR, study_spec.to_json())
+            if report is not None:
+                study.set_user_attr(DATA_REPORT_ATTR, report)
         except BaseException:
             optuna.delete_study(study_name=name, storage=storage)
             raise
@@ -154,13 +299,15 @@ def load(
     """Load a study by name, or the only study when ``name`` is None.
 
     Raises:
-        UsageError: no such study, or several and no name given (the message lists them).
+        UsageError: no storage, no such study, or several and no name given (the message lists them).
+        StorageError: the storage cannot be reached.
     """
     import optuna
 
+    url = resolve_url(url)
     storage = open_storage(url, heartbeat=heartbeat)
     names = study_names(storage)
-    where = mask(resolve_url(url))
+    where = mask(url)
     if name is None:
         if len(names) == 1:
             name = names[0]
@@ -172,8 +319,10 @@ def load(
             )
     elif name not in names:
         known = ", ".join(names) or "none"
-        raise UsageError(f"no study {name!r} in {where} (studies there: {known})")
-    with _db_errors(resolve_url(url), "loading the study"):
+        raise UsageError(
+            f"no study {name!r} in {where} (studies there: {known}); check the name with `hpo study list`"
+        )
+    with _db_errors(url, "loading the study"):
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
@@ -189,10 +338,22 @@ def spec_of(study: optuna.Study) -> StudySpec:
     return spec_mod.from_json(text)
 
 
+def data_report(study: optuna.Study) -> dict[str, Any] | None:
+    """The cleaning counts stored at creation (``hpo.data.check``), if any."""
+    report = study.user_attrs.get(DATA_REPORT_ATTR)
+    return report if isinstance(report, dict) else None
+
+
 def delete(name: str, url: str | None = None) -> None:
-    """Delete a study and all its trials from the storage."""
+    """Delete a study and all its trials from the storage.
+
+    Raises:
+        UsageError: no storage or no such study.
+        StorageError: the storage cannot be reached.
+    """
     import optuna
 
+    url = resolve_url(url)
     study = load(name, url)
-    with _db_errors(resolve_url(url), "deleting the study"):
-        optuna.delete_study(study_name=study.study_name, storage=open_storage(url))
+    with _db_errors(url, "deleting the study"):
+        optuna.delete_study(study_name=study.study_name, storage=study._storage)

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,11 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
     train_ids, train_labels = arrays["train_ids"], arrays["train_labels"]
     val = (torch.from_numpy(np.array(arrays["val_ids"])), torch.from_numpy(np.array(arrays["val_labels"])))
     n_train = len(train_ids)
-    # 2. model with the trial's dropout, optimizer without decay on biases and norms
-    model = load_model(config["model_path"], p["dropout"], device)
+    # 2. model with the trial's dropout (from an interrupted trial's checkpoint when resuming),
+    #    optimizer without decay on biases and norms
+    resume = config.get("resume_checkpoint")
+    model = load_model(resume or config["model_path"], p["dropout"], device)
+    start_step = _checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
     bs = int(p["batch_size"])
     micro = _micro_batch(bs, config["max_micro_batch"])
@@ -88,6 +92,12 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
     for _epoch in range(int(p["epochs"])):
         order = torch.randperm(n_train, generator=gen)
         for s in range(steps_per_epoch):
+            if step < start_step:  # resuming: replay the data order and schedule, not the compute
+                step, next_mark = step + 1, _next_mark(step + 1, steps_per_epoch, every, next_mark)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                    sched.step()
+                continue
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
             t0 = time.perf_counter()
             loss, tokens = _step(
@@ -108,13 +118,24 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
             epoch = step / steps_per_epoch
             if epoch + 1e-9 >= next_mark * every or step == total_steps:
                 mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
-                while next_mark * every <= epoch + 1e-9:
-                    next_mark += 1
+                next_mark = _next_mark(step, steps_per_epoch, every, next_mark)
                 metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step)
                 metrics["budget_done"] = step == total_steps
                 report(metrics)
                 model.train()
     return metrics
+
+
+def _next_mark(step: int, steps_per_epoch: int, every: float, mark: int) -> int:
+    while mark * every <= step / steps_per_epoch + 1e-9:
+        mark += 1
+    return mark
+
+
+def _checkpoint_step(path: str) -> int:
+    """The optimizer step a ``step-NNNNNNN`` checkpoint folder was written at."""
+    name = Path(path).name
+    return int(name.split("-", 1)[1]) if name.startswith("step-") else 0
 
 
 class _State:
