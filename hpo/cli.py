@@ -63,6 +63,7 @@ def study_create(
 
     Example: hpo study create studies/demo.yaml --storage sqlite:///hpo.db
     """
+    from hpo import data as data_mod
     from hpo import storage as storage_mod
     from hpo.study import create_study
 
@@ -70,6 +71,9 @@ def study_create(
     where = storage_mod.mask(storage_mod.resolve_url(storage))
     searched = ", ".join(s.space.searched()) or "nothing (all fixed)"
     _echo(f"created study {s.name!r} in {where}: model {s.model}, data {s.data.path}")
+    report = storage_mod.data_report(storage_mod.load(s.name, storage))
+    if report:
+        _echo(data_mod.describe(report))
     _echo(
         f"searching {searched}; schedule {s.schedule.type}; "
         f"objective {s.objective.metric} ({s.objective.direction})"

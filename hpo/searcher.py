@@ -112,6 +112,8 @@ class OptunaBridge(Searcher):
         if finished + running >= self._target:
             return None  # other trials may still fail; ask again later
         trial = self._study.ask()
+        if self._over_target(trial.number):
+            return None
         params = space.suggest(trial, self._spec.space)
         folder = self._trials_dir / f"{trial.number:05d}"
         attrs = {
@@ -243,6 +245,22 @@ class OptunaBridge(Searcher):
             running = len(trials) - finished
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
+
+    def _over_target(self, number: int) -> bool:
+        """Whether another run took the last slots of the target between our count and our ask.
+        Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
+        alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        rank = sum(t.number <= number for t in self._study.get_trials(deepcopy=False, states=alive))
+        if rank <= self._target:
+            return False
+        self._storage.set_trial_user_attr(
+            self._study._storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number),
+            "fail_reason",
+            "not needed: other runs hold the last trials of the target",
+        )
+        self._study.tell(number, state=TrialState.FAIL)
+        self._counts_cache = (0.0, 0, 0)
+        return True
 
     def _heartbeat(self, optuna_trial_id: int) -> None:
         if hasattr(self._storage, "record_heartbeat") and self._storage.get_heartbeat_interval():

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
 from hpo.errors import UsageError
@@ -29,7 +30,8 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         StorageError: the storage cannot be reached.
     """
     study_spec = spec_mod.load(spec_path, name=name)
-    storage_mod.create(study_spec, storage)
+    report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
+    storage_mod.create(study_spec, storage, data_report=report)
     return study_spec
 
 
@@ -75,6 +77,7 @@ def show_study(study: str | None = None, storage: str | None = None, trials: boo
     frozen = loaded.get_trials(deepcopy=False)
     out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), frozen)
     out["spec"] = storage_mod.spec_of(loaded).model_dump()
+    out["data_report"] = storage_mod.data_report(loaded)
     if trials:
         out["trials"] = [trial_row(t) for t in frozen]
     return out

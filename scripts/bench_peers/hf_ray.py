@@ -1,0 +1,101 @@
+"""Peer ``hf_ray``: HF ``Trainer.hyperparameter_search(backend="ray")`` + Ray's ``ASHAScheduler``.
+
+As a user following the HF docs runs it (adapted from ``shared/bench/peers/peer_a_ray.py``): random
+search (Ray's default variant generator, seeded), checkpoints saved at every evaluation because
+HF hands Ray a checkpoint only when it saves, Ray defaults otherwise (a new process per trial,
+every checkpoint kept). ASHA's time unit is ``training_iteration`` = evaluations so far.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from bench_peers import common
+from bench_peers.settings import Settings
+
+
+def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    common.quiet()
+    cfg["t_imported"] = time.time()
+    s = Settings.from_dict(cfg["settings"])
+    units = s.peer_units
+    work = cfg["work_dir"]
+    timing = os.path.join(work, "timing.jsonl")
+    train, val = common.hf_datasets(cfg["data_path"])
+
+    def hp_space(_):
+        return {
+            "learning_rate": tune.loguniform(*s.lr),
+            "per_device_train_batch_size": tune.choice(list(s.batch_sizes)),
+            "num_train_epochs": tune.choice(list(range(s.epochs[0], s.epochs[1] + 1))),
+            "weight_decay": tune.uniform(*s.weight_decay),
+            "dropout": tune.uniform(*s.dropout),
+        }
+
+    args = TrainingArguments(
+        output_dir=os.path.join(work, "hf_out"),
+        do_eval=True,
+        eval_strategy="steps",
+        eval_steps=units["eval_steps"],
+        save_strategy="steps",  # without it Ray gets no checkpoint to export
+        save_steps=units["eval_steps"],
+        per_device_eval_batch_size=s.eval_batch,
+        logging_steps=units["eval_steps"],
+        report_to=[],
+        seed=s.seed,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model_init=common.ModelInit(cfg["model_path"]),
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=default_data_collator,
+        callbacks=[common.TimingCallback(timing)],
+    )
+    scheduler = ASHAScheduler(
+        metric="eval_loss",
+        mode="min",
+        max_t=units["max_t_iters"],
+        grace_period=units["grace_iters"],
+        reduction_factor=s.reduction_factor,
+    )
+    t0 = time.time()
+    common.ray_init(os.path.join(work, "rt"))
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space,
+        backend="ray",
+        n_trials=s.trials,
+        direction="minimize",
+        resources_per_trial={"cpu": s.cpus_per_trial},
+        scheduler=scheduler,
+        search_alg=BasicVariantGenerator(random_state=s.seed),
+        max_concurrent_trials=s.concurrency,
+        storage_path=os.path.join(work, "ray"),
+        name="hf_ray",
+    )
+    t1 = time.time()
+    statuses: dict[str, int] = {}
+    for t in best.run_summary.trials:
+        statuses[t.status] = statuses.get(t.status, 0) + 1
+    ray.shutdown()
+    runs = common.summarize_timing(timing, s.n_train, s.block)
+    return {
+        "wall_s": round(t1 - t0, 2),
+        "t_search_end": t1,
+        **common.peer_figures(runs),
+        "errors": statuses.get("ERROR", 0),
+        "ray_statuses": statuses,
+        "best_eval_loss": float(best.objective),
+        "best_eval_loss_note": "BestRun.objective: the best trial's last evaluation (RAY_SCOPE=last)",
+        "best_params": best.hyperparameters,
+    }

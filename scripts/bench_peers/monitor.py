@@ -1,0 +1,100 @@
+"""A background thread in the bench process sampling a running system about once a second:
+disk under its work folder (checkpoints, run folders, storage; Ray's temp folder left out), the RSS
+of its driver process and of its whole process tree, and the machine's load and CPU use.
+
+It lives in the parent so sampling never competes with the measured driver for its GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+
+#: Folder names under a work folder that hold Ray's session files (sockets, logs), not results.
+NOT_RESULTS = frozenset({"rt", "ray-tmp"})
+
+
+def du_bytes(path: str, skip: frozenset[str] = NOT_RESULTS) -> int:
+    """Bytes of regular files under ``path``, not following links, skipping folders named in ``skip``."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name not in skip:
+                        stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass  # deleted while we looked
+    return total
+
+
+class Monitor(threading.Thread):
+    """Samples one system's process and work folder until ``stop()``; results in ``figures()``."""
+
+    def __init__(self, pid: int, work_dir: str, interval: float = 1.0):
+        super().__init__(name="bench-monitor", daemon=True)
+        self.pid, self.work_dir, self.interval = pid, work_dir, interval
+        self._halt = threading.Event()
+        self.disk_peak = 0
+        self.rss: list[tuple[float, float]] = []  # (seconds since start, driver RSS MB)
+        self.tree_rss_peak = 0.0
+        self.load: list[float] = []
+        self.cpu_busy: list[float] = []
+        self.t0 = time.time()
+
+    def run(self) -> None:
+        psutil.cpu_percent(interval=None)
+        while not self._halt.is_set():
+            self._sample()
+            self._halt.wait(self.interval)
+        self._sample()
+
+    def _sample(self) -> None:
+        self.disk_peak = max(self.disk_peak, du_bytes(self.work_dir))
+        try:
+            proc = psutil.Process(self.pid)
+            rss = proc.memory_info().rss
+            tree = rss + sum(_rss(c) for c in proc.children(recursive=True))
+        except psutil.Error:
+            return
+        self.rss.append((round(time.time() - self.t0, 1), rss / 1e6))
+        self.tree_rss_peak = max(self.tree_rss_peak, tree / 1e6)
+        self.load.append(os.getloadavg()[0])
+        self.cpu_busy.append(psutil.cpu_percent(interval=None))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=30)
+
+    def figures(self) -> dict[str, Any]:
+        rss = [r for _, r in self.rss]
+        return {
+            "disk_peak_mb": round(self.disk_peak / 1e6, 2),
+            "driver_rss_mb": round(max(rss), 1) if rss else None,
+            "driver_rss_end_mb": round(rss[-1], 1) if rss else None,
+            "tree_rss_peak_mb": round(self.tree_rss_peak, 1),
+            "load1_mean": round(sum(self.load) / len(self.load), 2) if self.load else None,
+            "load1_max": round(max(self.load), 2) if self.load else None,
+            "machine_cpu_busy_pct_mean": (
+                round(sum(self.cpu_busy) / len(self.cpu_busy), 1) if self.cpu_busy else None
+            ),
+            "samples": len(self.rss),
+        }
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except psutil.Error:
+        return 0

@@ -1,0 +1,170 @@
+"""From raw per-system results to the figures, the seed aggregates, the target ratios and tables."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+SYSTEMS = ("hpo", "hf_ray", "tune_optuna", "hf_optuna")
+
+
+def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """The issue's figures for one system run: overhead per trial, efficiency, and the rest."""
+    conc = raw.get("concurrency", concurrency)
+    slot_s = raw["wall_s"] * conc
+    compute = raw["train_s"] + raw["eval_s"]
+    trials = max(1, raw["trials"])
+    out = {
+        "wall_s": raw["wall_s"],
+        "process_wall_s": raw.get("process_wall_s"),
+        "trials": raw["trials"],
+        "pruned": raw["stopped_early"],
+        "errors": raw.get("errors", 0),
+        "overhead_per_trial_s": round((slot_s - compute) / trials, 2),
+        "efficiency": round(compute / slot_s, 3) if slot_s else None,
+        "efficiency_steps_only": round(raw["train_s"] / slot_s, 3) if slot_s else None,
+        "disk_peak_mb": raw["disk_peak_mb"],
+        "best_eval_loss": raw["best_eval_loss"],
+        "min_eval_loss_seen": raw.get("min_eval_loss_seen"),
+        "train_s": raw["train_s"],
+        "eval_s": raw["eval_s"],
+        "train_tokens": raw.get("train_tokens"),
+        "evaluations": raw.get("evaluations"),
+        "concurrency": conc,
+        "threads_per_trial": raw.get("threads_per_trial", 1),
+        "driver_rss_mb": raw.get("driver_rss_mb"),
+        "driver_rss_end_mb": raw.get("driver_rss_end_mb"),
+        "tree_rss_peak_mb": raw.get("tree_rss_peak_mb"),
+        "load1_mean": raw.get("load1_mean"),
+        "machine_cpu_busy_pct_mean": raw.get("machine_cpu_busy_pct_mean"),
+        "best_params": raw.get("best_params"),
+        "best_eval_loss_note": raw.get("best_eval_loss_note"),
+    }
+    for key in ("trial_tokens_per_s_mean", "hpo_disk_peak_mb", "profile"):
+        if key in raw:
+            out[key] = raw[key]
+    return out
+
+
+_MEAN_KEYS = (
+    "wall_s",
+    "process_wall_s",
+    "trials",
+    "pruned",
+    "errors",
+    "overhead_per_trial_s",
+    "efficiency",
+    "efficiency_steps_only",
+    "disk_peak_mb",
+    "min_eval_loss_seen",
+    "train_s",
+    "eval_s",
+    "train_tokens",
+    "driver_rss_mb",
+    "tree_rss_peak_mb",
+)
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system over seeds: means of the figures, mean and spread of ``best_eval_loss``."""
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    out: dict[str, Any] = {}
+    for key in _MEAN_KEYS:
+        values = [r[key] for r in per_seed if r.get(key) is not None]
+        if values:
+            out[key] = round(statistics.fmean(values), 3)
+    losses = [r["best_eval_loss"] for r in per_seed if r.get("best_eval_loss") is not None]
+    out["best_eval_loss"] = round(statistics.fmean(losses), 4) if losses else None
+    out["best_eval_loss_mean"] = out["best_eval_loss"]
+    out["best_eval_loss_std"] = round(statistics.stdev(losses), 4) if len(losses) > 1 else 0.0
+    out["best_eval_loss_min"] = min(losses, default=None)
+    out["best_eval_loss_max"] = max(losses, default=None)
+    out["seeds"] = len(per_seed)
+    out["concurrency"] = per_seed[0]["concurrency"]
+    return out
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def ratios(systems: dict[str, dict[str, Any]], micro: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Every target of issue 5 that this run measures: value, target, met."""
+    hpo = systems.get("hpo", {})
+    rows: dict[str, tuple[float | None, str]] = {}
+    for peer in SYSTEMS[1:]:
+        if peer not in systems:
+            continue
+        p = systems[peer]
+        rows[f"wall hpo/{peer}"] = (_ratio(hpo.get("wall_s"), p["wall_s"]), _WALL_TARGETS.get(peer, ""))
+        rows[f"disk hpo/{peer}"] = (
+            _ratio(hpo.get("disk_peak_mb"), p["disk_peak_mb"], 4),
+            "<= 0.05" if peer == "hf_ray" else "",
+        )
+        rows[f"overhead/trial hpo/{peer}"] = (
+            _ratio(hpo.get("overhead_per_trial_s"), p["overhead_per_trial_s"]),
+            "",
+        )
+        if hpo.get("best_eval_loss") is not None and p.get("best_eval_loss") is not None:
+            diff = round(hpo["best_eval_loss"] - p["best_eval_loss"], 4)
+            rows[f"best_eval_loss hpo-{peer}"] = (diff, "<= 0" if peer == "tune_optuna" else "")
+    rows["overhead_per_trial_s hpo"] = (hpo.get("overhead_per_trial_s"), "<= 1.0")
+    rows["efficiency hpo"] = (hpo.get("efficiency"), ">= 0.85")
+    if micro:
+        rows["throughput hpo/plain Trainer"] = (micro.get("throughput_ratio"), ">= 0.95")
+        rows["hpo --help s"] = (micro.get("help_median_s"), "<= 0.5")
+    return {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in rows.items()}
+
+
+_WALL_TARGETS = {"hf_ray": "<= 0.6", "tune_optuna": "<= 0.5"}
+
+
+def _met(value: float | None, target: str) -> bool | None:
+    if value is None or not target:
+        return None
+    op, _, bound = target.partition(" ")
+    return value <= float(bound) if op == "<=" else value >= float(bound)
+
+
+_COLUMNS = (
+    ("wall_s", "wall s", "{:.1f}"),
+    ("trials", "trials", "{:.0f}"),
+    ("pruned", "pruned", "{:.0f}"),
+    ("overhead_per_trial_s", "overhead/trial s", "{:.2f}"),
+    ("efficiency", "efficiency", "{:.3f}"),
+    ("disk_peak_mb", "disk peak MB", "{:,.1f}"),
+    ("best_eval_loss", "best eval loss", "{:.4f}"),
+    ("driver_rss_mb", "driver RSS MB", "{:.0f}"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def systems_table(systems: dict[str, dict[str, Any]]) -> str:
+    """A markdown table of every system's figures (best eval loss with its spread over seeds)."""
+    head = "| system | " + " | ".join(c[1] for c in _COLUMNS) + " |"
+    lines = [head, "|" + " --- |" * (len(_COLUMNS) + 1)]
+    for name in SYSTEMS:
+        if name not in systems:
+            continue
+        s = systems[name]
+        cells = []
+        for key, _, fmt in _COLUMNS:
+            cell = _cell(s.get(key), fmt)
+            if key == "best_eval_loss" and s.get("best_eval_loss_std") is not None:
+                cell += f" ± {s['best_eval_loss_std']:.4f}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios_table(rows: dict[str, dict[str, Any]]) -> str:
+    lines = ["| figure | value | target | met |", "| --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        value = "-" if r["value"] is None else f"{r['value']:g}"
+        lines.append(f"| {name} | {value} | {r['target']} | {met} |")
+    return "\n".join(lines)

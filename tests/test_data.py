@@ -1,0 +1,279 @@
+"""Data preparation: reading, cleaning, splitting, packing (pure, hand-made rows) and one real
+prepare() on the tiny model's tokenizer with its cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hpo import data
+from hpo.errors import DataError
+from hpo.spec import DataSpec
+from tests.conftest import write_rows
+
+
+def _spec(path: Path, **kw) -> DataSpec:
+    return DataSpec.model_validate({"path": str(path), **kw}, context={"stored": True})
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_read_jsonl_skips_blank_lines_and_numbers_rows(tmp_path):
+    p = _jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, "", {"prompt": 1, "completion": None}]
+    )
+    rows = data.read_rows(_spec(p), str(p))
+    assert rows == [
+        {"prompt": "a", "completion": "b", "_line": "1"},
+        {"prompt": "1", "completion": "", "_line": "3"},
+    ]
+
+
+def test_read_jsonl_bad_line_is_named(tmp_path):
+    p = _jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, "{not json", {"prompt": "c"}])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid JSON"):
+        data.read_rows(_spec(p), str(p))
+    p = _jsonl(tmp_path / "e.jsonl", [{"prompt": "a", "completion": "b"}, "[1, 2]"])
+    with pytest.raises(DataError, match=r"e\.jsonl:2: expected a JSON object, got list"):
+        data.read_rows(_spec(p), str(p))
+
+
+def test_read_jsonl_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a", "completion": "b"}).encode() + b"\n")
+    assert data.read_rows(_spec(p), str(p))[0]["prompt"] == "a"
+
+
+def test_read_csv_named_columns_and_lines(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text('\ufeffq,a,extra\n"hi, there",hello,x\nhow,"multi\nline",y\n')
+    rows = data.read_rows(_spec(p, format="csv", prompt_field="q", completion_field="a"), str(p))
+    assert [(r["q"], r["a"], r["_line"]) for r in rows] == [
+        ("hi, there", "hello", "2"),
+        ("how", "multi\nline", "4"),
+    ]
+
+
+def test_read_csv_missing_columns(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("question,answer\nq,a\n")
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) prompt, completion \(columns: question, answer\)"
+    ):
+        data.read_rows(_spec(p, format="csv"), str(p))
+
+
+def test_read_csv_with_only_a_text_column(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text\nhello\nworld\n")
+    d = _spec(p, format="csv")
+    rows = data.read_rows(d, str(p))
+    assert not data._is_pairs(d, rows) and [r["text"] for r in rows] == ["hello", "world"]
+
+
+def test_read_csv_malformed_line(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("prompt,completion\nq,a\nq2," + "x" * 200_000 + "\n")  # over csv's field limit
+    with pytest.raises(DataError, match=r"d\.csv:3: not valid CSV"):
+        data.read_rows(_spec(p, format="csv"), str(p))
+
+
+def test_read_text_lines_and_custom_text_field(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text("one\n\ntwo\n")
+    rows = data.read_rows(_spec(p, format="text", text_field="body"), str(p))
+    assert [r["body"] for r in rows] == ["one\n", "\n", "two\n"]
+
+
+def test_not_utf8_and_unreadable(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        data.read_rows(_spec(p), str(p))
+    with pytest.raises(DataError, match="cannot read"):
+        data.read_rows(_spec(p), str(tmp_path / "missing.jsonl"))
+
+
+# ---------------------------------------------------------------- cleaning and splitting
+
+
+def test_clean_counts_on_hand_made_rows():
+    rows = [
+        {"p": " a ", "c": "b"},
+        {"p": "a", "c": " b"},  # duplicate after stripping
+        {"p": "a  x", "c": "b"},
+        {"p": "a x", "c": "b"},  # duplicate after whitespace normalisation
+        {"p": "", "c": "b"},  # empty prompt
+        {"p": "q", "c": "   "},  # empty completion
+        {"p": "q", "c": "r"},
+    ]
+    kept, report = data.clean(rows, ["p", "c"], "f.jsonl")
+    assert kept == [("a", "b"), ("a  x", "b"), ("q", "r")]
+    assert (report.read, report.empty, report.duplicate, report.kept) == (7, 2, 2, 3)
+
+
+def test_clean_nothing_left():
+    with pytest.raises(
+        DataError, match=r"f\.txt: no usable rows after cleaning \(read 2: 2 empty, 0 duplicate\)"
+    ):
+        data.clean([{"t": " "}, {"t": ""}], ["t"], "f.txt")
+
+
+def test_clean_missing_field_names_line_and_spec_key():
+    rows = [{"prompt": "a", "completion": "b", "_line": "1"}, {"prompt": "c", "answer": "d", "_line": "2"}]
+    with pytest.raises(
+        DataError,
+        match=r"f\.jsonl:2: no field 'completion' \(fields: prompt, answer\).*data\.completion_field",
+    ):
+        data.clean(rows, ["prompt", "completion"], "f.jsonl")
+
+
+def test_split_is_seeded_disjoint_and_covers_all():
+    examples = list(range(100))
+    train, val = data.split(examples, 0.1, seed=3)
+    assert (train, val) == data.split(examples, 0.1, seed=3)
+    assert val != data.split(examples, 0.1, seed=4)[1]
+    assert len(val) == 10 and sorted(train + val) == examples and not set(train) & set(val)
+
+
+def test_split_edges():
+    assert data.split([1, 2], 0.01, 0) in (([1], [2]), ([2], [1]))  # at least one of each
+    with pytest.raises(DataError, match="need at least 2 examples"):
+        data.split([1], 0.1, 0)
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_pack_keeps_examples_whole_and_pads_labels():
+    examples = [([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9], [-100, -100, 8, 9])]
+    ids, labels, truncated = data.pack(examples, block=5, pad_id=0)
+    assert ids == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert labels == [[-100, 2, 3, -100, 5], [-100, -100, 8, 9, -100]]
+    assert truncated == 0
+
+
+def test_pack_never_splits_an_example_and_counts_truncation():
+    examples = [([1, 2, 3], [1, 2, 3]), ([4, 5, 6], [4, 5, 6]), (list(range(10, 18)), list(range(10, 18)))]
+    ids, labels, truncated = data.pack(examples, block=4, pad_id=0)
+    assert ids == [[1, 2, 3, 0], [4, 5, 6, 0], [10, 11, 12, 13]]
+    assert labels == [[1, 2, 3, -100], [4, 5, 6, -100], [10, 11, 12, 13]]
+    assert truncated == 1
+    assert all(len(b) == 4 for b in ids + labels)
+
+
+def test_chunk_joins_with_eos_and_drops_the_short_tail():
+    blocks, labels = data.chunk([[1, 2], [3], [4, 5, 6]], block=4, eos_id=9)
+    assert blocks == [[1, 2, 9, 3], [9, 4, 5, 6]]  # the tail [9] is less than a block: dropped
+    assert labels == blocks and labels[0] is not blocks[0]
+
+
+# ---------------------------------------------------------------- the dry run at create time
+
+
+def test_check_reports_cleaning_and_split(tmp_path):
+    p = _jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(20)]
+        + [{"prompt": "q0", "completion": "a0"}, {"prompt": " ", "completion": "x"}],
+    )
+    report = data.check(_spec(p, validation_fraction=0.1))
+    assert report == {
+        "train": {"read": 22, "empty": 1, "duplicate": 1, "kept": 20},
+        "pairs": True,
+        "examples": {"train": 18, "validation": 2},
+    }
+    assert json.loads(json.dumps(report)) == report  # stored as a study user attribute
+    assert data.describe(report) == (
+        "data: read 22 rows, dropped 1 empty and 1 duplicate, kept 20 prompt/completion pairs "
+        "(18 train / 2 validation)"
+    )
+
+
+def test_check_with_a_validation_file(tmp_path):
+    train = write_rows(tmp_path / "t.jsonl", 30)
+    val = write_rows(tmp_path / "v.jsonl", 5, start=100)
+    report = data.check(_spec(train, validation_path=str(val)))
+    assert (
+        report["validation"]["read"] == 5 and report["examples"]["validation"] == report["validation"]["kept"]
+    )
+    assert "validation file: read 5" in data.describe(report)
+
+
+def test_check_text_format(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text("alpha\n\nbeta\nalpha\ngamma\n")
+    report = data.check(_spec(p, format="text"))
+    assert report["train"] == {"read": 5, "empty": 1, "duplicate": 1, "kept": 3} and not report["pairs"]
+    assert "kept 3 texts" in data.describe(report)
+
+
+def test_hpo_data_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = "import sys, hpo.data; print([m for m in ('torch', 'transformers', 'numpy') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------- prepare() on the real tokenizer
+
+
+def test_prepare_end_to_end_and_cache_reuse(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_rows(tmp_path / "d.jsonl", 60)
+    d = _spec(src, block_size=64, validation_fraction=0.2)
+    p = data.prepare(d, tiny_model, seed=0, cache_root=tmp_path / "cache")
+    assert Path(p.path).parent == tmp_path / "cache" / "data" and p.block_size == 64
+    arrays = p.arrays()
+    assert arrays["train_ids"].shape == (p.train_blocks, 64) and arrays["val_ids"].shape == (p.val_blocks, 64)
+    n = p.cleaning["examples"]
+    assert n["train"] + n["validation"] == p.cleaning["train"]["kept"] and n["validation"] == round(
+        0.2 * (n["train"] + n["validation"])
+    )
+    labels = arrays["train_labels"]
+    # the loss is on completions only: every block has ignored (prompt/pad) and counted tokens
+    assert ((labels == -100).any(axis=1)).all() and ((labels != -100).any(axis=1)).all()
+    assert p.train_tokens == int((labels != -100).sum())
+    # truncation (an example longer than a block keeps its first block) is counted per split
+    tok = data.load_tokenizer(tiny_model)
+    train_ex, val_ex, _ = data._examples(d, 0)
+    too_long = {
+        name: sum(len(ids) > 64 for ids, _ in data._encode_pairs(tok, ex, tok.eos_token_id))
+        for name, ex in (("train", train_ex), ("val", val_ex))
+    }
+    assert p.cleaning["truncated"] == too_long and too_long["train"] > 0
+    # padding trails and carries no loss
+    pad_positions = arrays["train_ids"] == p.pad_id
+    assert (labels[pad_positions] == -100).all()
+
+    # same data + tokenizer + settings: the cache is reused, nothing is tokenized again
+    stamp = os.path.getmtime(Path(p.path) / "meta.json")
+    again = data.prepare(d, tiny_model, seed=0, cache_root=tmp_path / "cache")
+    assert again.path == p.path and os.path.getmtime(Path(p.path) / "meta.json") == stamp
+    # a different seed (another split) or block size is another fingerprint
+    other = data.prepare(
+        _spec(src, block_size=32, validation_fraction=0.2), tiny_model, 0, tmp_path / "cache"
+    )
+    assert other.fingerprint != p.fingerprint and other.block_size == 32
+    assert data.fingerprint(d, "tok", 0) != data.fingerprint(d, "tok", 1)
+    # a changed file is another fingerprint too
+    fp = p.fingerprint
+    write_rows(src, 60, start=1)
+    assert data.fingerprint(d, data.tokenizer_identity(tiny_model), 0) != fp
+
+
+def test_prepare_refuses_data_smaller_than_a_block(tmp_path, tiny_model):
+    src = write_rows(tmp_path / "d.txt", 3)
+    with pytest.raises(DataError, match="less than one block"):
+        data.prepare(_spec(src, format="text", block_size=4096), tiny_model, 0, tmp_path / "cache")

@@ -1,0 +1,189 @@
+"""Heavy libraries load only where they are used, and imports keep DESIGN.md's module map:
+cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage/spec -> errors."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import small_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "ray", "transformers", "datasets")
+LIGHT = (
+    "hpo.cli",
+    "hpo.spec",
+    "hpo.space",
+    "hpo.storage",
+    "hpo.data",
+    "hpo.export",
+    "hpo.summary",
+    "hpo.study",
+)
+
+# the module map of DESIGN.md as layers: a module imports from its own layer or below
+LAYERS = {
+    "errors": 0,
+    "spec": 1,
+    "space": 1,
+    "storage": 1,
+    "summary": 1,
+    "basemodel": 2,
+    "data": 2,
+    "trial": 2,
+    "searcher": 2,
+    "runner": 3,
+    "study": 4,
+    "export": 4,
+    "display": 4,
+    "dashboards": 4,
+    "cli": 5,
+}
+RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py"}
+TORCH_ALLOWED = {"hpo/data.py", "hpo/trial.py", "hpo/basemodel.py"}  # inside functions in data.py
+
+
+def _loaded(code: str) -> list[str]:
+    check = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return ast.literal_eval(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_modules_load_nothing_heavy(module):
+    assert _loaded(f"import {module}") == []
+
+
+def test_all_light_modules_together_and_the_package():
+    assert _loaded("import hpo, " + ", ".join(LIGHT)) == []
+
+
+def test_help_runs_and_shows_an_example():
+    r = subprocess.run([sys.executable, "-m", "hpo.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "Example" in r.stdout and "study" in r.stdout
+
+
+def test_study_create_loads_neither_torch_nor_ray(tmp_path):
+    spec = small_spec(tmp_path)
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+        "from hpo.cli import main\n"
+        f"main(['study', 'create', {str(spec)!r}, '--storage', {url!r}])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "created study 'small'" in r.stdout
+    assert "HEAVY []" in r.stdout
+
+
+# ---------------------------------------------------------------- the module map, from the source
+
+
+def _sources() -> list[Path]:
+    return sorted([*(ROOT / "hpo").glob("*.py"), *(ROOT / "dashboards").glob("*.py")])
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """(module imported, line) for every import in the file, function-level ones included,
+    except those under ``if TYPE_CHECKING:`` (types only, never run)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for child in node.body for n in ast.walk(child))
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in ("hpo", "dashboards"):  # from hpo import storage -> hpo.storage
+                out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+            else:
+                out.append((node.module, node.lineno))
+    return out
+
+
+def _layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "dashboards":
+        return "dashboards"
+    if parts[0] == "hpo" and len(parts) > 1:
+        return parts[1]
+    return None
+
+
+def _where(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_nothing_imports_the_cli():
+    bad = [
+        f"{_where(p)}:{line}"
+        for p in _sources()
+        for mod, line in _imports(p)
+        if mod == "hpo.cli" and p.name != "cli.py"
+    ]
+    assert not bad, f"only the console script enters hpo.cli: {bad}"
+
+
+def test_only_the_cli_imports_dashboards():
+    bad = [
+        f"{_where(p)}:{line}"
+        for p in _sources()
+        if p.parent.name == "hpo" and p.name != "cli.py"
+        for mod, line in _imports(p)
+        if mod.split(".")[0] == "dashboards"
+    ]
+    assert not bad, f"dashboards are reached through the CLI only: {bad}"
+
+
+def test_only_runner_and_searcher_import_ray():
+    bad = [
+        f"{_where(p)}:{line}"
+        for p in _sources()
+        if _where(p) not in RAY_ALLOWED
+        for mod, line in _imports(p)
+        if mod.split(".")[0] == "ray"
+    ]
+    assert not bad, f"ray belongs to runner.py and searcher.py: {bad}"
+
+
+def test_torch_and_transformers_only_where_models_are_touched():
+    bad = [
+        f"{_where(p)}:{line} ({mod})"
+        for p in _sources()
+        if _where(p) not in TORCH_ALLOWED
+        for mod, line in _imports(p)
+        if mod.split(".")[0] in ("torch", "transformers", "datasets")
+    ]
+    assert not bad, f"torch/transformers/datasets belong to data.py, trial.py, basemodel.py: {bad}"
+
+
+def test_imports_flow_down_the_module_map():
+    unknown, upward = [], []
+    for p in _sources():
+        if p.name == "__init__.py":
+            continue  # package facades re-export lazily (``from hpo import create_study``)
+        me = "dashboards" if p.parent.name == "dashboards" else p.stem
+        if me not in LAYERS:
+            unknown.append(_where(p))
+            continue
+        for mod, line in _imports(p):
+            other = _layer_of(mod)
+            if other is None or other == me:
+                continue
+            if other not in LAYERS:
+                continue  # reported when that module itself is scanned
+            if LAYERS[other] > LAYERS[me]:
+                upward.append(f"{_where(p)}:{line} imports {mod}")
+    assert not unknown, f"place these modules in DESIGN.md's module map and in LAYERS here: {unknown}"
+    assert not upward, f"imports must flow down the module map (DESIGN.md): {upward}"
