@@ -1,17 +1,30 @@
 """Data preparation, once per study: load, clean, split, tokenize, pack, cache.
 
-Prompt/completion pairs become ``prompt + "\\n" + completion + EOS`` with the loss on the
-completion (and EOS) only; plain text is joined with EOS and cut into blocks. Examples are
-packed whole into fixed blocks (an example never straddles two blocks; the tail of a block is
-padding with label -100, and since attention is causal and padding only trails, padding never
-changes a real token's loss). The split happens on examples, before packing, so no example is
-in both sets. The result is four int32 arrays on disk that trials memory-map: trials never
-tokenize. The cache is keyed by a fingerprint of the data files, the tokenizer and the settings.
+Examples and their loss:
+
+- prompt/completion: ``prompt + "\n" + completion + EOS``, the loss on the completion and EOS;
+- chat: rendered with the tokenizer's chat template (``hpo.formats.simple_template`` when it has
+  none, or with ``data.chat_template: simple``), the loss on the assistant replies only, EOS last;
+- text: each document (a line, a file of a folder, a row) + EOS, the loss on every token; a
+  document longer than a block is cut into block-sized pieces, each its own example.
+
+An example longer than a block (pairs, chat) is truncated to its first block or dropped
+(``data.overlong``); the counts go into the cleaning report.
+
+Packing, and why it does not change any example's loss: examples are packed whole into fixed
+blocks (one never straddles two blocks), and each block carries **position ids that restart at
+0 for every example**. Given position ids with such restarts and no attention mask, transformers
+(>= 5) builds a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``), so a
+token attends only to earlier tokens of its own example, at the positions it would have alone:
+the packed loss equals the sum of the per-example losses (``tests/test_packing.py`` checks it to
+1e-4). The tail of a block is padding with label -100 (its own segment). The split happens on
+examples, before packing, so no example is in both sets. The result is six int32 arrays on disk
+(ids, labels, positions for train and validation) that trials memory-map: trials never tokenize.
+The cache is keyed by a fingerprint of the data files, the tokenizer and the settings.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -23,14 +36,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo import formats
 from hpo.errors import DataError
+from hpo.formats import read_rows
 from hpo.spec import DataSpec
+
+__all__ = ["Prepared", "check", "clean", "describe", "pack", "prepare", "read_rows", "split"]
 
 log = logging.getLogger(__name__)
 
-PREP_VERSION = "1"  # bump when the prepared layout or the formatting changes
+PREP_VERSION = "2"  # bump when the prepared layout or the formatting changes
 IGNORE = -100  # label of tokens that carry no loss
-ARRAYS = ("train_ids", "train_labels", "val_ids", "val_labels")
+ARRAYS = ("train_ids", "train_labels", "train_pos", "val_ids", "val_labels", "val_pos")
 
 
 @dataclass
@@ -58,7 +75,7 @@ class Prepared:
     cleaning: dict[str, Any] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, Any]:
-        """The four arrays, memory-mapped read-only."""
+        """The six arrays (ids, labels, positions of train and val), memory-mapped read-only."""
         import numpy as np
 
         return {n: np.load(os.path.join(self.path, f"{n}.npy"), mmap_mode="r") for n in ARRAYS}
@@ -72,100 +89,23 @@ class Prepared:
 # ---------------------------------------------------------------- reading and cleaning (pure)
 
 
-def read_rows(data: DataSpec, path: str) -> list[dict[str, str]]:
-    """Read the rows of one data file as dicts of strings.
-
-    Raises:
-        DataError: naming the file and line of the first unreadable row, or a missing column.
-    """
-    try:
-        if data.format == "jsonl":
-            return _read_jsonl(path)
-        if data.format == "csv":
-            return _read_csv(path, data)
-        with open(path, encoding="utf-8-sig") as f:
-            return [{data.text_field: line, "_line": str(n)} for n, line in enumerate(f, 1)]
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8"
-        ) from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); check the file and its permissions") from e
-
-
-def _read_jsonl(path: str) -> list[dict[str, str]]:
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of line 1
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
-                ) from e
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"{path}:{n}: expected a JSON object, got {type(row).__name__}; "
-                    'each line must be one object such as {"prompt": ..., "completion": ...}'
-                )
-            rows.append({k: "" if v is None else str(v) for k, v in row.items()} | {"_line": str(n)})
-    return rows
-
-
-def _read_csv(path: str, data: DataSpec) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        try:
-            header = list(reader.fieldnames or [])
-            _check_columns(path, header, data)
-            return [
-                {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(reader.line_num)}
-                for row in reader
-            ]
-        except csv.Error as e:
-            where = f"{path}:{reader.line_num + 1}"  # csv counts the line it failed on only after
-            raise DataError(f"{where}: not valid CSV ({e}); fix or remove that line") from e
-
-
-def _check_columns(path: str, header: list[str], data: DataSpec) -> None:
-    """A CSV needs the prompt and completion columns, or the text column."""
-    pairs = [data.prompt_field, data.completion_field]
-    if all(c in header for c in pairs) or data.text_field in header:
-        return
-    missing = [c for c in pairs if c not in header]
-    raise DataError(
-        f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header) or 'none'}); "
-        "name yours with data.prompt_field / data.completion_field (or data.text_field) in the spec"
-    )
-
-
-def _is_pairs(data: DataSpec, rows: list[dict[str, str]]) -> bool:
-    """Pairs unless the format is text, or a jsonl/csv file has only the text field."""
-    if data.format == "text":
-        return False
-    return not (rows and data.prompt_field not in rows[0] and data.text_field in rows[0])
-
-
-def clean(
-    rows: list[dict[str, str]], keys: list[str], source: str
-) -> tuple[list[tuple[str, ...]], CleanReport]:
+def clean(rows: list[dict[str, Any]], keys: list[str], source: str) -> tuple[list[tuple], CleanReport]:
     """Strip, drop empty rows and exact duplicates (after whitespace normalisation).
 
     Args:
-        rows: dicts as read.
+        rows: dicts as read (``hpo.formats.read_rows``).
         keys: the fields that make one example, in order.
         source: the file name, for errors.
 
     Returns:
-        The kept examples (tuples of stripped strings) and the counts.
+        The kept examples (tuples of stripped strings; a chat's messages as one tuple of
+        (role, content) pairs) and the counts.
 
     Raises:
         DataError: a row lacks a field, or nothing is left.
     """
     report = CleanReport(read=len(rows))
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple] = set()
     kept = []
     for row in rows:
         missing = [k for k in keys if k not in row]
@@ -176,11 +116,11 @@ def clean(
                 f"{where}: no field {missing[0]!r} (fields: {fields}); "
                 f"add it, or set data.{_field_name(keys, missing[0])} in the spec"
             )
-        example = tuple(row[k].strip() for k in keys)
-        if not all(example):
+        example = tuple(_stripped(row[k], f"{source}:{row.get('_line', '?')}", k) for k in keys)
+        if not all(_usable(x) for x in example):
             report.empty += 1
             continue
-        norm = tuple(" ".join(x.split()) for x in example)
+        norm = tuple(_normal(x) for x in example)
         if norm in seen:
             report.duplicate += 1
             continue
@@ -195,8 +135,28 @@ def clean(
     return kept, report
 
 
+def _stripped(value: Any, where: str, key: str) -> Any:
+    if isinstance(value, tuple):  # a chat's messages: strip each content
+        return tuple((role, content.strip()) for role, content in value)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} holds a {type(value).__name__}; expected text")
+    return value.strip()
+
+
+def _usable(value: Any) -> bool:
+    return formats.chat_has_reply(value) if isinstance(value, tuple) else bool(value)
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple((role, " ".join(content.split())) for role, content in value)
+    return " ".join(value.split())
+
+
 def _field_name(keys: list[str], key: str) -> str:
-    return ["prompt_field", "completion_field"][keys.index(key)] if len(keys) == 2 else "text_field"
+    if len(keys) == 2:
+        return ["prompt_field", "completion_field"][keys.index(key)]
+    return "text_field" if key != "messages" else "messages_field"
 
 
 def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -217,73 +177,98 @@ def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], l
 # ---------------------------------------------------------------- packing (pure)
 
 
+@dataclass
+class Packed:
+    """Blocks of token ids, labels (-100: no loss) and positions (0 at each example's start)."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    pos: list[list[int]] = field(default_factory=list)
+    truncated: int = 0  # examples cut to one block (overlong: truncate)
+    dropped: int = 0  # examples left out for their length (overlong: drop)
+
+
 def pack(
-    examples: list[tuple[list[int], list[int]]], block: int, pad_id: int
-) -> tuple[list[list[int]], list[list[int]], int]:
+    examples: list[tuple[list[int], list[int]]], block: int, pad_id: int, overlong: str = "truncate"
+) -> Packed:
     """Pack (ids, labels) examples whole into blocks of ``block`` tokens, padding the tails.
 
-    Returns:
-        ids blocks, labels blocks, and how many examples were truncated to fit one block.
+    Each example's positions count from 0, so the model masks attention block-diagonally and
+    sees each example as if alone; its first token carries no loss (alone, nothing predicts it;
+    packed, the previous example's last token would). An example longer than a block is cut to its first block
+    (``overlong="truncate"``) or left out (``"drop"``).
     """
-    ids_blocks: list[list[int]] = []
-    lab_blocks: list[list[int]] = []
+    out = Packed()
     cur_ids: list[int] = []
     cur_lab: list[int] = []
-    truncated = 0
+    cur_pos: list[int] = []
     for ids, labels in examples:
         if len(ids) > block:
-            ids, labels, truncated = ids[:block], labels[:block], truncated + 1
+            if overlong == "drop":
+                out.dropped += 1
+                continue
+            ids, labels, out.truncated = ids[:block], labels[:block], out.truncated + 1
         if len(cur_ids) + len(ids) > block:
-            _close(ids_blocks, lab_blocks, cur_ids, cur_lab, block, pad_id)
-            cur_ids, cur_lab = [], []
+            _close(out, cur_ids, cur_lab, cur_pos, block, pad_id)
+            cur_ids, cur_lab, cur_pos = [], [], []
         cur_ids += ids
-        cur_lab += labels
+        cur_lab += [IGNORE, *labels[1:]]  # nothing before an example predicts its first token
+        cur_pos += range(len(ids))
     if cur_ids:
-        _close(ids_blocks, lab_blocks, cur_ids, cur_lab, block, pad_id)
-    return ids_blocks, lab_blocks, truncated
+        _close(out, cur_ids, cur_lab, cur_pos, block, pad_id)
+    return out
 
 
-def _close(ids_b: list, lab_b: list, ids: list[int], labels: list[int], block: int, pad_id: int) -> None:
+def _close(out: Packed, ids: list[int], labels: list[int], pos: list[int], block: int, pad_id: int) -> None:
     pad = block - len(ids)
-    ids_b.append(ids + [pad_id] * pad)
-    lab_b.append(labels + [IGNORE] * pad)
+    out.ids.append(ids + [pad_id] * pad)
+    out.labels.append(labels + [IGNORE] * pad)
+    out.pos.append(pos + list(range(pad)))  # the padding is a segment of its own
 
 
-def chunk(docs: list[list[int]], block: int, eos_id: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Plain text: join documents with EOS and cut into full blocks (the short tail is dropped)."""
-    flat: list[int] = []
+def split_long(docs: list[list[int]], block: int) -> tuple[list[list[int]], int]:
+    """Cut token sequences longer than ``block`` into block-sized pieces; returns the pieces and
+    how many sequences were cut."""
+    pieces: list[list[int]] = []
+    cut = 0
     for d in docs:
-        flat += d + [eos_id]
-    n = len(flat) // block
-    blocks = [flat[i * block : (i + 1) * block] for i in range(n)]
-    return blocks, [list(b) for b in blocks]
+        if len(d) > block:
+            cut += 1
+        pieces += [d[i : i + block] for i in range(0, len(d), block)]
+    return pieces, cut
 
 
 # ---------------------------------------------------------------- tokenizing and caching
 
 
 def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
-    """A hash of everything the prepared arrays depend on."""
+    """A hash of everything the prepared arrays depend on (a folder: every file's name and bytes;
+    a hub dataset: its id and split, as in the settings)."""
     h = hashlib.sha256()
     h.update(json.dumps([PREP_VERSION, data.model_dump(exclude={"path", "validation_path"}), seed]).encode())
     for p in (data.path, data.validation_path):
-        if p:
+        if not p or data.format == "hub":
+            continue
+        files = sorted(f for f in Path(p).rglob("*") if f.is_file()) if os.path.isdir(p) else [Path(p)]
+        for file in files:
+            h.update(str(file.relative_to(p) if file != Path(p) else "").encode())
             try:
-                with open(p, "rb") as f:
-                    for piece in iter(lambda: f.read(1 << 20), b""):
+                with open(file, "rb") as f:
+                    while piece := f.read(1 << 20):
                         h.update(piece)
             except OSError as e:
-                raise DataError(f"{p}: cannot read ({e.strerror}); the study's data file must stay") from e
+                raise DataError(f"{file}: cannot read ({e.strerror}); the study's data must stay") from e
     h.update(tokenizer_id.encode())
     return h.hexdigest()[:20]
 
 
 def tokenizer_identity(model_path: str) -> str:
-    """A string that changes whenever the tokenizer could: its file's hash, or the hub id."""
-    tok_file = Path(model_path) / "tokenizer.json"
-    if tok_file.is_file():
-        return hashlib.sha256(tok_file.read_bytes()).hexdigest()
-    return model_path
+    """A string that changes whenever the tokenizer or its chat template could: a hash of their
+    files, or the hub id."""
+    files = [Path(model_path) / n for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")]
+    if not files[0].is_file():
+        return model_path
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.is_file())).hexdigest()
 
 
 def load_tokenizer(model_path: str):
@@ -317,12 +302,16 @@ def prepare(data: DataSpec, model_path: str, seed: int, cache_root: Path) -> Pre
 
 def _examples(data: DataSpec, seed: int) -> tuple[list, list, dict[str, Any]]:
     rows = read_rows(data, data.path)
-    keys = [data.prompt_field, data.completion_field] if _is_pairs(data, rows) else [data.text_field]
+    row_kind = formats.kind(data, rows)
+    keys = formats.keys(data, row_kind)
     examples, report = clean(rows, keys, data.path)
-    cleaning: dict[str, Any] = {"train": asdict(report), "pairs": len(keys) == 2}
-    if data.validation_path:
-        val_rows = read_rows(data, data.validation_path)
-        val, val_report = clean(val_rows, keys, data.validation_path)
+    cleaning: dict[str, Any] = {"train": asdict(report), "kind": row_kind, "pairs": row_kind == "pairs"}
+    if data.validation_path or data.validation_split:
+        source = data.validation_path or data.path
+        val_rows = read_rows(data, source, data.validation_split)
+        if (val_kind := formats.kind(data, val_rows)) != row_kind:
+            raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {row_kind}")
+        val, val_report = clean(val_rows, keys, source)
         cleaning["validation"] = asdict(val_report)
         train = examples
     else:
@@ -335,12 +324,14 @@ def check(data: DataSpec, seed: int = 0) -> dict[str, Any]:
     """A dry run of data preparation up to tokenizing: read, clean and split, in pure Python.
 
     ``hpo study create`` runs it so bad data fails before anything is stored. It loads no
-    tokenizer, so a block-size problem (less than one block of tokens) still shows at run time.
+    tokenizer, so length problems (truncated or dropped examples, less than one block of
+    tokens) show at run time, in the prepared data's report.
 
     Returns:
         The cleaning counts, as stored with the study: ``{"train": {read, empty, duplicate,
-        kept}, "validation": {...} (with data.validation_path), "pairs": bool,
-        "examples": {"train": n, "validation": n}}``.
+        kept}, "validation": {...} (with data.validation_path / validation_split), "kind":
+        "pairs" | "text" | "chat", "pairs": bool, "examples": {"train": n, "validation": n}}``;
+        ``prepare`` adds ``"length": {"train"|"val": {truncated, dropped, split}}``.
 
     Raises:
         DataError: naming the file (and line) and the fix.
@@ -348,20 +339,28 @@ def check(data: DataSpec, seed: int = 0) -> dict[str, Any]:
     return _examples(data, seed)[2]
 
 
+_KINDS = {"pairs": "prompt/completion pairs", "text": "texts", "chat": "chats"}
+
+
 def describe(report: dict[str, Any]) -> str:
-    """One line for people: what cleaning kept and dropped, and the split."""
+    """One line for people: what cleaning kept and dropped, the split, and length handling."""
     t = report["train"]
-    kind = "prompt/completion pairs" if report.get("pairs") else "texts"
+    kind = _KINDS[report.get("kind", "pairs" if report.get("pairs") else "text")]
     line = (
         f"data: read {t['read']} rows, dropped {t['empty']} empty and {t['duplicate']} duplicate, "
         f"kept {t['kept']} {kind}"
     )
     if "validation" in report:
         v = report["validation"]
-        line += f"; validation file: read {v['read']}, kept {v['kept']}"
+        line += f"; validation: read {v['read']}, kept {v['kept']}"
     n = report.get("examples")
     if n:
         line += f" ({n['train']} train / {n['validation']} validation)"
+    length = report.get("length")
+    if length:
+        total = {k: sum(part[k] for part in length.values()) for k in ("truncated", "dropped", "split")}
+        said = [f"{v} {k}" for k, v in total.items() if v]
+        line += f"; longer than a block: {', '.join(said) or 'none'}"
     return line
 
 
@@ -371,24 +370,31 @@ def _tokenize_and_pack(tok, data: DataSpec, train_ex: list, val_ex: list, cleani
     if eos is None:
         raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
     out: dict[str, Any] = {"pad_id": pad, "cleaning": cleaning}
+    length = cleaning.setdefault("length", {})
     for name, examples in (("train", train_ex), ("val", val_ex)):
-        if cleaning["pairs"]:
-            enc = _encode_pairs(tok, examples, eos)
-            ids, labels, truncated = pack(enc, data.block_size, pad)
-            cleaning.setdefault("truncated", {})[name] = truncated
+        cut = 0
+        if cleaning["kind"] == "pairs":
+            enc = encode_pairs(tok, examples, eos)
+        elif cleaning["kind"] == "chat":
+            enc = encode_chats(tok, [e[0] for e in examples], eos, data.chat_template)
         else:
             docs = tok([e[0] for e in examples], add_special_tokens=False)["input_ids"]
-            ids, labels = chunk(docs, data.block_size, eos)
-        if not ids:
+            pieces, cut = split_long([d + [eos] for d in docs], data.block_size)
+            enc = [(d, list(d)) for d in pieces]
+        packed = pack(enc, data.block_size, pad, data.overlong)
+        length[name] = {"truncated": packed.truncated, "dropped": packed.dropped, "split": cut}
+        if not packed.ids:
             raise DataError(
-                f"{data.path}: the {name} split holds less than one block of {data.block_size} tokens; "
-                "add data or lower data.block_size"
+                f"{data.path}: the {name} split holds less than one block of {data.block_size} tokens "
+                f"({packed.dropped} examples dropped as too long); add data, lower data.block_size, "
+                "or set data.overlong: truncate"
             )
-        out[f"{name}_ids"], out[f"{name}_labels"] = ids, labels
+        out[f"{name}_ids"], out[f"{name}_labels"], out[f"{name}_pos"] = packed.ids, packed.labels, packed.pos
     return out
 
 
-def _encode_pairs(tok, examples: list[tuple[str, str]], eos: int) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(tok, examples: list[tuple[str, str]], eos: int) -> list[tuple[list[int], list[int]]]:
+    """``prompt + "\n"`` (no loss) then ``completion + EOS`` (loss), as (ids, labels)."""
     prompts = tok([p + "\n" for p, _ in examples], add_special_tokens=False)["input_ids"]
     completions = tok([c for _, c in examples], add_special_tokens=False)["input_ids"]
     enc = []
@@ -396,6 +402,44 @@ def _encode_pairs(tok, examples: list[tuple[str, str]], eos: int) -> list[tuple[
         c = c + [eos]
         enc.append((p + c, [IGNORE] * len(p) + c))
     return enc
+
+
+def encode_chats(tok, chats: list, eos: int, template: str = "auto") -> list[tuple[list[int], list[int]]]:
+    """Each chat rendered (its tokenizer's template, or hpo's simple one) as (ids, labels): the
+    loss on assistant replies; EOS ends the example (with loss when the chat ends on a reply)."""
+    render = _renderer(tok, template)
+    enc = []
+    for messages in chats:
+        try:
+            segments = formats.chat_segments(messages, render)
+        except Exception as e:  # noqa: BLE001 - a template may fail in many ways (jinja, ValueError)
+            raise DataError(
+                f"cannot render a chat with the tokenizer's chat template ({str(e).splitlines()[0]}); "
+                "set data.chat_template: simple"
+            ) from e
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, carries_loss in segments:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if carries_loss else [IGNORE] * len(piece)
+        if not ids or ids[-1] != eos:
+            ids.append(eos)
+            labels.append(eos if messages[-1][0] == formats.ASSISTANT else IGNORE)
+        enc.append((ids, labels))
+    return enc
+
+
+def _renderer(tok, template: str):
+    if template == "auto" and getattr(tok, "chat_template", None):
+
+        def render(messages, generation: bool) -> str:
+            chat = [{"role": r, "content": c} for r, c in messages]
+            return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
+
+        return render
+    eos_text = tok.eos_token
+    return lambda messages, generation: formats.simple_template(messages, generation, eos_text)
 
 
 def _save(p: dict[str, Any], out: Path, fp: str) -> Prepared:

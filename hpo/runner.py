@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import RunError
+from hpo.errors import RunError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ class Interrupted(Exception):
 class RunOptions:
     """How one ``hpo run`` invocation runs (the spec says what the study is)."""
 
-    target: int
-    runs_dir: Path
-    address: str | None = None
-    concurrency: int | None = None
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
-    max_failures: int = 5
+    target: int  # finished (COMPLETE + PRUNED) trials the study should hold
+    runs_dir: Path  # checkpoints and Ray's files; on a cluster, a path every node sees
+    address: str | None = None  # join this Ray cluster (HOST:PORT); None: $RAY_ADDRESS, else a local Ray
+    concurrency: int | None = None  # trials at once; None: the spec's, else all that fit
+    cpus_per_trial: float | None = None  # overrides the spec's resources.cpus_per_trial
+    gpus_per_trial: float | None = None  # overrides the spec's resources.gpus_per_trial
+    max_failures: int = 5  # stop after this many trials in a row fail alike
 
 
 @dataclass
@@ -76,6 +76,7 @@ class RunSummary:
     interrupted: bool = False
     stop_reason: str | None = None
     disk_peak_mb: float = 0.0
+    concurrency: int | None = None  # trials at once (what the cluster's resources allow, by default)
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,14 +95,17 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     summary.recovered = searcher.recover_stale(study, spec)
     if finished >= opts.target:
         return _finish_summary(summary, study, t0)
+    _requested(spec, opts)  # a bad per-trial request fails before any work
     # 1. the base model and the data, once, in the driver (trials only read them)
     model_path = basemodel.resolve(spec.model, spec.seed)
     prepared = data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
     # 2. Ray, resources and the bridge
     started = _start_ray(opts)
     try:
-        cpus, gpus, concurrency, notes = _resources(spec, opts)
-        summary.notes += notes
+        plan = _resources(spec, opts)
+        cpus, gpus, concurrency = plan.cpus, plan.gpus, plan.concurrency
+        summary.concurrency = concurrency
+        summary.notes += plan.notes + _cluster_notes(study, opts)
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
         bridge = searcher.OptunaBridge(
@@ -191,8 +195,22 @@ def _temp_dir(runs_dir: Path) -> str:
     return f"/tmp/hpo-ray-{hashlib.sha1(str(wanted).encode()).hexdigest()[:10]}"
 
 
+def _address(opts: RunOptions) -> str | None:
+    """The Ray cluster to join: ``--address``, else ``$RAY_ADDRESS``; None (or "local"): start one."""
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
 def _start_ray(opts: RunOptions) -> bool:
-    """Join ``opts.address`` or start a local, loopback-only Ray. Returns True if we started it."""
+    """Join the cluster at ``_address(opts)`` or start a local, loopback-only Ray.
+
+    Returns:
+        True if this call connected to Ray (the run then disconnects at its end); False when Ray
+        was already initialized in this process (a notebook), which is then used as it is.
+
+    Raises:
+        RunError: Ray cannot start, or the cluster cannot be reached.
+    """
     ray_env()
     import ray
 
@@ -200,25 +218,24 @@ def _start_ray(opts: RunOptions) -> bool:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
-    address = opts.address or os.environ.get("RAY_ADDRESS")
+    address = _address(opts)
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("HPO_")}
+    common: dict[str, Any] = {
+        "runtime_env": {"env_vars": env_vars},
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
     try:
         if address:
-            ray.init(
-                address=address,
-                runtime_env={"env_vars": env_vars},
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
+            ray.init(address=address, **common)
         else:
+            _loopback_only()
             ray.init(
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
                 _temp_dir=_temp_dir(opts.runs_dir),
-                log_to_driver=False,
-                logging_level=logging.ERROR,
                 configure_logging=True,
-                runtime_env={"env_vars": env_vars},
+                **common,
             )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
         raise RunError(
@@ -227,26 +244,88 @@ def _start_ray(opts: RunOptions) -> bool:
     return True
 
 
+def _loopback_only() -> None:
+    """Keep a Ray that hpo starts on 127.0.0.1, even if ray was imported before ``ray_env()`` ran
+    or ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1: the driver reads Ray's flag at each
+    address lookup, and the processes Ray spawns read the variable."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def _stop_ray() -> None:
     import ray
 
     ray.shutdown()
 
 
-def _resources(spec, opts: RunOptions) -> tuple[float, float, int, list[str]]:
-    """(cpus per trial, gpus per trial, concurrency, notes) for the cluster Ray sees."""
+def _requested(spec, opts: RunOptions) -> tuple[float, float]:
+    """(cpus, gpus) per trial: the CLI's overrides, else the spec's.
+
+    Raises:
+        SpecError: a request Ray or the trial loop cannot serve (naming the flag or the spec field).
+    """
+    from hpo import placement
+
+    cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpus_per_trial
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
+    problems = placement.request_problems(float(cpus), float(gpus))
+    if problems:
+        raise SpecError(_resources_source(spec, opts), problems)
+    return float(cpus), float(gpus)
+
+
+def _resources_source(spec, opts: RunOptions) -> str:
+    flags = [
+        f"--{name}-per-trial"
+        for name, value in (("cpus", opts.cpus_per_trial), ("gpus", opts.gpus_per_trial))
+        if value is not None
+    ]
+    return " / ".join(flags) if flags else f"study {spec.name!r} resources"
+
+
+def _resources(spec, opts: RunOptions):
+    """The run's ``placement.Plan`` for the nodes Ray sees now.
+
+    Raises:
+        SpecError: no node can hold one trial (and no --concurrency asks to wait for more).
+    """
     import ray
 
-    avail = ray.cluster_resources()
-    cpus = opts.cpus_per_trial or spec.resources.cpus_per_trial
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
-    notes = []
-    if gpus and not avail.get("GPU"):
-        notes.append(f"no GPU in the Ray cluster: trials run on CPUs ({cpus:g} each)")
-        gpus = 0
-    fit = avail.get("GPU", 0) / gpus if gpus else avail.get("CPU", 1) / cpus
-    concurrency = opts.concurrency or spec.resources.concurrency or max(1, int(fit + 1e-9))
-    return cpus, gpus, concurrency, notes
+    from hpo import placement
+
+    cpus, gpus = _requested(spec, opts)
+    nodes = [
+        (float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+    plan = placement.plan(nodes, cpus, gpus, opts.concurrency or spec.resources.concurrency)
+    if plan.problem:
+        raise SpecError(_resources_source(spec, opts), [plan.problem])
+    log.info("placement: %s", plan)
+    return plan
+
+
+def _cluster_notes(study, opts: RunOptions) -> list[str]:
+    """Notes for a run on a cluster it joined: a local SQLite storage, the paths nodes must share."""
+    import ray
+
+    from hpo import basemodel, placement
+    from hpo import storage as storage_mod
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    url = str(getattr(backend, "url", ""))
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    shared = [str(opts.runs_dir.resolve()), str(basemodel.cache_dir().resolve())]
+    return placement.cluster_notes(
+        _address(opts) is not None,
+        bool(url) and storage_mod.is_local_sqlite(url),
+        storage_mod.mask(url),
+        nodes,
+        shared,
+    )
 
 
 def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: float) -> Callable:
@@ -309,18 +388,46 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
     )
 
 
+#: What the trial process saw and chose, added to each of its reports (and kept as user attributes).
+PLACEMENT_REPORTED = ("device", "device_note", "cuda_visible_devices", "node_id", "started_at")
+
+
 def _trainable(config: dict[str, Any]) -> None:
     """What each Ray trial process runs: the trial loop, reporting to Tune; errors go to a file
-    in the trial folder (the driver reads it) before Ray sees them."""
+    in the trial folder (the driver reads it) before Ray sees them.
+
+    ``config["placement"]`` carries what Ray gave this process (GPU ids, ``CUDA_VISIBLE_DEVICES``,
+    node); the trial's device choice writes ``device``/``device_note`` into it, and every report
+    carries them, so the storage records where each trial ran and on what.
+    """
     from ray import tune
 
     from hpo import trial
 
+    config = {**config, "placement": _placement_seen()}
+    seen = config["placement"]
+
+    def report(metrics: dict[str, Any]) -> None:
+        where = {k: seen[k] for k in PLACEMENT_REPORTED if seen.get(k) is not None}
+        tune.report({**{k: v for k, v in metrics.items() if v is not None}, **where})
+
     try:
-        trial.run(config, lambda m: tune.report({k: v for k, v in m.items() if v is not None}))
+        trial.run(config, report)
     except Exception as e:  # not BaseException: Ray stops a trial (ASHA) by raising SystemExit in it
         _write_error(config["checkpoint_dir"], e)
         raise
+
+
+def _placement_seen() -> dict[str, Any]:
+    """What Ray assigned to this trial process: its logical GPU ids, CUDA_VISIBLE_DEVICES, node."""
+    import ray
+
+    return {
+        "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "started_at": round(time.time(), 3),
+    }
 
 
 def _write_error(folder: str, e: BaseException) -> None:

@@ -332,6 +332,11 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "trial_s",
         "tokens",
         "tokens_per_s",
+        "device",  # where it trained (cpu, cuda), and why not on the GPU it asked for
+        "device_note",
+        "cuda_visible_devices",
+        "node_id",
+        "started_at",
     )
     out = {k: last[k] for k in keys if last.get(k) is not None}
     if "best_eval_loss" in out:

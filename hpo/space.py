@@ -31,7 +31,7 @@ def distributions(space: SpaceSpec) -> dict[str, BaseDistribution]:
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: SpaceSpec) -> dict[str, Any]:
-    """Sample every searched parameter on ``trial`` and return all five (fixed ones included)."""
+    """Sample every searched parameter on ``trial``; returns them with the fixed ones."""
     params: dict[str, Any] = dict(space.fixed())
     for name, p in space.searched().items():
         if isinstance(p, FloatParam):
@@ -48,13 +48,50 @@ def complete(params: dict[str, Any], space: SpaceSpec) -> dict[str, Any]:
     return {**space.fixed(), **params}
 
 
-def sampler(name: str, seed: int, n_existing: int = 0) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named in the spec. The seed is offset by the trials already in the
-    study, so a resumed run does not replay the first run's random start-up samples."""
+def grid(space: SpaceSpec) -> dict[str, list[Any]]:
+    """The grid of every searched parameter: a categorical's choices, each integer of an int range.
+
+    Raises:
+        ValueError: a float parameter is searched (the spec check refuses that for ``grid``).
+    """
+    out: dict[str, list[Any]] = {}
+    for name, p in space.searched().items():
+        if isinstance(p, CategoricalParam):
+            out[name] = list(p.choices)
+        elif isinstance(p, IntParam):
+            out[name] = list(range(p.low, p.high + 1))
+        else:
+            raise ValueError(f"grid sampler: {name} is a float range; give it as categorical choices")
+    return out
+
+
+def sampler(
+    name: str, seed: int, n_existing: int = 0, space: SpaceSpec | None = None
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler named in the spec, seeded. The seed is offset by the trials already in
+    the study, so a resumed run does not replay the first run's random start-up samples.
+
+    Args:
+        name: one of ``hpo.spec.SAMPLERS``.
+        seed: the study's seed.
+        n_existing: trials already in the study.
+        space: the search space; ``grid`` needs it (its grid is every combination).
+
+    Raises:
+        ValueError: ``grid`` without a space.
+    """
     import optuna
 
+    s = seed + n_existing
+    if name == "grid":
+        if space is None:
+            raise ValueError("the grid sampler needs the search space: pass space=")
+        return optuna.samplers.GridSampler(grid(space), seed=s)  # type: ignore[arg-type]
     table = {
-        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True, n_startup_trials=8),
-        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s, constant_liar=True, n_startup_trials=8),
+        "random": lambda: optuna.samplers.RandomSampler(seed=s),
+        # CMA-ES samples floats and ints jointly; categoricals fall back to independent random sampling
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s, warn_independent_sampling=False),
+        "gp": lambda: optuna.samplers.GPSampler(seed=s),  # needs torch and scipy
     }
-    return table[name](seed + n_existing)
+    return table[name]()

@@ -29,15 +29,28 @@ from pydantic import (
 
 from hpo.errors import SpecError
 
-#: The five hyperparameters a study searches over (each may be fixed to a constant).
+#: The five hyperparameters every study has in its space (each searched or fixed to a constant).
 SEARCHABLE = ("learning_rate", "batch_size", "epochs", "dropout", "weight_decay")
+#: Training options that ``training`` fixes and ``space`` may search instead (set in one place).
+TRAINING_SEARCHABLE = (
+    "lr_scheduler",
+    "warmup_ratio",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "label_smoothing",
+    "l1",
+    "seed",
+)
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-DATA_FORMATS = ("jsonl", "csv", "text")
-METRICS = {"eval_loss": "minimize", "perplexity": "minimize"}
-SAMPLERS = ("tpe", "random")
+DATA_FORMATS = ("jsonl", "csv", "text", "chat", "datasets", "hub")
+#: Each metric a trial reports, and the direction it is optimized in.
+METRICS = {"eval_loss": "minimize", "perplexity": "minimize", "token_accuracy": "maximize"}
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+#: Learning-rate schedules (names of ``transformers.get_scheduler``), all with linear warmup.
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 
 
 class _Model(BaseModel):
@@ -119,6 +132,13 @@ IntOrParam = Annotated[
     | Annotated[Int, Tag("fixed")],
     _DISCRIMINATOR,
 ]
+StrOrParam = Annotated[
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[CategoricalParam, Tag("categorical")]
+    | Annotated[str, Tag("fixed")],
+    _DISCRIMINATOR,
+]
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -129,35 +149,51 @@ def _check_range(low: float, high: float, log: bool) -> None:
 
 
 class SpaceSpec(_Model):
-    """The search space. A number fixes the parameter; a mapping searches it."""
+    """The search space. A number fixes the parameter; a mapping searches it. The training options
+    (``lr_scheduler`` ... ``seed``) are left out by default: ``training`` then fixes them."""
 
     learning_rate: FloatOrParam = Field(default=5e-4, description="peak AdamW learning rate")
-    batch_size: IntOrParam = Field(default=16, description="examples (blocks) per optimizer step")
+    batch_size: IntOrParam = Field(default=16, description="blocks per forward/backward pass group")
     epochs: IntOrParam = Field(default=1, description="passes over the training blocks")
     dropout: FloatOrParam = Field(default=0.1, description="every dropout probability of the model")
-    weight_decay: FloatOrParam = Field(default=0.0, description="decoupled AdamW weight decay")
+    weight_decay: FloatOrParam = Field(default=0.0, description="decoupled AdamW weight decay (L2)")
+    lr_scheduler: StrOrParam | None = Field(default=None, description="searched lr schedule")
+    warmup_ratio: FloatOrParam | None = Field(default=None, description="searched share of warmup steps")
+    gradient_accumulation_steps: IntOrParam | None = Field(default=None, description="searched accumulation")
+    max_grad_norm: FloatOrParam | None = Field(default=None, description="searched clipping norm")
+    label_smoothing: FloatOrParam | None = Field(default=None, description="searched label smoothing")
+    l1: FloatOrParam | None = Field(default=None, description="searched L1 penalty coefficient")
+    seed: IntOrParam | None = Field(default=None, description="searched trial seed (noise across seeds)")
 
-    @field_validator("learning_rate", "batch_size", "epochs", "dropout", "weight_decay", mode="after")
+    @field_validator(*SEARCHABLE, *TRAINING_SEARCHABLE, mode="after")
     @classmethod
     def _bounds(cls, v: Any, info: ValidationInfo) -> Any:
-        name = info.field_name
-        if name in ("batch_size", "epochs") and isinstance(v, FloatParam):
+        name = str(info.field_name)
+        if v is None:
+            return v
+        if name in _WHOLE and isinstance(v, FloatParam):
             raise ValueError(f"{name} is a whole number; search it with type: int or categorical")
+        if name == "lr_scheduler" and isinstance(v, FloatParam | IntParam):
+            raise ValueError("lr_scheduler is a name; search it with type: categorical")
         for value in _values(v):
-            _check_param_value(str(name), value)
+            _check_param_value(name, value)
         return v
 
     def searched(self) -> dict[str, Param]:
         """The parameters that are searched (not fixed), by name."""
         return {
             n: v
-            for n in SEARCHABLE
+            for n in (*SEARCHABLE, *TRAINING_SEARCHABLE)
             if isinstance(v := getattr(self, n), FloatParam | IntParam | CategoricalParam)
         }
 
-    def fixed(self) -> dict[str, float | int]:
-        """The parameters fixed to a constant, by name."""
-        return {n: v for n in SEARCHABLE if not isinstance(v := getattr(self, n), BaseModel)}
+    def fixed(self) -> dict[str, float | int | str]:
+        """The parameters fixed to a constant here, by name (training options left out are not)."""
+        return {
+            n: v
+            for n in (*SEARCHABLE, *TRAINING_SEARCHABLE)
+            if (v := getattr(self, n)) is not None and not isinstance(v, BaseModel)
+        }
 
 
 def _values(v: Any) -> list[Any]:
@@ -168,56 +204,101 @@ def _values(v: Any) -> list[Any]:
     return [v]
 
 
+_WHOLE = ("batch_size", "epochs", "gradient_accumulation_steps", "seed")
 _LIMITS = {  # name -> (predicate, what is allowed)
     "learning_rate": (lambda x: 0 < x < 1, "0 < learning_rate < 1"),
     "batch_size": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
     "epochs": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
     "dropout": (lambda x: 0 <= x < 1, "0 <= dropout < 1"),
     "weight_decay": (lambda x: 0 <= x < 10, "0 <= weight_decay < 10"),
+    "lr_scheduler": (lambda x: x in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}"),
+    "warmup_ratio": (lambda x: 0 <= x < 1, "0 <= warmup_ratio < 1"),
+    "gradient_accumulation_steps": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
+    "max_grad_norm": (lambda x: x > 0, "max_grad_norm > 0"),
+    "label_smoothing": (lambda x: 0 <= x < 1, "0 <= label_smoothing < 1"),
+    "l1": (lambda x: 0 <= x < 1, "0 <= l1 < 1"),
+    "seed": (lambda x: isinstance(x, int) and 0 <= x < 2**32, "an integer in [0, 2**32)"),
 }
 
 
 def _check_param_value(name: str, value: Any) -> None:
     ok, allowed = _LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+    kind_ok = isinstance(value, str) if name == "lr_scheduler" else isinstance(value, int | float)
+    if isinstance(value, bool) or not kind_ok or not ok(value):
         raise ValueError(f"value {value!r} is not allowed; {name} must be {allowed}")
 
 
 class DataSpec(_Model):
     """Where the task data is and how to turn it into training blocks."""
 
-    path: str = Field(description="JSONL/CSV of prompt/completion pairs, or a text file")
-    format: Literal["jsonl", "csv", "text"] = Field(default="jsonl", description="file format")
+    format: Literal["jsonl", "csv", "text", "chat", "datasets", "hub"] = Field(
+        default="jsonl",
+        description="jsonl | csv (pairs or text) | text (file: a document per line; folder: per file) "
+        "| chat (jsonl of messages) | datasets (a save_to_disk folder) | hub (a Hugging Face dataset id)",
+    )
+    path: str = Field(description="the data file or folder, or the dataset id for format: hub")
     prompt_field: str = Field(default="prompt", description="column holding the input")
     completion_field: str = Field(default="completion", description="column holding the target")
     text_field: str = Field(default="text", description="column holding plain text (jsonl/csv text data)")
+    messages_field: str = Field(default="messages", description="column holding a chat's messages")
+    chat_template: Literal["auto", "simple"] = Field(
+        default="auto", description="auto: the tokenizer's chat template when it has one; simple: hpo's"
+    )
+    split: str = Field(default="train", description="split to read (datasets / hub with several)")
+    validation_split: str | None = Field(default=None, description="validation split (datasets / hub)")
     validation_fraction: Float = Field(default=0.1, gt=0, lt=1, description="seeded validation share")
     validation_path: str | None = Field(default=None, description="separate validation file")
     block_size: Int = Field(default=128, ge=8, le=32768, description="tokens per training block")
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate", description="an example longer than a block: keep its first block, or drop it"
+    )
 
     @field_validator("path", "validation_path", mode="after")
     @classmethod
     def _exists(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None or (info.context or {}).get("stored"):
             return v
+        fmt = info.data.get("format", "jsonl")
+        if fmt == "hub":
+            if info.field_name == "validation_path":
+                raise ValueError("format hub takes no validation_path; name a validation_split")
+            if not _HUB_ID.fullmatch(v):
+                raise ValueError("a Hugging Face dataset id looks like name or org/name")
+            return v
         resolved = _resolve(v, info)
-        if os.path.isdir(resolved):
-            raise ValueError(f"{resolved} is a folder; give the path of a data file")
-        if not os.path.isfile(resolved):
+        folder_ok = fmt in ("text", "datasets")
+        if os.path.isdir(resolved) and not folder_ok:
+            raise ValueError(
+                f"{resolved} is a folder; give the path of a data file (folders: format text or datasets)"
+            )
+        if fmt == "datasets" and not os.path.isdir(resolved):
+            raise ValueError(f"folder not found: {resolved} (format datasets reads a save_to_disk folder)")
+        if not os.path.exists(resolved):
             raise ValueError(f"file not found: {resolved} (paths are relative to the spec file's folder)")
         return resolved
 
 
 class ObjectiveSpec(_Model):
-    """What the search optimizes."""
+    """What the search optimizes: eval_loss or perplexity (minimize), token_accuracy (maximize)."""
 
-    metric: Literal["eval_loss", "perplexity"] = "eval_loss"
-    direction: Literal["minimize", "maximize"] = "minimize"
+    metric: Literal["eval_loss", "perplexity", "token_accuracy"] = "eval_loss"
+    direction: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="must be the metric's own; left out, it is filled in"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_direction(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "direction" not in data and data.get("metric") in METRICS:
+            return {**data, "direction": METRICS[data["metric"]]}
+        return data
 
     @model_validator(mode="after")
     def _direction(self) -> ObjectiveSpec:
-        if METRICS[self.metric] != self.direction:
-            raise ValueError(f"{self.metric} must be minimized (got direction {self.direction!r})")
+        wanted = METRICS[self.metric]
+        if wanted != self.direction:
+            verb = wanted.removesuffix("e") + "ed"
+            raise ValueError(f"{self.metric} must be {verb} (got direction {self.direction!r})")
         return self
 
 
@@ -259,12 +340,25 @@ Schedule = Annotated[
 
 
 class TrainingSpec(_Model):
-    """How each trial trains and evaluates (fixed for the whole study)."""
+    """How each trial trains and evaluates. Each option from ``lr_scheduler`` to ``seed`` is fixed
+    here, or searched by naming it in ``space`` instead (not both)."""
 
     eval_every: Float = Field(default=0.25, gt=0, le=1, description="epochs between evaluations")
-    warmup_ratio: Float = Field(default=0.05, ge=0, lt=1, description="share of steps warming up")
     max_micro_batch: Int = Field(default=32, ge=1, description="largest batch in one forward pass")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
+    )
+    warmup_ratio: Float = Field(default=0.05, ge=0, lt=1, description="share of steps warming up")
+    gradient_accumulation_steps: Int = Field(
+        default=1, ge=1, description="batches per optimizer step: effective batch = batch_size x this"
+    )
     max_grad_norm: Float = Field(default=1.0, gt=0, description="gradient clipping norm")
+    label_smoothing: Float = Field(default=0.0, ge=0, lt=1, description="training loss only; eval is plain")
+    l1: Float = Field(default=0.0, ge=0, lt=1, description="L1 penalty coefficient on weight matrices")
+    early_stopping_patience: Int | None = Field(
+        default=None, ge=1, description="end a trial COMPLETE after k evaluations without improvement"
+    )
+    seed: Int | None = Field(default=None, ge=0, description="trial seed (default: the study's seed)")
 
 
 class ResourcesSpec(_Model):
@@ -286,9 +380,50 @@ class StudySpec(_Model):
     schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp"] = Field(
+        default="tpe", description="Optuna's sampler; grid needs every searched parameter int or categorical"
+    )
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="known-good configurations tried first (warm start)"
+    )
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0
+
+    @field_validator("training", mode="after")
+    @classmethod
+    def _set_once(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        space = info.data.get("space")
+        both = [n for n in TRAINING_SEARCHABLE if space is not None and getattr(space, n) is not None]
+        both = [n for n in both if n in v.model_fields_set]
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} set both here and in space; fix it here, or search it in space"
+            )
+        return v
+
+    @field_validator("sampler", mode="after")
+    @classmethod
+    def _grid(cls, v: str, info: ValidationInfo) -> str:
+        space = info.data.get("space")
+        if v == "grid" and space is not None:
+            floats = [n for n, p in space.searched().items() if isinstance(p, FloatParam)]
+            if floats:
+                raise ValueError(
+                    f"grid needs a finite space; search {', '.join(floats)} with type: categorical "
+                    "(a list of values) or use another sampler"
+                )
+        return v
+
+    @field_validator("enqueue", mode="after")
+    @classmethod
+    def _enqueue(cls, v: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        space = info.data.get("space")
+        if space is None:
+            return v
+        problems = [p for i, params in enumerate(v) for p in _enqueue_problems(i, params, space.searched())]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     @field_validator("name", mode="after")
     @classmethod
@@ -322,6 +457,26 @@ class StudySpec(_Model):
     def to_json(self) -> str:
         """The spec as JSON (paths already absolute), as stored with the study."""
         return self.model_dump_json()
+
+
+def _enqueue_problems(i: int, params: dict[str, Any], searched: dict[str, Param]) -> list[str]:
+    """What is wrong with the ``i``-th enqueued configuration (searched parameters, in range)."""
+    out = []
+    for name, value in params.items():
+        p = searched.get(name)
+        where = f"[{i}].{name}"
+        if p is None:
+            out.append(f"{where}: not a searched parameter (searched: {', '.join(searched) or 'none'})")
+        elif isinstance(p, CategoricalParam):
+            if value not in p.choices or isinstance(value, bool):
+                out.append(f"{where}: {value!r} is not one of the choices {p.choices}")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            out.append(f"{where}: {value!r} is not a number")
+        elif isinstance(p, IntParam) and value != int(value):
+            out.append(f"{where}: {value!r} is not a whole number")
+        elif not p.low <= value <= p.high:
+            out.append(f"{where}: {value!r} is outside [{p.low}, {p.high}]")
+    return out
 
 
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:

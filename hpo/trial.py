@@ -34,10 +34,15 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
     """Fine-tune one configuration, reporting after every evaluation.
 
     Args:
-        config: ``params`` (learning_rate, batch_size, epochs, dropout, weight_decay), ``model_path``,
-            ``data_path`` (a prepared dataset), ``checkpoint_dir``, ``trial_number``, ``seed``,
-            ``eval_every``, ``warmup_ratio``, ``max_micro_batch``, ``max_grad_norm``, ``cpus``, ``gpus``.
-        report: called with each evaluation's metrics; the last call has ``budget_done=True``.
+        config: ``params`` (learning_rate, batch_size, epochs, dropout, weight_decay, and any training
+            option the space searches), ``model_path``, ``data_path`` (a prepared dataset),
+            ``checkpoint_dir``, ``trial_number``, ``seed``, ``eval_every``, ``max_micro_batch``,
+            ``cpus``, ``gpus``; the training options (``lr_scheduler``, ``warmup_ratio``,
+            ``gradient_accumulation_steps``, ``max_grad_norm``, ``label_smoothing``, ``l1``) when
+            ``params`` does not carry them; optional ``early_stopping_patience`` and ``objective``
+            (eval_loss | perplexity | token_accuracy, default eval_loss).
+        report: called with each evaluation's metrics; the last call has ``budget_done=True`` (also
+            when early stopping ended the trial: it is complete at the budget it reached).
 
     Returns:
         The last metrics reported.
@@ -57,36 +62,56 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
             torch.cuda.empty_cache()
 
 
+#: Training options a trial reads from its params (searched) or else its config (fixed), with defaults.
+OPTIONS = {
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.05,
+    "gradient_accumulation_steps": 1,
+    "max_grad_norm": 1.0,
+    "label_smoothing": 0.0,
+    "l1": 0.0,
+}
+
+
+def options(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's training options and seed: its params win over the config, then the defaults."""
+    p = config["params"]
+    out = {k: p.get(k, config.get(k, default)) for k, default in OPTIONS.items()}
+    out["seed"] = int(p.get("seed", config.get("seed", 0)))
+    return out
+
+
 def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from hpo.data import Prepared
 
-    p = config["params"]
+    p, o = config["params"], options(config)
     device = _device(config)
-    torch.manual_seed(config["seed"])
-    # 1. data: memory-mapped blocks prepared once per study
+    torch.manual_seed(o["seed"])
+    # 1. data: memory-mapped blocks prepared once per study (positions restart at each example)
     arrays = Prepared.load(config["data_path"]).arrays()
-    train_ids, train_labels = arrays["train_ids"], arrays["train_labels"]
-    val = (torch.from_numpy(np.array(arrays["val_ids"])), torch.from_numpy(np.array(arrays["val_labels"])))
-    n_train = len(train_ids)
+    train = (arrays["train_ids"], arrays["train_labels"], arrays["train_pos"])
+    val = tuple(torch.from_numpy(np.array(arrays[f"val_{k}"])) for k in ("ids", "labels", "pos"))
+    n_train = len(train[0])
     # 2. model with the trial's dropout (from an interrupted trial's checkpoint when resuming),
-    #    optimizer without decay on biases and norms
+    #    optimizer without decay on biases and norms; one step sees batch_size x accumulation blocks
     resume = config.get("resume_checkpoint")
     model = load_model(resume or config["model_path"], p["dropout"], device)
     start_step = _checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
-    bs = int(p["batch_size"])
-    micro = _micro_batch(bs, config["max_micro_batch"])
+    bs = int(p["batch_size"]) * int(o["gradient_accumulation_steps"])
+    micro = _micro_batch(bs, min(int(p["batch_size"]), config["max_micro_batch"]))
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
-    sched = _schedule(opt, config["warmup_ratio"], total_steps)
+    sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
+    loss_opts = _LossOptions(o["label_smoothing"], o["l1"], o["max_grad_norm"], _matrices(model))
     autocast = _autocast(device)
-    # 3. train, evaluating at each eval_every epoch mark
-    gen = torch.Generator().manual_seed(config["seed"])
+    # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
+    gen = torch.Generator().manual_seed(o["seed"])
     every = float(config["eval_every"])
-    state = _State(best=math.inf, started=time.perf_counter())
+    state = _State(config.get("objective", "eval_loss"), time.perf_counter())
     step, next_mark = 0, 1
     model.train()
     for _epoch in range(int(p["epochs"])):
@@ -100,18 +125,7 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
                 continue
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
             t0 = time.perf_counter()
-            loss, tokens = _step(
-                model,
-                opt,
-                sched,
-                train_ids,
-                train_labels,
-                idx,
-                micro,
-                device,
-                autocast,
-                config["max_grad_norm"],
-            )
+            loss, tokens = _step(model, opt, sched, train, idx, micro, device, autocast, loss_opts)
             state.train_s += time.perf_counter() - t0
             state.add_train(loss, tokens, step, config)
             step += 1
@@ -120,8 +134,12 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
                 mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
                 next_mark = _next_mark(step, steps_per_epoch, every, next_mark)
                 metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step)
-                metrics["budget_done"] = step == total_steps
+                stop = state.patience_ran_out(config.get("early_stopping_patience"))
+                metrics["budget_done"] = step == total_steps or stop
+                metrics["early_stopped"] = stop and step < total_steps
                 report(metrics)
+                if stop:
+                    return metrics
                 model.train()
     return metrics
 
@@ -139,11 +157,17 @@ def _checkpoint_step(path: str) -> int:
 
 
 class _State:
-    """Running totals of one trial."""
+    """Running totals of one trial, and its best evaluation by the objective."""
 
-    def __init__(self, best: float, started: float):
-        self.best, self.started = best, started
+    def __init__(self, objective: str, started: float):
+        from hpo.spec import METRICS
+
+        self.objective, self.started = objective, started
+        self.sign = 1.0 if METRICS[objective] == "minimize" else -1.0  # compare as a loss
+        self.best = math.inf  # sign * objective of the best evaluation
+        self.best_metrics: dict[str, float] = {}
         self.best_epoch = 0.0
+        self.since_best = 0  # evaluations since the objective last improved
         self.train_s = self.eval_s = 0.0
         self.tokens = 0
         self.loss_sum, self.loss_n = 0.0, 0
@@ -162,21 +186,35 @@ class _State:
         self.loss_sum, self.loss_n = 0.0, 0
         return mean
 
+    def improved(self, metrics: dict[str, float], epoch: float) -> bool:
+        """Record one evaluation; True when it is the best so far by the objective."""
+        value = self.sign * metrics[self.objective]
+        if value < self.best:
+            self.best, self.best_metrics, self.best_epoch, self.since_best = value, metrics, epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    def patience_ran_out(self, patience: int | None) -> bool:
+        return patience is not None and self.since_best >= patience
+
 
 def _evaluate_and_keep(model, val, config, state: _State, autocast, device, epoch: float, step: int) -> dict:
     t0 = time.perf_counter()
-    loss = evaluate(model, val[0], val[1], config["max_micro_batch"], device, autocast)
+    m = evaluate_metrics(
+        model, val[0], val[1], val[2], batch=config["max_micro_batch"], device=device, autocast=autocast
+    )
     state.eval_s += time.perf_counter() - t0
-    if loss < state.best:
-        state.best, state.best_epoch = loss, epoch
+    if state.improved(m, epoch):
         state.checkpoint = save_checkpoint(model, config, step)
     return {
-        "eval_loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
+        **m,
         "epoch": round(epoch, 6),
         "step": step,
         "train_loss": state.take_train_loss(),
-        "best_eval_loss": state.best,
+        "best_objective": state.sign * state.best,
+        "best_eval_loss": state.best_metrics["eval_loss"],
+        "best_token_accuracy": state.best_metrics["token_accuracy"],
         "best_epoch": state.best_epoch,
         "checkpoint": state.checkpoint,
         "tokens": state.tokens,
@@ -191,12 +229,24 @@ def _evaluate_and_keep(model, val, config, state: _State, autocast, device, epoc
 
 
 def _device(config: dict[str, Any]):
+    """The trial's device, chosen by ``placement.trial_device`` from what Ray assigned (the runner
+    fills ``config["placement"]``) and what torch finds here. The choice and its note (a logical
+    GPU that is no CUDA device here: the trial trains on CPU) go back into ``config["placement"]``,
+    which the runner adds to every report."""
     import torch
 
+    from hpo import placement
+
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    if config.get("gpus", 0) and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    seen = config.setdefault("placement", {})
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    choice = placement.trial_device(
+        config.get("gpus", 0), seen.get("gpu_ids"), seen.get("cuda_visible_devices"), cuda
+    )
+    seen.update(device=choice.device, device_note=choice.note)
+    if choice.note:
+        log.warning("trial %s: %s", config.get("trial_number"), choice.note)
+    return torch.device(choice.device)
 
 
 def _autocast(device):
@@ -247,68 +297,109 @@ def _micro_batch(batch: int, limit: int) -> int:
     return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
 
 
-def _schedule(opt, warmup_ratio: float, total_steps: int):
-    from transformers import get_linear_schedule_with_warmup
+def _schedule(opt, name: str, warmup_ratio: float, total_steps: int):
+    """Linear warmup over ``warmup_ratio`` of the steps, then ``name``'s decay (get_scheduler)."""
+    from transformers import get_scheduler
 
-    return get_linear_schedule_with_warmup(opt, int(warmup_ratio * total_steps), max(1, total_steps))
+    return get_scheduler(
+        name, opt, num_warmup_steps=int(warmup_ratio * total_steps), num_training_steps=max(1, total_steps)
+    )
 
 
-def _step(
-    model, opt, sched, ids_arr, labels_arr, idx, micro, device, autocast, max_norm
-) -> tuple[float, int]:
+def _matrices(model) -> list:
+    """The weights the L1 penalty applies to: trainable matrices (as weight decay; no biases, norms)."""
+    return [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+
+
+class _LossOptions:
+    """What shapes one optimizer step besides the data."""
+
+    def __init__(self, label_smoothing: float, l1: float, max_grad_norm: float, matrices: list):
+        self.label_smoothing, self.l1, self.max_grad_norm = float(label_smoothing), float(l1), max_grad_norm
+        self.matrices = matrices
+
+
+def _step(model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions) -> tuple[float, int]:
     """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
-    mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass."""
+    mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass, plus
+    ``l1 * sum(|w|)`` over the weight matrices. Returns the (unpenalized) loss and token count."""
     import numpy as np
     import torch
 
+    labels_arr = arrays[1]  # arrays: ids, labels, positions
     labels_np = np.asarray(labels_arr[idx])
     n_tokens = int((labels_np[:, 1:] != -100).sum())
     total = 0.0
     for i in range(0, len(idx), micro):
-        ids = torch.from_numpy(np.asarray(ids_arr[idx[i : i + micro]], dtype=np.int64)).to(device)
+        part = idx[i : i + micro]
+        ids, pos = (torch.from_numpy(np.asarray(a[part], dtype=np.int64)).to(device) for a in arrays[::2])
         labels = torch.from_numpy(labels_np[i : i + micro].astype(np.int64)).to(device)
         with autocast():
-            loss = _loss_sum(model, ids, labels) / max(1, n_tokens)
+            loss = _loss_sum(model, ids, labels, pos, o.label_smoothing) / max(1, n_tokens)
         loss.backward()
         total += float(loss.detach())
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if o.l1:
+        (o.l1 * sum(w.abs().sum() for w in o.matrices)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     return total, n_tokens
 
 
-def _loss_sum(model, ids, labels):
+def _logits(model, ids, pos):
+    """Next-token logits; ``pos`` (positions restarting at 0 per packed example) makes transformers
+    mask attention block-diagonally, so an example never sees its neighbours in the block."""
+    if pos is None:
+        return model(input_ids=ids, use_cache=False).logits
+    return model(input_ids=ids, position_ids=pos, use_cache=False).logits
+
+
+def _loss_sum(model, ids, labels, pos=None, label_smoothing: float = 0.0):
     """Summed next-token cross-entropy over tokens whose label is not -100."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids).logits[:, :-1]
+    logits = _logits(model, ids, pos)[:, :-1]
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
         labels[:, 1:].reshape(-1),
         ignore_index=-100,
         reduction="sum",
+        label_smoothing=label_smoothing,
     )
 
 
-def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None) -> float:
-    """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
+def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None, autocast=None) -> dict:
+    """Token-weighted mean next-token loss, its perplexity, and next-token accuracy (argmax equals
+    the label) over every loss-carrying token of ``ids``/``labels`` (no label smoothing)."""
     import contextlib
 
     import torch
+    import torch.nn.functional as F
 
     device = device or next(model.parameters()).device
     autocast = autocast or contextlib.nullcontext
     model.eval()
-    total, count = 0.0, 0
+    total, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         for i in range(0, len(ids), batch):
             x = ids[i : i + batch].long().to(device)
-            y = labels[i : i + batch].long().to(device)
+            y = labels[i : i + batch].long().to(device)[:, 1:]
+            p = pos[i : i + batch].long().to(device) if pos is not None else None
             with autocast():
-                total += float(_loss_sum(model, x, y))
-            count += int((y[:, 1:] != -100).sum())
-    return total / max(1, count)
+                logits = _logits(model, x, p)[:, :-1].float()
+            total += float(F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum"))
+            keep = y != -100
+            correct += int((logits.argmax(-1)[keep] == y[keep]).sum())
+            count += int(keep.sum())
+    loss = total / max(1, count)
+    accuracy = correct / max(1, count)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": accuracy}
+
+
+def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None, pos=None) -> float:
+    """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
+    return evaluate_metrics(model, ids, labels, pos, batch, device, autocast)["eval_loss"]
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -231,18 +231,28 @@ def plan(args: argparse.Namespace) -> tuple[list[str], int, int]:
 
 
 def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    from importlib.metadata import version
+
     import psutil
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
         "command": "scripts/bench " + " ".join(argv),
         "commit": commit.stdout.strip(),
-        "machine": f"{os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
-        + platform.processor(),
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {_cpu_model()}",
         "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("torch", "transformers", "ray", "optuna", "accelerate")},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_before": os.getloadavg(),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def main(argv: list[str]) -> int:
@@ -306,7 +316,7 @@ def assemble(results, micro_figures, settings_used, info, train: Path, val: Path
         "settings": settings_used,
         "unit_mapping": UNIT_MAPPING,
         "meta": info,
-        "per_seed": {k: v for k, v in results.items() if len(v) > 1},
+        **({"per_seed": results} if any(len(v) > 1 for v in results.values()) else {}),
     }
 
 
@@ -323,8 +333,12 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"wall {r['wall_s']:.1f}s, {r['trials']} trials ({r['pruned']} pruned), overhead "
         f"{r['overhead_per_trial_s']:.2f}s/trial, efficiency {r['efficiency']}, disk "
-        f"{r['disk_peak_mb']:.1f} MB, best {r['best_eval_loss']}"
+        f"{r['disk_peak_mb']:.1f} MB, best {_cell(r['best_eval_loss'])}, load {r['load1_mean']}"
     )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def print_tables(out: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ LAYERS = {
     "space": 1,
     "storage": 1,
     "summary": 1,
+    "placement": 1,
     "basemodel": 2,
     "data": 2,
     "trial": 2,

@@ -92,7 +92,7 @@ def test_every_problem_reported_at_once_with_field_paths(tmp_path):
         "dropout": 2,
         "momentum": 0.9,
     }
-    data["sampler"] = "cmaes"
+    data["sampler"] = "bayes"
     data["data"] = {**data["data"], "path": "nope.jsonl"}
     problems = _problems(tmp_path, data)
     assert len(problems) == 5, problems

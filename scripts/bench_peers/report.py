@@ -17,6 +17,7 @@ def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
     out = {
         "wall_s": raw["wall_s"],
         "process_wall_s": raw.get("process_wall_s"),
+        "import_s": raw.get("import_s"),
         "trials": raw["trials"],
         "pruned": raw["stopped_early"],
         "errors": raw.get("errors", 0),

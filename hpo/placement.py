@@ -1,0 +1,198 @@
+"""Where trials run: how many at once on a Ray cluster, and which device each trial trains on.
+
+Pure decisions on plain values (no Ray, no torch): the runner passes the cluster's nodes as
+``(cpus, gpus)`` pairs, and the trial passes what its process sees (the GPU ids Ray assigned,
+``CUDA_VISIBLE_DEVICES``, how many CUDA devices torch finds). Ray places each trial on one node:
+a trial never spans nodes, and a fractional GPU request never spans two GPUs, so what fits is
+counted node by node and, for fractions, GPU by GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+#: Trials that need more than one GPU would have to run data-parallel; the trial loop does not (yet).
+MULTI_GPU = (
+    "multi-GPU trials (data-parallel) are not supported yet; use 1 (a GPU per trial) or a fraction "
+    "such as 0.25 (several trials per GPU)"
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run asks Ray for, per trial, and how many trials run at once."""
+
+    cpus: float  # logical CPUs per trial (also torch's thread count, at least 1)
+    gpus: float  # GPUs per trial; 0 when the cluster has none
+    concurrency: int  # trials at once
+    fits: int  # trials the cluster's nodes hold at once
+    notes: list[str] = field(default_factory=list)  # said once, in the run summary
+    problem: str | None = None  # not even one trial fits on any node
+
+
+@dataclass(frozen=True)
+class Device:
+    """The torch device a trial trains on, and why, when it is not the one asked for."""
+
+    device: str  # "cpu" | "cuda" | "cuda:N"
+    note: str | None = None
+
+
+def request_problems(cpus: float, gpus: float) -> list[str]:
+    """What is wrong with a per-trial request (cpus_per_trial, gpus_per_trial), one line each."""
+    out = []
+    if not cpus > 0:
+        out.append(f"cpus_per_trial = {cpus:g}: must be > 0 (fractions such as 0.5 are allowed)")
+    if gpus < 0:
+        out.append(f"gpus_per_trial = {gpus:g}: must be >= 0")
+    elif gpus > 1 + EPS:
+        out.append(f"gpus_per_trial = {gpus:g}: {MULTI_GPU}")
+    return out
+
+
+def node_fit(node_cpus: float, node_gpus: float, cpus: float, gpus: float) -> int:
+    """Trials one node holds at once: the fewer of what its CPUs and its GPUs allow.
+
+    A fraction of a GPU never spans two GPUs (Ray packs fractions GPU by GPU): with 0.3 per trial
+    a GPU holds 3 trials, and 2 GPUs hold 6.
+    """
+    fit = math.floor(node_cpus / cpus + EPS)
+    if gpus <= 0:
+        return max(0, fit)
+    if gpus < 1:
+        by_gpu = math.floor(node_gpus + EPS) * math.floor(1 / gpus + EPS)
+    else:
+        by_gpu = math.floor(node_gpus / gpus + EPS)
+    return max(0, min(fit, by_gpu))
+
+
+def plan(
+    nodes: Sequence[tuple[float, float]], cpus: float, gpus: float, concurrency: int | None = None
+) -> Plan:
+    """Per-trial resources and concurrency for a cluster of ``nodes`` (each ``(cpus, gpus)``).
+
+    Args:
+        nodes: the live nodes' logical CPUs and GPUs.
+        cpus: CPUs per trial (> 0).
+        gpus: GPUs per trial (0, a fraction, or 1).
+        concurrency: trials at once if the user fixed it; otherwise all that fit.
+
+    Returns:
+        A ``Plan``: with no GPU in the cluster, GPU trials become CPU trials and a note says so;
+        ``problem`` is set when no node can hold one trial and the user did not fix concurrency
+        (Ray would wait forever).
+    """
+    notes: list[str] = []
+    if gpus > 0 and sum(g for _, g in nodes) < EPS:
+        notes.append(f"no GPU in the Ray cluster: trials run on CPUs ({cpus:g} each)")
+        gpus = 0.0
+    fits = sum(node_fit(c, g, cpus, gpus) for c, g in nodes)
+    problem = None
+    if fits == 0:
+        wanted = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+        largest = _largest(nodes, gpus)
+        if concurrency:
+            notes.append(f"no node holds a trial ({wanted}) now ({largest}): trials wait for resources")
+        else:
+            field_ = "gpus_per_trial" if gpus and _cpu_room(nodes, cpus) else "cpus_per_trial"
+            value = gpus if field_ == "gpus_per_trial" else cpus
+            problem = (
+                f"{field_} = {value:g}: no node of the Ray cluster holds one trial ({wanted}; {largest}); "
+                f"lower it, or set --concurrency to wait for nodes to join"
+            )
+    chosen = concurrency or max(1, fits)
+    if concurrency and 0 < fits < concurrency:
+        notes.append(f"concurrency {concurrency} > {fits} trials that fit at once: the rest wait for room")
+    return Plan(cpus, gpus, chosen, fits, notes, problem)
+
+
+def _largest(nodes: Sequence[tuple[float, float]], gpus: float) -> str:
+    if not nodes:
+        return "no live node"
+    c, g = max(nodes, key=lambda n: (n[1], n[0]) if gpus else (n[0], n[1]))
+    return f"largest node: {c:g} CPU" + (f", {g:g} GPU" if gpus else "")
+
+
+def _cpu_room(nodes: Sequence[tuple[float, float]], cpus: float) -> bool:
+    return any(c + EPS >= cpus for c, _ in nodes)
+
+
+def trial_device(
+    gpus: float, gpu_ids: Sequence[str | int] | None, cuda_visible: str | None, cuda_devices: int
+) -> Device:
+    """The device one trial trains on.
+
+    Args:
+        gpus: GPUs the trial asked for (0: CPU).
+        gpu_ids: the GPU ids Ray assigned to the trial's process (``ray.get_gpu_ids()``); None when
+            the trial runs outside Ray.
+        cuda_visible: ``CUDA_VISIBLE_DEVICES`` in the trial's process (Ray sets it to ``gpu_ids``).
+        cuda_devices: CUDA devices torch finds in that process (0 when ``torch.cuda.is_available()``
+            is False).
+
+    Returns:
+        ``cuda`` (or ``cuda:N`` when Ray left ``CUDA_VISIBLE_DEVICES`` unset) on a real CUDA
+        device, else ``cpu`` with a note saying why, when a GPU was asked for.
+    """
+    if gpus <= 0:
+        return Device("cpu")
+    if gpu_ids is None:  # outside Ray: any CUDA device this process sees
+        if cuda_devices:
+            return Device("cuda")
+        return Device("cpu", "gpus_per_trial > 0 but torch finds no CUDA device: trained on CPU")
+    if not gpu_ids:
+        return Device("cpu", "Ray assigned no GPU to this trial: trained on CPU")
+    ids = ",".join(str(i) for i in gpu_ids)
+    visible = cuda_visible if cuda_visible is not None else "unset"
+    if not cuda_devices:
+        return Device(
+            "cpu",
+            f"logical GPU {ids} (CUDA_VISIBLE_DEVICES={visible}) is not a CUDA device on this node: "
+            "trained on CPU",
+        )
+    index = _torch_index(str(gpu_ids[0]), cuda_visible)
+    if index >= cuda_devices:
+        return Device(
+            "cpu", f"GPU {ids} is not among the {cuda_devices} CUDA devices torch sees: trained on CPU"
+        )
+    return Device("cuda" if cuda_visible is not None else f"cuda:{index}")
+
+
+def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:
+    """Torch's index of a physical GPU id: its position in CUDA_VISIBLE_DEVICES when set."""
+    if cuda_visible is None:
+        return int(gpu_id) if gpu_id.isdigit() else 0
+    visible = [v.strip() for v in cuda_visible.split(",") if v.strip()]
+    return visible.index(gpu_id) if gpu_id in visible else 0
+
+
+def cluster_notes(
+    joined: bool, local_sqlite: bool, storage: str, nodes: int, shared: Sequence[str]
+) -> list[str]:
+    """What to tell the user once about a run on a cluster it joined.
+
+    Args:
+        joined: the run joined an existing Ray cluster (``--address`` / ``RAY_ADDRESS``).
+        local_sqlite: the study storage is a SQLite file on this machine.
+        storage: the storage URL, password masked.
+        nodes: live nodes in the cluster.
+        shared: folders every node must see at the same path (checkpoints, model and data cache).
+    """
+    if not joined:
+        return []
+    out = []
+    if local_sqlite:
+        out.append(
+            f"a cluster run with a local SQLite storage ({storage}): no other machine can read the study "
+            "or run its trials alongside; use a shared database, e.g. "
+            "--storage postgresql://USER:PASSWORD@DBHOST:5432/hpo (docs/cluster.md)"
+        )
+    if nodes > 1:
+        out.append(
+            f"{nodes} nodes: each must see {' and '.join(shared)} at the same paths "
+            "(a shared filesystem; docs/cluster.md)"
+        )
+    return out

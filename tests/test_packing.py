@@ -1,0 +1,84 @@
+"""Packing never changes an example's loss: a packed block (positions restarting per example, so
+transformers masks attention block-diagonally) gives each example exactly the loss it has alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpo import data, trial
+
+PAIRS = [
+    ("Where is my order F1?", "It ships tomorrow."),
+    ("Can I pay with Apple Pay?", "Yes, every major wallet works."),
+    ("Do you ship to Miami?", "We ship to every US city; shipping is free over $50."),
+    ("Hi", "Hello! How can I help?"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tok(tiny_model):
+    model = trial.load_model(tiny_model, 0.0)
+    model.eval()
+    return model, data.load_tokenizer(tiny_model)
+
+
+def _alone(model, ids: list[int], labels: list[int]) -> tuple[float, int, int]:
+    """(summed loss, correct next tokens, counted tokens) of one example run by itself."""
+    x, y = torch.tensor([ids]), torch.tensor([labels])
+    with torch.no_grad():
+        loss = float(trial._loss_sum(model, x, y))
+    m = trial.evaluate_metrics(model, x, y)
+    n = int((y[:, 1:] != -100).sum())
+    return loss, round(m["token_accuracy"] * n), n
+
+
+def _packed_totals(model, packed: data.Packed) -> tuple[float, int, int]:
+    ids, labels, pos = (torch.tensor(getattr(packed, k)) for k in ("ids", "labels", "pos"))
+    with torch.no_grad():
+        loss = float(trial._loss_sum(model, ids, labels, pos))
+    m = trial.evaluate_metrics(model, ids, labels, pos)
+    n = int((labels[:, 1:] != -100).sum())
+    return loss, round(m["token_accuracy"] * n), n
+
+
+def test_packed_loss_equals_the_per_example_losses(model_and_tok):
+    model, tok = model_and_tok
+    enc = data.encode_pairs(tok, PAIRS, tok.eos_token_id)
+    packed = data.pack(enc, block=128, pad_id=tok.eos_token_id)
+    assert len(packed.ids) == 1  # all four share one block, followed by padding
+    assert packed.pos[0][: len(enc[0][0]) + 2] == [*range(len(enc[0][0])), 0, 1]
+    alone = [_alone(model, ids, labels) for ids, labels in enc]
+    loss, correct, n = _packed_totals(model, packed)
+    assert n == sum(a[2] for a in alone)
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-5, abs=1e-4)
+    assert correct == sum(a[1] for a in alone)
+
+
+def test_without_positions_the_neighbours_would_leak_in(model_and_tok):
+    """The control: the same block with plain positions (no restart) gives another loss, so the
+    test above measures the masking, not an accident."""
+    model, tok = model_and_tok
+    enc = data.encode_pairs(tok, PAIRS, tok.eos_token_id)
+    packed = data.pack(enc, block=128, pad_id=tok.eos_token_id)
+    ids, labels = torch.tensor(packed.ids), torch.tensor(packed.labels)
+    with torch.no_grad():
+        plain = float(trial._loss_sum(model, ids, labels))
+    alone = sum(_alone(model, i, la)[0] for i, la in enc)
+    assert abs(plain - alone) > 1e-2
+
+
+def test_chat_and_text_blocks_pack_the_same_way(model_and_tok):
+    model, tok = model_and_tok
+    chats = [
+        (("user", "Where is my order?"), ("assistant", "On its way.")),
+        (("system", "Be brief."), ("user", "Refund?"), ("assistant", "Within 5 days.")),
+    ]
+    enc = data.encode_chats(tok, chats, tok.eos_token_id, "simple")
+    docs = tok(["A short text.", "Another one, a bit longer."], add_special_tokens=False)["input_ids"]
+    enc += [(d + [tok.eos_token_id], d + [tok.eos_token_id]) for d in docs]
+    packed = data.pack(enc, block=96, pad_id=tok.eos_token_id)
+    alone = [_alone(model, ids, labels) for ids, labels in enc]
+    loss, _, n = _packed_totals(model, packed)
+    assert n == sum(a[2] for a in alone)
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-5, abs=1e-4)

@@ -1,0 +1,130 @@
+"""Placement decisions with hand-picked numbers: what fits on a cluster, which device a trial uses,
+what a cluster run is told. No Ray, no torch."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpo import placement
+from hpo.placement import Device, node_fit, plan, request_problems, trial_device
+
+
+@pytest.mark.parametrize(
+    ("node", "cpus", "gpus", "fit"),
+    [
+        ((2, 0), 1, 0, 2),  # CPU trials: cores / cpus_per_trial
+        ((2, 0), 0.5, 0, 4),  # logical fractions of a CPU
+        ((3, 0), 2, 0, 1),
+        ((8, 4), 1, 1, 4),  # a GPU each
+        ((2, 4), 1, 1, 2),  # CPUs are the limit
+        ((8, 1), 1, 0.25, 4),  # four trials share a GPU
+        ((8, 2), 1, 0.3, 6),  # 0.3 packs 3 per GPU, never across two GPUs
+        ((8, 1), 1, 0.5, 2),
+        ((1, 1), 0.5, 0.5, 2),
+        ((8, 0), 1, 0.5, 0),  # a GPU trial on a node without GPUs
+        ((0.4, 4), 0.5, 1, 0),
+        ((8, 2), 1, 1 / 3, 6),  # 1/3 in floating point still packs 3
+    ],
+)
+def test_node_fit(node, cpus, gpus, fit):
+    assert node_fit(*node, cpus, gpus) == fit
+
+
+def test_plan_sums_nodes_and_defaults_concurrency_to_what_fits():
+    p = plan([(1, 2), (1, 2)], cpus=0.5, gpus=1)
+    assert (p.cpus, p.gpus, p.concurrency, p.fits, p.notes, p.problem) == (0.5, 1, 4, 4, [], None)
+    assert plan([(1, 1), (1, 1)], 0.5, 0.5).concurrency == 4
+    assert plan([(2, 0)], 1, 0).concurrency == 2
+
+
+def test_plan_without_gpus_runs_gpu_trials_on_cpus_and_says_so_once():
+    p = plan([(2, 0), (2, 0)], cpus=1, gpus=0.5)
+    assert p.gpus == 0 and p.concurrency == 4
+    assert p.notes == ["no GPU in the Ray cluster: trials run on CPUs (1 each)"]
+
+
+def test_plan_with_fixed_concurrency_notes_when_it_exceeds_the_fit():
+    p = plan([(2, 1)], cpus=1, gpus=1, concurrency=3)
+    assert p.concurrency == 3 and p.fits == 1
+    assert p.notes == ["concurrency 3 > 1 trials that fit at once: the rest wait for room"]
+    assert plan([(2, 1)], 1, 1, concurrency=1).notes == []
+
+
+def test_plan_refuses_a_trial_no_node_holds_unless_told_to_wait():
+    p = plan([(2, 0)], cpus=4, gpus=0)
+    assert p.problem == (
+        "cpus_per_trial = 4: no node of the Ray cluster holds one trial (4 CPU; largest node: 2 CPU); "
+        "lower it, or set --concurrency to wait for nodes to join"
+    )
+    p = plan([(8, 0), (0.5, 1)], cpus=1, gpus=1)
+    assert p.problem and p.problem.startswith("gpus_per_trial = 1: ") and "1 CPU + 1 GPU" in p.problem
+    waiting = plan([(2, 0)], cpus=4, gpus=0, concurrency=2)
+    assert waiting.problem is None and waiting.concurrency == 2
+    assert waiting.notes == [
+        "no node holds a trial (4 CPU) now (largest node: 2 CPU): trials wait for resources"
+    ]
+    assert plan([], 1, 0).problem and "no live node" in plan([], 1, 0).problem
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "problems"),
+    [
+        (1, 0, []),
+        (0.5, 0.25, []),
+        (1, 1, []),
+        (0, 0, ["cpus_per_trial = 0: must be > 0 (fractions such as 0.5 are allowed)"]),
+        (1, -1, ["gpus_per_trial = -1: must be >= 0"]),
+        (1, 2, [f"gpus_per_trial = 2: {placement.MULTI_GPU}"]),
+        (1, 1.5, [f"gpus_per_trial = 1.5: {placement.MULTI_GPU}"]),
+    ],
+)
+def test_request_problems(cpus, gpus, problems):
+    assert request_problems(cpus, gpus) == problems
+
+
+def test_multi_gpu_refusal_names_the_limitation_and_the_alternatives():
+    assert "not supported" in placement.MULTI_GPU and "data-parallel" in placement.MULTI_GPU
+    assert "0.25" in placement.MULTI_GPU
+
+
+@pytest.mark.parametrize(
+    ("args", "device"),
+    [
+        ((0, None, None, 0), Device("cpu")),  # a CPU trial
+        ((0, [], "", 2), Device("cpu")),  # a CPU trial on a GPU machine stays on CPU
+        ((1, ["2"], "2", 1), Device("cuda")),  # Ray narrowed CUDA_VISIBLE_DEVICES to its GPU
+        ((0.25, [0], "0", 1), Device("cuda")),  # a fraction: the shared GPU
+        ((1, ["3", "1"], "3,1", 2), Device("cuda")),
+        ((1, ["1"], None, 4), Device("cuda:1")),  # Ray left CUDA_VISIBLE_DEVICES alone
+        ((1, None, None, 1), Device("cuda")),  # outside Ray with a GPU
+    ],
+)
+def test_trial_device_on_real_gpus(args, device):
+    assert trial_device(*args) == device
+
+
+def test_trial_device_falls_back_to_cpu_with_a_note():
+    d = trial_device(1, ["3"], "3", 0)  # a logical GPU: Ray declared it, CUDA has no such device
+    assert d == Device(
+        "cpu", "logical GPU 3 (CUDA_VISIBLE_DEVICES=3) is not a CUDA device on this node: trained on CPU"
+    )
+    assert trial_device(0.5, [1], None, 0).note == (
+        "logical GPU 1 (CUDA_VISIBLE_DEVICES=unset) is not a CUDA device on this node: trained on CPU"
+    )
+    assert trial_device(1, [], "", 1) == Device("cpu", "Ray assigned no GPU to this trial: trained on CPU")
+    assert trial_device(1, None, None, 0).device == "cpu"
+    assert "torch finds no CUDA device" in (trial_device(1, None, None, 0).note or "")
+    assert trial_device(1, ["5"], None, 2) == Device(
+        "cpu", "GPU 5 is not among the 2 CUDA devices torch sees: trained on CPU"
+    )
+
+
+def test_cluster_notes():
+    shared = ["/shared/runs/s", "/shared/cache"]
+    assert placement.cluster_notes(False, True, "sqlite:///hpo.db", 3, shared) == []
+    (sqlite,) = placement.cluster_notes(True, True, "sqlite:///hpo.db", 1, shared)
+    assert "local SQLite storage (sqlite:///hpo.db)" in sqlite
+    assert "--storage postgresql://" in sqlite and "docs/cluster.md" in sqlite
+    assert placement.cluster_notes(True, False, "postgresql://u:***@db/hpo", 1, shared) == []
+    (paths,) = placement.cluster_notes(True, False, "postgresql://u:***@db/hpo", 2, shared)
+    assert paths.startswith("2 nodes: each must see /shared/runs/s and /shared/cache at the same paths")
