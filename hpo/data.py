@@ -89,13 +89,16 @@ class Prepared:
 # ---------------------------------------------------------------- reading and cleaning (pure)
 
 
-def clean(rows: list[dict[str, Any]], keys: list[str], source: str) -> tuple[list[tuple], CleanReport]:
+def clean(
+    rows: list[dict[str, Any]], keys: list[str], source: str, settings: list[str] | None = None
+) -> tuple[list[tuple], CleanReport]:
     """Strip, drop empty rows and exact duplicates (after whitespace normalisation).
 
     Args:
         rows: dicts as read (``hpo.formats.read_rows``).
         keys: the fields that make one example, in order.
         source: the file name, for errors.
+        settings: the spec settings naming ``keys`` (default: prompt/completion or text field).
 
     Returns:
         The kept examples (tuples of stripped strings; a chat's messages as one tuple of
@@ -114,7 +117,7 @@ def clean(rows: list[dict[str, Any]], keys: list[str], source: str) -> tuple[lis
             fields = ", ".join(k for k in row if k != "_line") or "none"
             raise DataError(
                 f"{where}: no field {missing[0]!r} (fields: {fields}); "
-                f"add it, or set data.{_field_name(keys, missing[0])} in the spec"
+                f"add it, or set data.{_setting(keys, missing[0], settings)} in the spec"
             )
         example = tuple(_stripped(row[k], f"{source}:{row.get('_line', '?')}", k) for k in keys)
         if not all(_usable(x) for x in example):
@@ -153,10 +156,10 @@ def _normal(value: Any) -> Any:
     return " ".join(value.split())
 
 
-def _field_name(keys: list[str], key: str) -> str:
-    if len(keys) == 2:
-        return ["prompt_field", "completion_field"][keys.index(key)]
-    return "text_field" if key != "messages" else "messages_field"
+def _setting(keys: list[str], key: str, settings: list[str] | None) -> str:
+    if settings is None:
+        settings = ["prompt_field", "completion_field"] if len(keys) == 2 else ["text_field"]
+    return settings[keys.index(key)]
 
 
 def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -304,14 +307,15 @@ def _examples(data: DataSpec, seed: int) -> tuple[list, list, dict[str, Any]]:
     rows = read_rows(data, data.path)
     row_kind = formats.kind(data, rows)
     keys = formats.keys(data, row_kind)
-    examples, report = clean(rows, keys, data.path)
+    settings = formats.FIELD_SETTINGS[row_kind]
+    examples, report = clean(rows, keys, data.path, settings)
     cleaning: dict[str, Any] = {"train": asdict(report), "kind": row_kind, "pairs": row_kind == "pairs"}
     if data.validation_path or data.validation_split:
         source = data.validation_path or data.path
         val_rows = read_rows(data, source, data.validation_split)
         if (val_kind := formats.kind(data, val_rows)) != row_kind:
             raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {row_kind}")
-        val, val_report = clean(val_rows, keys, source)
+        val, val_report = clean(val_rows, keys, source, settings)
         cleaning["validation"] = asdict(val_report)
         train = examples
     else:
@@ -374,9 +378,9 @@ def _tokenize_and_pack(tok, data: DataSpec, train_ex: list, val_ex: list, cleani
     for name, examples in (("train", train_ex), ("val", val_ex)):
         cut = 0
         if cleaning["kind"] == "pairs":
-            enc = encode_pairs(tok, examples, eos)
+            enc = formats.encode_pairs(tok, examples, eos, IGNORE)
         elif cleaning["kind"] == "chat":
-            enc = encode_chats(tok, [e[0] for e in examples], eos, data.chat_template)
+            enc = formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE)
         else:
             docs = tok([e[0] for e in examples], add_special_tokens=False)["input_ids"]
             pieces, cut = split_long([d + [eos] for d in docs], data.block_size)
@@ -385,61 +389,12 @@ def _tokenize_and_pack(tok, data: DataSpec, train_ex: list, val_ex: list, cleani
         length[name] = {"truncated": packed.truncated, "dropped": packed.dropped, "split": cut}
         if not packed.ids:
             raise DataError(
-                f"{data.path}: the {name} split holds less than one block of {data.block_size} tokens "
-                f"({packed.dropped} examples dropped as too long); add data, lower data.block_size, "
-                "or set data.overlong: truncate"
+                f"{data.path}: no {name} example fits a block of {data.block_size} tokens "
+                f"({packed.dropped} dropped as too long); raise data.block_size or set "
+                "data.overlong: truncate"
             )
         out[f"{name}_ids"], out[f"{name}_labels"], out[f"{name}_pos"] = packed.ids, packed.labels, packed.pos
     return out
-
-
-def encode_pairs(tok, examples: list[tuple[str, str]], eos: int) -> list[tuple[list[int], list[int]]]:
-    """``prompt + "\n"`` (no loss) then ``completion + EOS`` (loss), as (ids, labels)."""
-    prompts = tok([p + "\n" for p, _ in examples], add_special_tokens=False)["input_ids"]
-    completions = tok([c for _, c in examples], add_special_tokens=False)["input_ids"]
-    enc = []
-    for p, c in zip(prompts, completions, strict=True):
-        c = c + [eos]
-        enc.append((p + c, [IGNORE] * len(p) + c))
-    return enc
-
-
-def encode_chats(tok, chats: list, eos: int, template: str = "auto") -> list[tuple[list[int], list[int]]]:
-    """Each chat rendered (its tokenizer's template, or hpo's simple one) as (ids, labels): the
-    loss on assistant replies; EOS ends the example (with loss when the chat ends on a reply)."""
-    render = _renderer(tok, template)
-    enc = []
-    for messages in chats:
-        try:
-            segments = formats.chat_segments(messages, render)
-        except Exception as e:  # noqa: BLE001 - a template may fail in many ways (jinja, ValueError)
-            raise DataError(
-                f"cannot render a chat with the tokenizer's chat template ({str(e).splitlines()[0]}); "
-                "set data.chat_template: simple"
-            ) from e
-        ids: list[int] = []
-        labels: list[int] = []
-        for text, carries_loss in segments:
-            piece = tok(text, add_special_tokens=False)["input_ids"]
-            ids += piece
-            labels += piece if carries_loss else [IGNORE] * len(piece)
-        if not ids or ids[-1] != eos:
-            ids.append(eos)
-            labels.append(eos if messages[-1][0] == formats.ASSISTANT else IGNORE)
-        enc.append((ids, labels))
-    return enc
-
-
-def _renderer(tok, template: str):
-    if template == "auto" and getattr(tok, "chat_template", None):
-
-        def render(messages, generation: bool) -> str:
-            chat = [{"role": r, "content": c} for r, c in messages]
-            return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
-
-        return render
-    eos_text = tok.eos_token
-    return lambda messages, generation: formats.simple_template(messages, generation, eos_text)
 
 
 def _save(p: dict[str, Any], out: Path, fp: str) -> Prepared:

@@ -33,8 +33,9 @@ def fmt_params(params: dict[str, Any]) -> str:
 class EventPrinter:
     """Prints one line per trial event, with counts and the best value so far."""
 
-    def __init__(self, echo: Callable[[str], None], t0: float, target: int):
+    def __init__(self, echo: Callable[[str], None], t0: float, target: int, maximize: bool = False):
         self.echo, self.t0, self.target = echo, t0, target
+        self.maximize = maximize
         self.counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
         self.best: tuple[float, int] | None = None
 
@@ -52,7 +53,11 @@ class EventPrinter:
             self.counts["running"] = max(0, self.counts["running"] - 1)
             if e.kind in self.counts:
                 self.counts[e.kind] += 1
-            if e.kind == "complete" and e.value is not None and (self.best is None or e.value < self.best[0]):
+            if (
+                e.kind == "complete"
+                and e.value is not None
+                and (self.best is None or better(e.value, self.best[0], self.maximize))
+            ):
                 self.best = (e.value, e.number)
             line = self._end_line(e)
         c = self.counts
@@ -102,6 +107,11 @@ def eta_seconds(done_here: int, finished: int, target: int, elapsed: float) -> f
     return (target - finished) * elapsed / done_here
 
 
+def better(value: float, best: float, maximize: bool) -> bool:
+    """Whether ``value`` beats ``best`` in the study's direction."""
+    return value > best if maximize else value < best
+
+
 def make_progress(
     echo: Callable[[str], None], t0: float, target: int, study: Any = None, live: bool | None = None
 ):
@@ -119,7 +129,8 @@ def make_progress(
     console = Console(highlight=False)
     if live is None:
         live = console.is_terminal and not console.is_dumb_terminal
-    return LiveProgress(target, t0, study, console) if live else EventPrinter(echo, t0, target)
+    maximize = study is not None and study.direction.name == "MAXIMIZE"
+    return LiveProgress(target, t0, study, console) if live else EventPrinter(echo, t0, target, maximize)
 
 
 class LiveProgress:
@@ -137,6 +148,7 @@ class LiveProgress:
         from rich.console import Console
 
         self.target, self.t0, self.study = target, t0, study
+        self.maximize = study is not None and study.direction.name == "MAXIMIZE"
         self.console = console or Console(highlight=False)
         self.counts = {"complete": 0, "pruned": 0, "fail": 0}
         self.before = {"complete": 0, "pruned": 0, "fail": 0}
@@ -180,7 +192,11 @@ class LiveProgress:
             self.latest.pop(e.number, None)
             if e.kind in self.counts:
                 self.counts[e.kind] += 1
-            if e.kind == "complete" and e.value is not None and (self.best is None or e.value < self.best[0]):
+            if (
+                e.kind == "complete"
+                and e.value is not None
+                and (self.best is None or better(e.value, self.best[0], self.maximize))
+            ):
                 self.best = (e.value, e.number)
         self.console.print(f"{fmt_duration(time.time() - self.t0):>7}  {EventPrinter._end_line(e)}")
 

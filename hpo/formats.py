@@ -1,5 +1,6 @@
-"""Reading a study's data into rows, and the chat template (pure Python; ``datasets`` only for
-the datasets and hub formats, imported where used).
+"""Reading a study's data into rows, and turning examples into token ids with their loss labels
+(the chat template included). Pure Python: ``datasets`` only for the datasets and hub formats,
+imported where used; the tokenizer is passed in.
 
 Sources (``data.format``):
 
@@ -46,8 +47,8 @@ def read_rows(data: DataSpec, path: str, split: str | None = None) -> list[Row]:
     """
     try:
         if data.format in ("datasets", "hub"):
-            return _read_dataset(data, path, split or data.split)
-        if data.format in ("jsonl", "chat"):
+            rows = _read_dataset(data, path, split or data.split)
+        elif data.format in ("jsonl", "chat"):
             rows = _read_jsonl(path)
         elif data.format == "csv":
             rows = _read_csv(path, data)
@@ -75,6 +76,14 @@ def kind(data: DataSpec, rows: Sequence[Row]) -> str:
     if data.messages_field in first:
         return "chat"
     return "text" if data.text_field in first else "pairs"
+
+
+#: The spec settings that name each kind's fields (for messages that say what to change).
+FIELD_SETTINGS = {
+    "pairs": ["prompt_field", "completion_field"],
+    "text": ["text_field"],
+    "chat": ["messages_field"],
+}
 
 
 def keys(data: DataSpec, row_kind: str) -> list[str]:
@@ -168,6 +177,12 @@ def _load_dataset(fmt: str, path: str, split: str):
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    if fmt == "hub" and (endpoint := _unreachable_hub()):
+        raise DataError(
+            f"cannot load Hugging Face dataset {path!r}: the hub ({endpoint}) is unreachable from here; "
+            "save the dataset with save_to_disk where it is reachable and use format: datasets "
+            "(or set HF_HUB_OFFLINE=1 to read a copy in the local Hugging Face cache)"
+        )
     try:
         if fmt == "datasets":
             loaded = datasets.load_from_disk(path)
@@ -189,6 +204,24 @@ def _load_dataset(fmt: str, path: str, split: str):
             )
         loaded = loaded[split]
     return loaded
+
+
+def _unreachable_hub() -> str | None:
+    """The hub's address when its name does not resolve (fails at once, instead of the minute of
+    retries ``load_dataset`` spends offline); None when it resolves or HF_HUB_OFFLINE is set."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return constants.ENDPOINT
+    return None
 
 
 # ---------------------------------------------------------------- chat
@@ -263,3 +296,59 @@ def _extension(prev: str, now: str) -> str:
     if not now.startswith(prev):
         raise ValueError("the chat template does not render turn by turn")
     return now[len(prev) :]
+
+
+# ---------------------------------------------------------------- tokenizing examples
+
+
+def encode_pairs(
+    tok, examples: list[tuple[str, str]], eos: int, ignore: int = -100
+) -> list[tuple[list[int], list[int]]]:
+    """``prompt + "\n"`` (no loss) then ``completion + EOS`` (loss), as (ids, labels)."""
+    prompts = tok([p + "\n" for p, _ in examples], add_special_tokens=False)["input_ids"]
+    completions = tok([c for _, c in examples], add_special_tokens=False)["input_ids"]
+    enc = []
+    for p, c in zip(prompts, completions, strict=True):
+        c = c + [eos]
+        enc.append((p + c, [ignore] * len(p) + c))
+    return enc
+
+
+def encode_chats(
+    tok, chats: list, eos: int, template: str = "auto", ignore: int = -100
+) -> list[tuple[list[int], list[int]]]:
+    """Each chat rendered (its tokenizer's template, or hpo's simple one) as (ids, labels): the
+    loss on assistant replies; EOS ends the example (with loss when the chat ends on a reply)."""
+    render = _renderer(tok, template)
+    enc = []
+    for messages in chats:
+        try:
+            segments = chat_segments(messages, render)
+        except Exception as e:  # noqa: BLE001 - a template may fail in many ways (jinja, ValueError)
+            raise DataError(
+                f"cannot render a chat with the tokenizer's chat template ({str(e).splitlines()[0]}); "
+                "set data.chat_template: simple"
+            ) from e
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, carries_loss in segments:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if carries_loss else [ignore] * len(piece)
+        if not ids or ids[-1] != eos:
+            ids.append(eos)
+            labels.append(eos if messages[-1][0] == ASSISTANT else ignore)
+        enc.append((ids, labels))
+    return enc
+
+
+def _renderer(tok, template: str):
+    if template == "auto" and getattr(tok, "chat_template", None):
+
+        def render(messages, generation: bool) -> str:
+            chat = [{"role": r, "content": c} for r, c in messages]
+            return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
+
+        return render
+    eos_text = tok.eos_token
+    return lambda messages, generation: simple_template(messages, generation, eos_text)

@@ -70,7 +70,11 @@ def node_fit(node_cpus: float, node_gpus: float, cpus: float, gpus: float) -> in
 
 
 def plan(
-    nodes: Sequence[tuple[float, float]], cpus: float, gpus: float, concurrency: int | None = None
+    nodes: Sequence[tuple[float, float]],
+    cpus: float,
+    gpus: float,
+    concurrency: int | None = None,
+    can_grow: bool = False,
 ) -> Plan:
     """Per-trial resources and concurrency for a cluster of ``nodes`` (each ``(cpus, gpus)``).
 
@@ -79,11 +83,13 @@ def plan(
         cpus: CPUs per trial (> 0).
         gpus: GPUs per trial (0, a fraction, or 1).
         concurrency: trials at once if the user fixed it; otherwise all that fit.
+        can_grow: nodes may join (a cluster the run joined, perhaps autoscaling); a local Ray that
+            hpo started never grows.
 
     Returns:
-        A ``Plan``: with no GPU in the cluster, GPU trials become CPU trials and a note says so;
-        ``problem`` is set when no node can hold one trial and the user did not fix concurrency
-        (Ray would wait forever).
+        A ``Plan``: with no GPU in the cluster, GPU trials become CPU trials and a note says so.
+        ``problem`` is set when no node can hold one trial and none can join, or none is awaited
+        (a fixed concurrency on a cluster that can grow): Ray would wait forever.
     """
     notes: list[str] = []
     if gpus > 0 and sum(g for _, g in nodes) < EPS:
@@ -94,14 +100,15 @@ def plan(
     if fits == 0:
         wanted = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
         largest = _largest(nodes, gpus)
-        if concurrency:
-            notes.append(f"no node holds a trial ({wanted}) now ({largest}): trials wait for resources")
+        if can_grow and concurrency:
+            notes.append(f"no node holds a trial ({wanted}) now ({largest}): trials wait for nodes to join")
         else:
             field_ = "gpus_per_trial" if gpus and _cpu_room(nodes, cpus) else "cpus_per_trial"
             value = gpus if field_ == "gpus_per_trial" else cpus
+            wait = ", or set --concurrency to wait for nodes to join" if can_grow else ""
             problem = (
                 f"{field_} = {value:g}: no node of the Ray cluster holds one trial ({wanted}; {largest}); "
-                f"lower it, or set --concurrency to wait for nodes to join"
+                f"lower it{wait}"
             )
     chosen = concurrency or max(1, fits)
     if concurrency and 0 < fits < concurrency:
@@ -167,6 +174,16 @@ def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:
         return int(gpu_id) if gpu_id.isdigit() else 0
     visible = [v.strip() for v in cuda_visible.split(",") if v.strip()]
     return visible.index(gpu_id) if gpu_id in visible else 0
+
+
+def precision(cuda_major: int | None) -> str:
+    """The training precision for a device: bf16 autocast on Ampere (compute capability 8) or
+    newer, fp32 elsewhere (older GPUs only emulate bf16, slowly; CPUs train in fp32).
+
+    Args:
+        cuda_major: the GPU's compute capability major version; None for a CPU.
+    """
+    return "bf16" if cuda_major is not None and cuda_major >= 8 else "fp32"
 
 
 def cluster_notes(

@@ -219,7 +219,9 @@ def _start_ray(opts: RunOptions) -> bool:
     if ray.is_initialized():
         return False
     address = _address(opts)
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("HPO_")}
+    # hpo's settings reach the trial processes on every node; the storage URL (with its password)
+    # stays in the driver: only the driver writes the storage, and Ray keeps runtime envs in its GCS
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("HPO_") and k != "HPO_STORAGE"}
     common: dict[str, Any] = {
         "runtime_env": {"env_vars": env_vars},
         "log_to_driver": False,
@@ -301,10 +303,11 @@ def _resources(spec, opts: RunOptions):
         for n in ray.nodes()
         if n.get("Alive")
     ]
-    plan = placement.plan(nodes, cpus, gpus, opts.concurrency or spec.resources.concurrency)
+    concurrency = opts.concurrency or spec.resources.concurrency
+    plan = placement.plan(nodes, cpus, gpus, concurrency, can_grow=_address(opts) is not None)
     if plan.problem:
         raise SpecError(_resources_source(spec, opts), [plan.problem])
-    log.info("placement: %s", plan)
+    log.debug("placement: %s", plan)
     return plan
 
 
@@ -338,11 +341,18 @@ def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: floa
             "checkpoint_dir": folder,
             "model_path": model_path,
             "data_path": data_path,
-            "seed": spec.seed,
+            "seed": spec.seed if training.seed is None else training.seed,
             "eval_every": training.eval_every,
             "warmup_ratio": training.warmup_ratio,
             "max_micro_batch": training.max_micro_batch,
             "max_grad_norm": training.max_grad_norm,
+            "lr_scheduler": training.lr_scheduler,
+            "gradient_accumulation_steps": training.gradient_accumulation_steps,
+            "label_smoothing": training.label_smoothing,
+            "l1": training.l1,
+            "early_stopping_patience": training.early_stopping_patience,
+            "objective": spec.objective.metric,
+            "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,
             "gpus": gpus,
         }

@@ -210,6 +210,9 @@ class OptunaBridge(Searcher):
         )
 
     def _value(self, last: dict[str, Any]) -> float:
+        """The trial's value: its best objective (the trial reports it for ``config["objective"]``)."""
+        if "best_objective" in last:
+            return float(last["best_objective"])
         best = float(last["best_eval_loss"])
         return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
 
@@ -332,6 +335,8 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "trial_s",
         "tokens",
         "tokens_per_s",
+        "best_token_accuracy",
+        "early_stopped",
         "device",  # where it trained (cpu, cuda), and why not on the GPU it asked for
         "device_note",
         "cuda_visible_devices",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceSpec
+from hpo.params import CategoricalParam, FloatParam, IntParam, SpaceSpec
 
 if TYPE_CHECKING:
     import optuna

@@ -15,9 +15,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -28,19 +25,37 @@ from pydantic import (
 )
 
 from hpo.errors import SpecError
-
-#: The five hyperparameters every study has in its space (each searched or fixed to a constant).
-SEARCHABLE = ("learning_rate", "batch_size", "epochs", "dropout", "weight_decay")
-#: Training options that ``training`` fixes and ``space`` may search instead (set in one place).
-TRAINING_SEARCHABLE = (
-    "lr_scheduler",
-    "warmup_ratio",
-    "gradient_accumulation_steps",
-    "max_grad_norm",
-    "label_smoothing",
-    "l1",
-    "seed",
+from hpo.params import (
+    ADAPTER_SEARCHABLE,
+    LR_SCHEDULERS,
+    SEARCHABLE,
+    TRAINING_SEARCHABLE,
+    CategoricalParam,
+    Float,
+    FloatParam,
+    Frozen,
+    Int,
+    IntParam,
+    Param,
+    SpaceSpec,
+    enqueue_problems,
+    values,
 )
+
+__all__ = [
+    "LR_SCHEDULERS",
+    "SEARCHABLE",
+    "TRAINING_SEARCHABLE",
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "Param",
+    "SpaceSpec",
+    "StudySpec",
+    "load",
+    "parse",
+]
+
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -49,186 +64,9 @@ DATA_FORMATS = ("jsonl", "csv", "text", "chat", "datasets", "hub")
 #: Each metric a trial reports, and the direction it is optimized in.
 METRICS = {"eval_loss": "minimize", "perplexity": "minimize", "token_accuracy": "maximize"}
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
-#: Learning-rate schedules (names of ``transformers.get_scheduler``), all with linear warmup.
-LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _no_bool(v: Any) -> Any:
-    # pydantic's lax mode reads YAML's true/false as 1/0; a boolean where a number goes is a mistake
-    if isinstance(v, bool):
-        raise ValueError("expected a number, got a boolean (true/false)")
-    return v
-
-
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
-Choice = Annotated[float | int | str, BeforeValidator(_no_bool)]
-
-
-class FloatParam(_Model):
-    """A float searched between ``low`` and ``high`` (log scale when ``log``)."""
-
-    type: Literal["float"]
-    low: Float
-    high: Float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self) -> FloatParam:
-        _check_range(self.low, self.high, self.log)
-        return self
-
-
-class IntParam(_Model):
-    """An integer searched between ``low`` and ``high`` inclusive."""
-
-    type: Literal["int"]
-    low: Int
-    high: Int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self) -> IntParam:
-        _check_range(self.low, self.high, self.log)
-        return self
-
-
-class CategoricalParam(_Model):
-    """One of ``choices``."""
-
-    type: Literal["categorical"]
-    choices: list[Choice] = Field(min_length=1)
-
-
-Param = FloatParam | IntParam | CategoricalParam
-
-
-def _kind(v: Any) -> str | None:
-    if isinstance(v, dict):
-        return v.get("type") if v.get("type") in ("float", "int", "categorical") else "bad-type"
-    return v.type if isinstance(v, FloatParam | IntParam | CategoricalParam) else "fixed"
-
-
-_PARAM_ERROR = "a searched parameter needs type: float, int or categorical (a plain number fixes it)"
-
-
-_DISCRIMINATOR = Discriminator(_kind, custom_error_type="param_type", custom_error_message=_PARAM_ERROR)
-# a field that is either searched (a mapping with ``type``) or fixed (a plain value)
-FloatOrParam = Annotated[
-    Annotated[FloatParam, Tag("float")]
-    | Annotated[IntParam, Tag("int")]
-    | Annotated[CategoricalParam, Tag("categorical")]
-    | Annotated[Float, Tag("fixed")],
-    _DISCRIMINATOR,
-]
-IntOrParam = Annotated[
-    Annotated[FloatParam, Tag("float")]
-    | Annotated[IntParam, Tag("int")]
-    | Annotated[CategoricalParam, Tag("categorical")]
-    | Annotated[Int, Tag("fixed")],
-    _DISCRIMINATOR,
-]
-StrOrParam = Annotated[
-    Annotated[FloatParam, Tag("float")]
-    | Annotated[IntParam, Tag("int")]
-    | Annotated[CategoricalParam, Tag("categorical")]
-    | Annotated[str, Tag("fixed")],
-    _DISCRIMINATOR,
-]
-
-
-def _check_range(low: float, high: float, log: bool) -> None:
-    if low > high:
-        raise ValueError(f"low ({low}) must be <= high ({high})")
-    if log and low <= 0:
-        raise ValueError(f"log scale needs low > 0 (got low={low})")
-
-
-class SpaceSpec(_Model):
-    """The search space. A number fixes the parameter; a mapping searches it. The training options
-    (``lr_scheduler`` ... ``seed``) are left out by default: ``training`` then fixes them."""
-
-    learning_rate: FloatOrParam = Field(default=5e-4, description="peak AdamW learning rate")
-    batch_size: IntOrParam = Field(default=16, description="blocks per forward/backward pass group")
-    epochs: IntOrParam = Field(default=1, description="passes over the training blocks")
-    dropout: FloatOrParam = Field(default=0.1, description="every dropout probability of the model")
-    weight_decay: FloatOrParam = Field(default=0.0, description="decoupled AdamW weight decay (L2)")
-    lr_scheduler: StrOrParam | None = Field(default=None, description="searched lr schedule")
-    warmup_ratio: FloatOrParam | None = Field(default=None, description="searched share of warmup steps")
-    gradient_accumulation_steps: IntOrParam | None = Field(default=None, description="searched accumulation")
-    max_grad_norm: FloatOrParam | None = Field(default=None, description="searched clipping norm")
-    label_smoothing: FloatOrParam | None = Field(default=None, description="searched label smoothing")
-    l1: FloatOrParam | None = Field(default=None, description="searched L1 penalty coefficient")
-    seed: IntOrParam | None = Field(default=None, description="searched trial seed (noise across seeds)")
-
-    @field_validator(*SEARCHABLE, *TRAINING_SEARCHABLE, mode="after")
-    @classmethod
-    def _bounds(cls, v: Any, info: ValidationInfo) -> Any:
-        name = str(info.field_name)
-        if v is None:
-            return v
-        if name in _WHOLE and isinstance(v, FloatParam):
-            raise ValueError(f"{name} is a whole number; search it with type: int or categorical")
-        if name == "lr_scheduler" and isinstance(v, FloatParam | IntParam):
-            raise ValueError("lr_scheduler is a name; search it with type: categorical")
-        for value in _values(v):
-            _check_param_value(name, value)
-        return v
-
-    def searched(self) -> dict[str, Param]:
-        """The parameters that are searched (not fixed), by name."""
-        return {
-            n: v
-            for n in (*SEARCHABLE, *TRAINING_SEARCHABLE)
-            if isinstance(v := getattr(self, n), FloatParam | IntParam | CategoricalParam)
-        }
-
-    def fixed(self) -> dict[str, float | int | str]:
-        """The parameters fixed to a constant here, by name (training options left out are not)."""
-        return {
-            n: v
-            for n in (*SEARCHABLE, *TRAINING_SEARCHABLE)
-            if (v := getattr(self, n)) is not None and not isinstance(v, BaseModel)
-        }
-
-
-def _values(v: Any) -> list[Any]:
-    if isinstance(v, FloatParam | IntParam):
-        return [v.low, v.high]
-    if isinstance(v, CategoricalParam):
-        return list(v.choices)
-    return [v]
-
-
-_WHOLE = ("batch_size", "epochs", "gradient_accumulation_steps", "seed")
-_LIMITS = {  # name -> (predicate, what is allowed)
-    "learning_rate": (lambda x: 0 < x < 1, "0 < learning_rate < 1"),
-    "batch_size": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
-    "epochs": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
-    "dropout": (lambda x: 0 <= x < 1, "0 <= dropout < 1"),
-    "weight_decay": (lambda x: 0 <= x < 10, "0 <= weight_decay < 10"),
-    "lr_scheduler": (lambda x: x in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}"),
-    "warmup_ratio": (lambda x: 0 <= x < 1, "0 <= warmup_ratio < 1"),
-    "gradient_accumulation_steps": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
-    "max_grad_norm": (lambda x: x > 0, "max_grad_norm > 0"),
-    "label_smoothing": (lambda x: 0 <= x < 1, "0 <= label_smoothing < 1"),
-    "l1": (lambda x: 0 <= x < 1, "0 <= l1 < 1"),
-    "seed": (lambda x: isinstance(x, int) and 0 <= x < 2**32, "an integer in [0, 2**32)"),
-}
-
-
-def _check_param_value(name: str, value: Any) -> None:
-    ok, allowed = _LIMITS[name]
-    kind_ok = isinstance(value, str) if name == "lr_scheduler" else isinstance(value, int | float)
-    if isinstance(value, bool) or not kind_ok or not ok(value):
-        raise ValueError(f"value {value!r} is not allowed; {name} must be {allowed}")
-
-
-class DataSpec(_Model):
+class DataSpec(Frozen):
     """Where the task data is and how to turn it into training blocks."""
 
     format: Literal["jsonl", "csv", "text", "chat", "datasets", "hub"] = Field(
@@ -278,7 +116,7 @@ class DataSpec(_Model):
         return resolved
 
 
-class ObjectiveSpec(_Model):
+class ObjectiveSpec(Frozen):
     """What the search optimizes: eval_loss or perplexity (minimize), token_accuracy (maximize)."""
 
     metric: Literal["eval_loss", "perplexity", "token_accuracy"] = "eval_loss"
@@ -302,7 +140,7 @@ class ObjectiveSpec(_Model):
         return self
 
 
-class AshaSpec(_Model):
+class AshaSpec(Frozen):
     """Asynchronous successive halving over training progress measured in epochs."""
 
     type: Literal["asha"] = "asha"
@@ -317,7 +155,7 @@ class AshaSpec(_Model):
         return self
 
 
-class NoSchedule(_Model):
+class NoSchedule(Frozen):
     """Every trial runs its full budget."""
 
     type: Literal["none"] = "none"
@@ -339,7 +177,7 @@ Schedule = Annotated[
 ]
 
 
-class TrainingSpec(_Model):
+class TrainingSpec(Frozen):
     """How each trial trains and evaluates. Each option from ``lr_scheduler`` to ``seed`` is fixed
     here, or searched by naming it in ``space`` instead (not both)."""
 
@@ -361,7 +199,21 @@ class TrainingSpec(_Model):
     seed: Int | None = Field(default=None, ge=0, description="trial seed (default: the study's seed)")
 
 
-class ResourcesSpec(_Model):
+class AdapterSpec(Frozen):
+    """A LoRA adapter (peft): only its low-rank matrices train; a checkpoint holds the base weights
+    with the adapter merged in, and the adapter alone under ``adapter/``. ``r`` and ``alpha`` are
+    fixed here, or searched as ``lora_r`` / ``lora_alpha`` in ``space`` instead."""
+
+    type: Literal["lora"] = "lora"
+    r: Int = Field(default=8, ge=1, le=1024, description="LoRA rank")
+    alpha: Int = Field(default=16, ge=1, le=4096, description="LoRA scaling numerator (scale: alpha / r)")
+    dropout: Float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        default=None, description="module names to adapt (default: peft's choice for the model family)"
+    )
+
+
+class ResourcesSpec(Frozen):
     """What one trial needs, and how many run at once."""
 
     cpus_per_trial: Float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
@@ -369,7 +221,7 @@ class ResourcesSpec(_Model):
     concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
 
 
-class StudySpec(_Model):
+class StudySpec(Frozen):
     """A whole study: what to tune, on what, and how to search."""
 
     name: str = Field(description="study name: letters, digits, '_', '.', '-'")
@@ -380,6 +232,9 @@ class StudySpec(_Model):
     schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    adapter: AdapterSpec | None = Field(
+        default=None, validate_default=True, description="train a LoRA adapter instead of all weights"
+    )
     sampler: Literal["tpe", "random", "grid", "cmaes", "gp"] = Field(
         default="tpe", description="Optuna's sampler; grid needs every searched parameter int or categorical"
     )
@@ -392,12 +247,30 @@ class StudySpec(_Model):
     @field_validator("training", mode="after")
     @classmethod
     def _set_once(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        if (info.context or {}).get("stored"):  # a stored spec holds every field, set or not
+            return v
         space = info.data.get("space")
         both = [n for n in TRAINING_SEARCHABLE if space is not None and getattr(space, n) is not None]
         both = [n for n in both if n in v.model_fields_set]
         if both:
             raise ValueError(
-                f"{', '.join(both)} set both here and in space; fix it here, or search it in space"
+                f"{', '.join(both)} set both here and in space; "
+                "keep one (a fixed value here, or a search in space)"
+            )
+        return v
+
+    @field_validator("adapter", mode="after")
+    @classmethod
+    def _lora_space(cls, v: AdapterSpec | None, info: ValidationInfo) -> AdapterSpec | None:
+        space = info.data.get("space")
+        searched = [n for n in ADAPTER_SEARCHABLE if space is not None and getattr(space, n) is not None]
+        if searched and v is None:
+            raise ValueError(f"space.{searched[0]} needs an adapter; add adapter: {{type: lora}}")
+        clash = [n for n in searched if v is not None and n.removeprefix("lora_") in v.model_fields_set]
+        if clash and not (info.context or {}).get("stored"):
+            raise ValueError(
+                f"{', '.join(c.removeprefix('lora_') for c in clash)} set both here and in space "
+                f"({', '.join(clash)}); keep one"
             )
         return v
 
@@ -420,7 +293,7 @@ class StudySpec(_Model):
         space = info.data.get("space")
         if space is None:
             return v
-        problems = [p for i, params in enumerate(v) for p in _enqueue_problems(i, params, space.searched())]
+        problems = [p for i, params in enumerate(v) for p in enqueue_problems(i, params, space.searched())]
         if problems:
             raise ValueError("; ".join(problems))
         return v
@@ -446,7 +319,7 @@ class StudySpec(_Model):
     @property
     def max_epochs(self) -> float:
         """The largest number of epochs any trial can train."""
-        return float(max(_values(self.space.epochs)))
+        return float(max(values(self.space.epochs)))
 
     def asha_max_t(self) -> float:
         """ASHA's max_t: the spec's, or the largest epochs in the space."""
@@ -457,26 +330,6 @@ class StudySpec(_Model):
     def to_json(self) -> str:
         """The spec as JSON (paths already absolute), as stored with the study."""
         return self.model_dump_json()
-
-
-def _enqueue_problems(i: int, params: dict[str, Any], searched: dict[str, Param]) -> list[str]:
-    """What is wrong with the ``i``-th enqueued configuration (searched parameters, in range)."""
-    out = []
-    for name, value in params.items():
-        p = searched.get(name)
-        where = f"[{i}].{name}"
-        if p is None:
-            out.append(f"{where}: not a searched parameter (searched: {', '.join(searched) or 'none'})")
-        elif isinstance(p, CategoricalParam):
-            if value not in p.choices or isinstance(value, bool):
-                out.append(f"{where}: {value!r} is not one of the choices {p.choices}")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            out.append(f"{where}: {value!r} is not a number")
-        elif isinstance(p, IntParam) and value != int(value):
-            out.append(f"{where}: {value!r} is not a whole number")
-        elif not p.low <= value <= p.high:
-            out.append(f"{where}: {value!r} is outside [{p.low}, {p.high}]")
-    return out
 
 
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:

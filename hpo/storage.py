@@ -238,7 +238,8 @@ def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
 def create(
     study_spec: StudySpec, url: str | None = None, *, data_report: dict[str, Any] | None = None
 ) -> optuna.Study:
-    """Create a study from a validated spec; nothing is left behind if any step fails.
+    """Create a study from a validated spec; nothing is left behind if any step fails. The
+    spec's ``enqueue`` configurations are queued as the study's first trials (warm start).
 
     Args:
         study_spec: the validated spec, stored with the study.
@@ -287,6 +288,8 @@ def _create_study(
             study.set_user_attr(SPEC_ATTR, study_spec.to_json())
             if report is not None:
                 study.set_user_attr(DATA_REPORT_ATTR, report)
+            for i, params in enumerate(study_spec.enqueue):  # warm start: tried first, in order
+                study.enqueue_trial(params, user_attrs={"enqueued": i}, skip_if_exists=False)
         except BaseException:
             optuna.delete_study(study_name=name, storage=storage)
             raise

@@ -63,7 +63,7 @@ def run_study(
     loaded = storage_mod.load(study, storage, heartbeat=True)
     study_spec = storage_mod.spec_of(loaded)
     n_existing = len(loaded.get_trials(deepcopy=False))
-    loaded.sampler = space.sampler(study_spec.sampler, study_spec.seed, n_existing)
+    loaded.sampler = space.sampler(study_spec.sampler, study_spec.seed, n_existing, study_spec.space)
     folder = Path(runs_dir) if runs_dir else Path("runs") / loaded.study_name
     opts = runner.RunOptions(target=trials, runs_dir=folder, **options)
     return runner.run(loaded, study_spec, opts, on_event)

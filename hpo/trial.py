@@ -11,22 +11,40 @@ when the evaluation loss improves.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from hpo.checkpoint import (
+    POINTER,
+    best_checkpoint,
+    checkpoint_step,
+    dropout_fields,
+    load_model,
+    merged_state_dict,
+    save_checkpoint,
+    with_lora,
+)
 from hpo.errors import TrialError
+
+__all__ = [
+    "POINTER",
+    "best_checkpoint",
+    "dropout_fields",
+    "evaluate",
+    "load_model",
+    "merged_state_dict",
+    "run",
+    "save_checkpoint",
+    "with_lora",
+]
 
 log = logging.getLogger(__name__)
 
-POINTER = "BEST"  # file in a trial's checkpoint folder naming its best checkpoint
 FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|error>" makes that trial fail
 
 
@@ -71,6 +89,8 @@ OPTIONS = {
     "label_smoothing": 0.0,
     "l1": 0.0,
 }
+#: LoRA settings a trial reads from its params (searched) or else its ``adapter`` config.
+LORA = {"lora_r": "r", "lora_alpha": "alpha"}
 
 
 def options(config: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +98,9 @@ def options(config: dict[str, Any]) -> dict[str, Any]:
     p = config["params"]
     out = {k: p.get(k, config.get(k, default)) for k, default in OPTIONS.items()}
     out["seed"] = int(p.get("seed", config.get("seed", 0)))
+    adapter = config.get("adapter")
+    if adapter:
+        out["adapter"] = {**adapter, **{key: p[name] for name, key in LORA.items() if name in p}}
     return out
 
 
@@ -99,10 +122,14 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
     #    optimizer without decay on biases and norms; one step sees batch_size x accumulation blocks
     resume = config.get("resume_checkpoint")
     model = load_model(resume or config["model_path"], p["dropout"], device)
-    start_step = _checkpoint_step(resume) if resume else 0
+    if "adapter" in o:  # LoRA: only the adapter trains; a resumed trial continues from the merged weights
+        a = o["adapter"]
+        model = with_lora(model, a["r"], a["alpha"], a["dropout"], a.get("target_modules"))
+    start_step = checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
-    bs = int(p["batch_size"]) * int(o["gradient_accumulation_steps"])
-    micro = _micro_batch(bs, min(int(p["batch_size"]), config["max_micro_batch"]))
+    bs, micro = batching(
+        int(p["batch_size"]), int(o["gradient_accumulation_steps"]), config["max_micro_batch"]
+    )
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
     sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
@@ -148,12 +175,6 @@ def _next_mark(step: int, steps_per_epoch: int, every: float, mark: int) -> int:
     while mark * every <= step / steps_per_epoch + 1e-9:
         mark += 1
     return mark
-
-
-def _checkpoint_step(path: str) -> int:
-    """The optimizer step a ``step-NNNNNNN`` checkpoint folder was written at."""
-    name = Path(path).name
-    return int(name.split("-", 1)[1]) if name.startswith("step-") else 0
 
 
 class _State:
@@ -259,37 +280,18 @@ def _autocast(device):
     return contextlib.nullcontext
 
 
-def load_model(model_path: str, dropout: float, device=None):
-    """Load a causal LM with every dropout probability of its config set to ``dropout``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from hpo.basemodel import quiet_transformers
-
-    quiet_transformers()
-    try:
-        cfg = AutoConfig.from_pretrained(model_path)
-        for name in dropout_fields(cfg.to_dict()):
-            setattr(cfg, name, float(dropout))
-        model = AutoModelForCausalLM.from_pretrained(model_path, config=cfg, use_safetensors=True)
-    except (OSError, ValueError) as e:
-        raise TrialError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from e
-    return model.to(device) if device is not None else model
-
-
-def dropout_fields(config: dict[str, Any]) -> list[str]:
-    """Names of a model config's dropout probabilities: float fields ending in dropout or pdrop."""
-    return sorted(
-        k
-        for k, v in config.items()
-        if isinstance(v, float) and not isinstance(v, bool) and k.endswith(("dropout", "pdrop"))
-    )
-
-
 def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on biases and norm weights (1-D tensors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def batching(batch_size: int, accumulation: int, max_micro_batch: int) -> tuple[int, int]:
+    """(blocks per optimizer step, blocks per forward pass): a step sees ``batch_size x
+    accumulation`` blocks, in passes of at most ``batch_size`` and ``max_micro_batch`` blocks."""
+    step = batch_size * accumulation
+    return step, _micro_batch(step, min(batch_size, max_micro_batch))
 
 
 def _micro_batch(batch: int, limit: int) -> int:
@@ -400,59 +402,6 @@ def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None,
 def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None, pos=None) -> float:
     """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
     return evaluate_metrics(model, ids, labels, pos, batch, device, autocast)["eval_loss"]
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(model, config: dict[str, Any], step: int) -> str:
-    """Write the model as a ``from_pretrained`` folder, point BEST at it, drop the previous one."""
-    root = Path(config["checkpoint_dir"])
-    root.mkdir(parents=True, exist_ok=True)
-    previous = best_checkpoint(root)
-    out = root / f"step-{step:07d}"
-    model.save_pretrained(out, safe_serialization=True)
-    _copy_tokenizer(config["model_path"], previous, out)
-    (root / "params.json").write_text(json.dumps(config["params"], indent=1))
-    tmp = root / f".{POINTER}.tmp"
-    tmp.write_text(out.name)
-    os.replace(tmp, root / POINTER)  # the pointer moves atomically: a crash keeps a whole checkpoint
-    if previous is not None and previous != out:
-        shutil.rmtree(previous, ignore_errors=True)
-    return str(out)
-
-
-def best_checkpoint(root: str | Path) -> Path | None:
-    """The folder a trial's BEST pointer names, if it exists."""
-    pointer = Path(root) / POINTER
-    if not pointer.is_file():
-        return None
-    path = Path(root) / pointer.read_text().strip()
-    return path if path.is_dir() else None
-
-
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
-
-
-def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
-    source = previous or Path(model_path)
-    if source.is_dir():
-        for name in _TOKENIZER_FILES:
-            if (source / name).is_file():
-                shutil.copy2(source / name, out / name)
-        return
-    from transformers import AutoTokenizer  # a hub id: save the tokenizer once
-
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
 
 
 def _injected_failure(config: dict[str, Any], step: int) -> None:

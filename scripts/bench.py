@@ -116,9 +116,25 @@ def prepare(folder: Path, s: Settings, model_path: str, train: Path, val: Path) 
     spec_path = write_spec(folder, s, model_path, train, val)
     loaded = spec.load(spec_path)
     prepared = data.prepare(loaded.data, model_path, loaded.seed, basemodel.cache_dir())
-    s.n_train = prepared.train_blocks
+    s.n_train, s.n_val, s.train_tokens = prepared.train_blocks, prepared.val_blocks, prepared.train_tokens
     s.derive_peer_units()
     return spec_path, prepared.path
+
+
+def snapshot_hpo(root: Path) -> dict[str, Any]:
+    """Copy ``hpo/`` as it is now and put the copy first on every process's path (this one too).
+
+    The checkout is shared and edited while a benchmark runs for many minutes; every system and
+    every Ray worker must import the same hpo. Returns what was measured: commit and dirty files.
+    """
+    snap = root / "code"
+    shutil.copytree(ROOT / "hpo", snap / "hpo", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(snap))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")]))
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "hpo"], capture_output=True, text=True)
+    return {"commit": head, "hpo_uncommitted": [line[3:] for line in dirty.stdout.splitlines()]}
 
 
 # ---------------------------------------------------------------- one system, one process
@@ -131,7 +147,9 @@ def run_system(name: str, cfg: dict[str, Any], root: Path, extra_env: dict[str, 
     cfg_path, cfg["result_path"] = work / "config.json", str(work / "result.json")
     cfg_path.write_text(json.dumps(cfg))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **(extra_env or {}))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.pop("PYTHONPATH_FIRST", ""), str(SCRIPTS)]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [env.pop("PYTHONPATH_FIRST", ""), os.environ.get("PYTHONPATH"), str(SCRIPTS)])
+    )
     log_path = root / "logs" / f"{work.name}.log"
     log_path.parent.mkdir(exist_ok=True)
     t_spawn = time.time()
@@ -235,10 +253,8 @@ def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     import psutil
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
         "command": "scripts/bench " + " ".join(argv),
-        "commit": commit.stdout.strip(),
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {_cpu_model()}",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("torch", "transformers", "ray", "optuna", "accelerate")},
@@ -260,10 +276,11 @@ def main(argv: list[str]) -> int:
     systems, trials, seeds = plan(args)
     info = meta(args, argv)
     print(f"bench: {', '.join(systems)}; {trials} trials x {seeds} seed(s); load {info['loadavg_before']}")
+    root = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
+    info.update(snapshot_hpo(root))
     from hpo import basemodel
 
     model_path = str(basemodel.tiny_gpt2())
-    root = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
     train, val = write_topics(root)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in systems}
     settings_used: dict[str, Any] = {}

@@ -168,7 +168,7 @@ CASES = [
         with_spec(space={"epochs": {"type": "float", "low": 1, "high": 2}}),
         ("space.epochs", "type: int or categorical"),
     ),
-    Case("unknown-sampler", with_spec(sampler="cmaes"), ("sampler", "'tpe' or 'random'", "'cmaes'")),
+    Case("unknown-sampler", with_spec(sampler="bayes"), ("sampler", "'cmaes' or 'gp'", "'bayes'")),
     Case("unknown-schedule", with_spec(schedule="hyperband"), ("schedule: use asha", "or none")),
     Case(
         "grace-above-max",
@@ -183,7 +183,7 @@ CASES = [
     Case(
         "unknown-data-format",
         with_spec(data={"format": "parquet"}),
-        ("data.format", "'jsonl', 'csv' or 'text'"),
+        ("data.format", "'jsonl', 'csv', 'text', 'chat', 'datasets' or 'hub'"),
     ),
     Case("bad-name-option", lambda t: create(t, None, "--name", "my study"), ("name:", "letters, digits")),
     # -- files the spec points at

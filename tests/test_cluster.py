@@ -44,7 +44,7 @@ def local_cluster(*nodes: dict) -> Iterator:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", tmp)
         mp.delenv("RAY_ADDRESS", raising=False)
-        cluster = Cluster(initialize_head=True, head_node_args={**LOOPBACK, "temp_dir": tmp, **nodes[0]})
+        cluster = Cluster(initialize_head=True, head_node_args={**LOOPBACK, **nodes[0]})
         try:
             for node in nodes[1:]:
                 cluster.add_node(**LOOPBACK, **node)
@@ -70,9 +70,10 @@ def _spec(tmp_path: Path, name: str, gpus: float) -> Path:
     return small_spec(
         tmp_path,
         name=name,
-        rows=200,
+        rows=120,
         space={"epochs": 1},
         schedule={"grace_period": 1},  # ASHA with no rung below the budget: every trial runs it all
+        training={"eval_every": 0.5},
         resources={"cpus_per_trial": 0.5, "gpus_per_trial": gpus, "concurrency": None},
     )
 
@@ -200,3 +201,21 @@ finally:
     assert listening, r.stdout  # the check saw Ray's sockets
     outward = [a for a in listening if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
     assert not outward, f"Ray listens beyond loopback: {outward}"
+
+
+def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model):
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    spec = _spec(tmp_path, "refused", 0)
+    assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    # two GPUs a trial would need data-parallel trials: refused before any work
+    r = run_cli("run", "--trials", "1", "--gpus-per-trial", "2", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (
+        "--gpus-per-trial: gpus_per_trial = 2: multi-GPU trials (data-parallel) are not supported" in r.stderr
+    )
+    assert not (tmp_path / "runs").exists()
+    # more CPUs than any node has: Ray would wait forever, so hpo says what to change
+    r = run_cli("run", "--trials", "1", "--cpus-per-trial", "64", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cpus_per_trial = 64: no node of the Ray cluster holds one trial" in r.stderr
+    assert optuna.load_study(study_name="refused", storage=url).get_trials() == []

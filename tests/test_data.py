@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import data
+from hpo import data, formats
 from hpo.errors import DataError
 from hpo.spec import DataSpec
 from tests.conftest import write_rows
@@ -77,7 +77,7 @@ def test_read_csv_with_only_a_text_column(tmp_path):
     p.write_text("text\nhello\nworld\n")
     d = _spec(p, format="csv")
     rows = data.read_rows(d, str(p))
-    assert not data._is_pairs(d, rows) and [r["text"] for r in rows] == ["hello", "world"]
+    assert formats.kind(d, rows) == "text" and [r["text"] for r in rows] == ["hello", "world"]
 
 
 def test_read_csv_malformed_line(tmp_path):
@@ -156,25 +156,33 @@ def test_split_edges():
 
 def test_pack_keeps_examples_whole_and_pads_labels():
     examples = [([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9], [-100, -100, 8, 9])]
-    ids, labels, truncated = data.pack(examples, block=5, pad_id=0)
-    assert ids == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
-    assert labels == [[-100, 2, 3, -100, 5], [-100, -100, 8, 9, -100]]
-    assert truncated == 0
+    p = data.pack(examples, block=5, pad_id=0)
+    assert p.ids == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert p.labels == [[-100, 2, 3, -100, 5], [-100, -100, 8, 9, -100]]
+    assert p.pos == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]  # each example (and the padding) from 0
+    assert (p.truncated, p.dropped) == (0, 0)
 
 
 def test_pack_never_splits_an_example_and_counts_truncation():
     examples = [([1, 2, 3], [1, 2, 3]), ([4, 5, 6], [4, 5, 6]), (list(range(10, 18)), list(range(10, 18)))]
-    ids, labels, truncated = data.pack(examples, block=4, pad_id=0)
-    assert ids == [[1, 2, 3, 0], [4, 5, 6, 0], [10, 11, 12, 13]]
-    assert labels == [[1, 2, 3, -100], [4, 5, 6, -100], [10, 11, 12, 13]]
-    assert truncated == 1
-    assert all(len(b) == 4 for b in ids + labels)
+    p = data.pack(examples, block=4, pad_id=0)
+    assert p.ids == [[1, 2, 3, 0], [4, 5, 6, 0], [10, 11, 12, 13]]
+    # an example's first token carries no loss: nothing of its own comes before it
+    assert p.labels == [[-100, 2, 3, -100], [-100, 5, 6, -100], [-100, 11, 12, 13]]
+    assert p.truncated == 1 and p.dropped == 0
+    assert all(len(b) == 4 for b in p.ids + p.labels + p.pos)
 
 
-def test_chunk_joins_with_eos_and_drops_the_short_tail():
-    blocks, labels = data.chunk([[1, 2], [3], [4, 5, 6]], block=4, eos_id=9)
-    assert blocks == [[1, 2, 9, 3], [9, 4, 5, 6]]  # the tail [9] is less than a block: dropped
-    assert labels == blocks and labels[0] is not blocks[0]
+def test_pack_can_drop_overlong_examples():
+    examples = [([1, 2], [1, 2]), (list(range(10, 18)), list(range(10, 18))), ([3], [3])]
+    p = data.pack(examples, block=4, pad_id=0, overlong="drop")
+    assert p.ids == [[1, 2, 3, 0]] and p.pos == [[0, 1, 0, 0]]
+    assert (p.truncated, p.dropped) == (0, 1)
+
+
+def test_split_long_cuts_documents_into_block_pieces():
+    pieces, cut = data.split_long([[1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11]], block=4)
+    assert pieces == [[1, 2], [3, 4, 5, 6], [7], [8, 9, 10, 11]] and cut == 1
 
 
 # ---------------------------------------------------------------- the dry run at create time
@@ -189,6 +197,7 @@ def test_check_reports_cleaning_and_split(tmp_path):
     report = data.check(_spec(p, validation_fraction=0.1))
     assert report == {
         "train": {"read": 22, "empty": 1, "duplicate": 1, "kept": 20},
+        "kind": "pairs",
         "pairs": True,
         "examples": {"train": 18, "validation": 2},
     }
@@ -206,7 +215,7 @@ def test_check_with_a_validation_file(tmp_path):
     assert (
         report["validation"]["read"] == 5 and report["examples"]["validation"] == report["validation"]["kept"]
     )
-    assert "validation file: read 5" in data.describe(report)
+    assert "validation: read 5" in data.describe(report)
 
 
 def test_check_text_format(tmp_path):
@@ -249,10 +258,13 @@ def test_prepare_end_to_end_and_cache_reuse(tmp_path, tiny_model, monkeypatch):
     tok = data.load_tokenizer(tiny_model)
     train_ex, val_ex, _ = data._examples(d, 0)
     too_long = {
-        name: sum(len(ids) > 64 for ids, _ in data._encode_pairs(tok, ex, tok.eos_token_id))
+        name: sum(len(ids) > 64 for ids, _ in formats.encode_pairs(tok, ex, tok.eos_token_id))
         for name, ex in (("train", train_ex), ("val", val_ex))
     }
-    assert p.cleaning["truncated"] == too_long and too_long["train"] > 0
+    assert {k: v["truncated"] for k, v in p.cleaning["length"].items()} == too_long
+    assert too_long["train"] > 0 and "truncated" in data.describe(p.cleaning)
+    # positions restart at every example: each block starts at 0
+    assert (arrays["train_pos"][:, 0] == 0).all() and arrays["train_pos"].shape == arrays["train_ids"].shape
     # padding trails and carries no loss
     pad_positions = arrays["train_ids"] == p.pad_id
     assert (labels[pad_positions] == -100).all()
@@ -273,7 +285,8 @@ def test_prepare_end_to_end_and_cache_reuse(tmp_path, tiny_model, monkeypatch):
     assert data.fingerprint(d, data.tokenizer_identity(tiny_model), 0) != fp
 
 
-def test_prepare_refuses_data_smaller_than_a_block(tmp_path, tiny_model):
-    src = write_rows(tmp_path / "d.txt", 3)
-    with pytest.raises(DataError, match="less than one block"):
-        data.prepare(_spec(src, format="text", block_size=4096), tiny_model, 0, tmp_path / "cache")
+def test_prepare_refuses_data_where_every_example_is_too_long(tmp_path, tiny_model):
+    src = write_rows(tmp_path / "d.jsonl", 6)
+    d = _spec(src, block_size=8, overlong="drop", validation_fraction=0.2)
+    with pytest.raises(DataError, match=r"no train example fits a block of 8 tokens \(5 dropped as too"):
+        data.prepare(d, tiny_model, 0, tmp_path)

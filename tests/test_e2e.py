@@ -81,5 +81,5 @@ def _check_export(out, best, spec_path, tiny_model):
     spec = spec_mod.load(spec_path)
     prepared = data.prepare(spec.data, tiny_model, spec.seed, basemodel.cache_dir())
     arrays = prepared.arrays()
-    val = (torch.from_numpy(arrays["val_ids"].copy()), torch.from_numpy(arrays["val_labels"].copy()))
-    assert math.isclose(trial.evaluate(model, *val), best.value, abs_tol=1e-3)
+    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
+    assert math.isclose(trial.evaluate(model, ids, labels, pos=pos), best.value, abs_tol=1e-3)

@@ -20,6 +20,8 @@ LIGHT = (
     "hpo.space",
     "hpo.storage",
     "hpo.data",
+    "hpo.formats",
+    "hpo.params",
     "hpo.export",
     "hpo.summary",
     "hpo.study",
@@ -29,12 +31,15 @@ LIGHT = (
 LAYERS = {
     "errors": 0,
     "spec": 1,
+    "params": 1,
     "space": 1,
     "storage": 1,
     "summary": 1,
     "placement": 1,
     "basemodel": 2,
     "data": 2,
+    "formats": 2,
+    "checkpoint": 2,
     "trial": 2,
     "searcher": 2,
     "runner": 3,
@@ -45,7 +50,13 @@ LAYERS = {
     "cli": 5,
 }
 RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py"}
-TORCH_ALLOWED = {"hpo/data.py", "hpo/trial.py", "hpo/basemodel.py"}  # inside functions in data.py
+TORCH_ALLOWED = {
+    "hpo/data.py",
+    "hpo/formats.py",
+    "hpo/trial.py",
+    "hpo/checkpoint.py",
+    "hpo/basemodel.py",
+}  # inside functions in data.py
 
 
 def _loaded(code: str) -> list[str]:

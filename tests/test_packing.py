@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpo import data, trial
+from hpo import data, formats, trial
 
 PAIRS = [
     ("Where is my order F1?", "It ships tomorrow."),
@@ -44,7 +44,7 @@ def _packed_totals(model, packed: data.Packed) -> tuple[float, int, int]:
 
 def test_packed_loss_equals_the_per_example_losses(model_and_tok):
     model, tok = model_and_tok
-    enc = data.encode_pairs(tok, PAIRS, tok.eos_token_id)
+    enc = formats.encode_pairs(tok, PAIRS, tok.eos_token_id)
     packed = data.pack(enc, block=128, pad_id=tok.eos_token_id)
     assert len(packed.ids) == 1  # all four share one block, followed by padding
     assert packed.pos[0][: len(enc[0][0]) + 2] == [*range(len(enc[0][0])), 0, 1]
@@ -59,7 +59,7 @@ def test_without_positions_the_neighbours_would_leak_in(model_and_tok):
     """The control: the same block with plain positions (no restart) gives another loss, so the
     test above measures the masking, not an accident."""
     model, tok = model_and_tok
-    enc = data.encode_pairs(tok, PAIRS, tok.eos_token_id)
+    enc = formats.encode_pairs(tok, PAIRS, tok.eos_token_id)
     packed = data.pack(enc, block=128, pad_id=tok.eos_token_id)
     ids, labels = torch.tensor(packed.ids), torch.tensor(packed.labels)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_chat_and_text_blocks_pack_the_same_way(model_and_tok):
         (("user", "Where is my order?"), ("assistant", "On its way.")),
         (("system", "Be brief."), ("user", "Refund?"), ("assistant", "Within 5 days.")),
     ]
-    enc = data.encode_chats(tok, chats, tok.eos_token_id, "simple")
+    enc = formats.encode_chats(tok, chats, tok.eos_token_id, "simple")
     docs = tok(["A short text.", "Another one, a bit longer."], add_special_tokens=False)["input_ids"]
     enc += [(d + [tok.eos_token_id], d + [tok.eos_token_id]) for d in docs]
     packed = data.pack(enc, block=96, pad_id=tok.eos_token_id)

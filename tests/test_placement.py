@@ -50,20 +50,27 @@ def test_plan_with_fixed_concurrency_notes_when_it_exceeds_the_fit():
     assert plan([(2, 1)], 1, 1, concurrency=1).notes == []
 
 
-def test_plan_refuses_a_trial_no_node_holds_unless_told_to_wait():
+def test_plan_refuses_a_trial_no_node_holds():
     p = plan([(2, 0)], cpus=4, gpus=0)
     assert p.problem == (
         "cpus_per_trial = 4: no node of the Ray cluster holds one trial (4 CPU; largest node: 2 CPU); "
-        "lower it, or set --concurrency to wait for nodes to join"
+        "lower it"
     )
+    # a local Ray never grows: a fixed concurrency would wait forever too
+    assert plan([(2, 0)], cpus=4, gpus=0, concurrency=2).problem == p.problem
     p = plan([(8, 0), (0.5, 1)], cpus=1, gpus=1)
     assert p.problem and p.problem.startswith("gpus_per_trial = 1: ") and "1 CPU + 1 GPU" in p.problem
-    waiting = plan([(2, 0)], cpus=4, gpus=0, concurrency=2)
+    assert plan([], 1, 0).problem and "no live node" in plan([], 1, 0).problem
+
+
+def test_plan_on_a_cluster_that_can_grow_waits_only_when_told():
+    p = plan([(2, 0)], cpus=4, gpus=0, can_grow=True)
+    assert p.problem and p.problem.endswith("lower it, or set --concurrency to wait for nodes to join")
+    waiting = plan([(2, 0)], cpus=4, gpus=0, concurrency=2, can_grow=True)
     assert waiting.problem is None and waiting.concurrency == 2
     assert waiting.notes == [
-        "no node holds a trial (4 CPU) now (largest node: 2 CPU): trials wait for resources"
+        "no node holds a trial (4 CPU) now (largest node: 2 CPU): trials wait for nodes to join"
     ]
-    assert plan([], 1, 0).problem and "no live node" in plan([], 1, 0).problem
 
 
 @pytest.mark.parametrize(
@@ -128,3 +135,10 @@ def test_cluster_notes():
     assert placement.cluster_notes(True, False, "postgresql://u:***@db/hpo", 1, shared) == []
     (paths,) = placement.cluster_notes(True, False, "postgresql://u:***@db/hpo", 2, shared)
     assert paths.startswith("2 nodes: each must see /shared/runs/s and /shared/cache at the same paths")
+
+
+@pytest.mark.parametrize(
+    ("major", "wanted"), [(None, "fp32"), (6, "fp32"), (7, "fp32"), (8, "bf16"), (9, "bf16")]
+)
+def test_precision_is_bf16_from_ampere_on(major, wanted):
+    assert placement.precision(major) == wanted  # V100 (7.0) and T4 (7.5) only emulate bf16

@@ -195,3 +195,125 @@ def test_missing_spec_file_and_folder(tmp_path):
 def test_spec_error_message_is_one_line_per_problem():
     assert str(SpecError("s.yaml", ["a: bad"])) == "s.yaml: a: bad"
     assert str(SpecError("s.yaml", ["a: bad", "b: bad"])) == "s.yaml: 2 problems:\n  - a: bad\n  - b: bad"
+
+
+# ---------------------------------------------------------------- training options, objective, samplers
+
+
+def test_training_options_fixed_in_training_or_searched_in_space(tmp_path):
+    s = spec.load(
+        small_spec(
+            tmp_path,
+            training={
+                "max_grad_norm": 0.5,
+                "gradient_accumulation_steps": 2,
+                "early_stopping_patience": 3,
+            },
+            space={
+                "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+                "lr_scheduler": {"type": "categorical", "choices": ["linear", "constant_with_warmup"]},
+                "label_smoothing": 0.1,
+            },
+        )
+    )
+    assert s.training.gradient_accumulation_steps == 2 and s.training.early_stopping_patience == 3
+    assert {"warmup_ratio", "lr_scheduler"} <= set(s.space.searched())
+    assert s.space.fixed()["label_smoothing"] == 0.1 and "l1" not in s.space.fixed()
+    assert spec.from_json(s.to_json()) == s  # as stored with the study
+
+
+def test_token_accuracy_objective_is_maximized_by_default(tmp_path):
+    s = spec.parse({**_base(tmp_path), "objective": {"metric": "token_accuracy"}}, "s.yaml", str(tmp_path))
+    assert s.objective.direction == "maximize"
+    assert spec.parse(_base(tmp_path), "s.yaml", str(tmp_path)).objective.direction == "minimize"
+
+
+def test_enqueue_and_samplers(tmp_path):
+    s = spec.load(
+        small_spec(tmp_path, sampler="cmaes", enqueue=[{"learning_rate": 0.001, "batch_size": 8}, {}])
+    )
+    assert s.sampler == "cmaes" and s.enqueue[0] == {"learning_rate": 0.001, "batch_size": 8}
+    assert spec.from_json(s.to_json()) == s
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"objective": {"metric": "token_accuracy", "direction": "minimize"}}, "must be maximized"),
+        ({"training": {"lr_scheduler": "step"}}, "training.lr_scheduler"),
+        ({"training": {"warmup_ratio": 1.0}}, "training.warmup_ratio"),
+        ({"training": {"gradient_accumulation_steps": 0}}, "training.gradient_accumulation_steps"),
+        ({"training": {"label_smoothing": -0.1}}, "training.label_smoothing"),
+        ({"training": {"l1": 2}}, "training.l1"),
+        ({"training": {"early_stopping_patience": 0}}, "training.early_stopping_patience"),
+        ({"space": {"lr_scheduler": "step"}}, "lr_scheduler must be one of linear, cosine"),
+        (
+            {"space": {"lr_scheduler": {"type": "categorical", "choices": ["cosine", "exp"]}}},
+            "value 'exp' is not allowed",
+        ),
+        (
+            {"space": {"lr_scheduler": {"type": "float", "low": 0, "high": 1}}},
+            "search it with type: categorical",
+        ),
+        ({"space": {"gradient_accumulation_steps": {"type": "float", "low": 1, "high": 2}}}, "whole number"),
+        ({"space": {"label_smoothing": 1.5}}, "0 <= label_smoothing < 1"),
+        (
+            {
+                "space": {"warmup_ratio": {"type": "float", "low": 0, "high": 0.1}},
+                "training": {"warmup_ratio": 0.1},
+            },
+            "training: warmup_ratio set both here and in space",
+        ),
+        ({"sampler": "grid"}, "grid needs a finite space; search learning_rate, dropout"),
+        ({"enqueue": [{"momentum": 0.9}]}, "enqueue: [0].momentum: not a searched parameter"),
+        ({"enqueue": [{"batch_size": 12}]}, "[0].batch_size: 12 is not one of the choices [8, 16]"),
+        ({"enqueue": [{"learning_rate": 0.5}]}, "[0].learning_rate: 0.5 is outside [0.0001, 0.01]"),
+        ({"enqueue": [{"epochs": 1.5}]}, "[0].epochs: 1.5 is not a whole number"),
+        ({"enqueue": [{"weight_decay": 0.1}]}, "weight_decay: not a searched parameter"),
+        ({"data": {"format": "datasets"}}, "format datasets reads a save_to_disk folder"),
+        ({"data": {"format": "hub", "path": "not a/valid id!"}}, "a Hugging Face dataset id looks like"),
+        ({"data": {"overlong": "wrap"}}, "data.overlong"),
+        ({"data": {"chat_template": "chatml"}}, "data.chat_template"),
+        ({"space": {"lora_r": {"type": "int", "low": 4, "high": 16}}}, "space.lora_r needs an adapter"),
+        (
+            {"space": {"lora_alpha": {"type": "categorical", "choices": [8, 16]}}, "adapter": {"alpha": 16}},
+            "adapter: alpha set both here and in space (lora_alpha)",
+        ),
+        ({"adapter": {"type": "dora"}}, "adapter.type"),
+        ({"adapter": {"r": 0}}, "adapter.r"),
+        ({"space": {"lora_r": 0.5}, "adapter": {}}, "space.lora_r"),
+    ],
+)
+def test_bad_training_option_objective_sampler_or_data(tmp_path, change, needle):
+    data = _base(tmp_path)
+    for key, value in change.items():
+        data[key] = (
+            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        )
+    problems = _problems(tmp_path, data)
+    assert len(problems) == 1, problems
+    assert needle in problems[0], problems
+
+
+def test_lora_adapter_with_a_searched_rank(tmp_path):
+    s = spec.load(
+        small_spec(
+            tmp_path,
+            adapter={"type": "lora", "alpha": 32, "target_modules": ["c_attn"]},
+            space={"lora_r": {"type": "categorical", "choices": [4, 8]}},
+        )
+    )
+    assert s.adapter is not None and s.adapter.alpha == 32 and s.adapter.r == 8
+    assert "lora_r" in s.space.searched() and spec.from_json(s.to_json()) == s
+    assert spec.load(small_spec(tmp_path)).adapter is None
+
+
+def test_text_and_datasets_formats_take_folders_and_hub_takes_an_id(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("hello")
+    s = spec.parse({**_base(tmp_path), "data": {"format": "text", "path": "docs"}}, "s.yaml", str(tmp_path))
+    assert s.data.path == str((tmp_path / "docs").resolve())
+    s = spec.parse({**_base(tmp_path), "data": {"format": "hub", "path": "org/set"}}, "s.yaml", str(tmp_path))
+    assert s.data.path == "org/set"
+    problems = _problems(tmp_path, {**_base(tmp_path), "data": {"format": "jsonl", "path": "docs"}})
+    assert "is a folder" in problems[0] and "format text or datasets" in problems[0]

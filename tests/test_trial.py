@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def test_a_trial_reports_at_epoch_marks_and_keeps_its_best_checkpoint(prepared, 
     # the kept checkpoint reproduces the reported loss through from_pretrained
     model = trial.load_model(str(best), 0.0)
     arrays = prepared.arrays()
-    ids, labels = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels"))
-    assert math.isclose(trial.evaluate(model, ids, labels), last["best_eval_loss"], abs_tol=1e-4)
+    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
+    assert math.isclose(trial.evaluate(model, ids, labels, pos=pos), last["best_eval_loss"], abs_tol=1e-4)
+    # every evaluation reports loss, perplexity and next-token accuracy; the best is the objective's
+    assert all(0 < r["token_accuracy"] < 1 and r["perplexity"] == math.exp(r["eval_loss"]) for r in reports)
+    assert last["best_objective"] == last["best_eval_loss"]
 
 
 def test_same_seed_and_params_give_the_same_loss(prepared, tiny_model, tmp_path):
@@ -100,7 +104,7 @@ def test_gradient_accumulation_matches_one_big_batch(prepared, tiny_model, tmp_p
 def test_a_nan_loss_ends_the_trial_with_a_trial_error():
     from hpo.errors import TrialError
 
-    state = trial._State(best=math.inf, started=0.0)
+    state = trial._State("eval_loss", started=0.0)
     with pytest.raises(TrialError, match="became nan at step 3; lower learning_rate"):
         state.add_train(float("nan"), 10, 2, {"trial_number": 0})
 
@@ -119,3 +123,118 @@ def test_tiny_model_is_cached_and_loads_with_from_pretrained(tiny_model):
     assert basemodel.tiny_gpt2() == Path(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 5_000_000
+
+
+# ---------------------------------------------------------------- training options, pure or one step
+
+
+def test_batching_accumulates_batches_into_one_step():
+    assert trial.batching(16, 1, 32) == (16, 16)
+    assert trial.batching(8, 2, 32) == (16, 8)  # effective batch 16 in two passes of 8
+    assert trial.batching(48, 1, 32) == (48, 24)
+    assert trial.batching(32, 4, 8) == (128, 8)
+
+
+def test_options_come_from_params_then_config_then_defaults():
+    config = {"params": {"warmup_ratio": 0.2, "seed": 7}, "lr_scheduler": "cosine", "l1": 0.001, "seed": 0}
+    o = trial.options(config)
+    assert o["warmup_ratio"] == 0.2 and o["seed"] == 7  # searched
+    assert o["lr_scheduler"] == "cosine" and o["l1"] == 0.001  # fixed in training
+    assert o["gradient_accumulation_steps"] == 1 and o["label_smoothing"] == 0.0  # defaults
+
+
+@pytest.mark.parametrize(("name", "end"), [("linear", 0.0), ("cosine", 0.0), ("constant_with_warmup", 1.0)])
+def test_lr_schedulers_warm_up_then_decay(name, end):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = trial._schedule(opt, name, 0.1, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert sched.get_last_lr()[0] == pytest.approx(end, abs=1e-6)
+    if name == "cosine":
+        assert lrs[55] == pytest.approx(0.5, abs=1e-6)  # half way through the decay
+
+
+def test_early_stopping_bookkeeping_follows_the_objective():
+    s = trial._State("token_accuracy", 0.0)  # maximized
+    marks = [
+        s.improved({"token_accuracy": a, "eval_loss": 1.0}, e) for a, e in ((0.2, 1), (0.3, 2), (0.25, 3))
+    ]
+    assert marks == [True, True, False] and s.best_epoch == 2 and s.since_best == 1
+    assert not s.patience_ran_out(2) and not s.patience_ran_out(None)
+    s.improved({"token_accuracy": 0.3, "eval_loss": 1.0}, 4)  # equal is not better
+    assert s.patience_ran_out(2)
+
+
+def _one_step(tiny_model, prepared, options) -> tuple[dict, dict]:
+    """Weights before and after one SGD step (lr 1, no clipping) over the first 4 blocks."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = trial.load_model(tiny_model, 0.0)
+    before = {n: w.detach().clone() for n, w in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    arrays = prepared.arrays()
+    train = (arrays["train_ids"], arrays["train_labels"], arrays["train_pos"])
+    loss_opts = trial._LossOptions(*options, 1e9, trial._matrices(model))
+    trial._step(
+        model, opt, sched, train, np.arange(4), 4, torch.device("cpu"), contextlib.nullcontext, loss_opts
+    )
+    return before, dict(model.named_parameters())
+
+
+def test_l1_adds_its_subgradient_to_weight_matrices_only(prepared, tiny_model):
+    before, plain = _one_step(tiny_model, prepared, (0.0, 0.0))
+    _, with_l1 = _one_step(tiny_model, prepared, (0.0, 0.01))
+    for name, w0 in before.items():
+        extra = with_l1[name].detach() - plain[name].detach()  # SGD: -lr * l1 * sign(w)
+        want = -0.01 * torch.sign(w0) if w0.ndim >= 2 else torch.zeros_like(w0)
+        assert torch.allclose(extra, want, atol=1e-5), name
+
+
+def test_label_smoothing_changes_the_training_loss_only(prepared, tiny_model):
+    import torch.nn.functional as F
+
+    model = trial.load_model(tiny_model, 0.0).eval()
+    arrays = prepared.arrays()
+    ids, labels, pos = (
+        torch.from_numpy(arrays[k][:2].astype("int64")) for k in ("val_ids", "val_labels", "val_pos")
+    )
+    with torch.no_grad():
+        plain = trial._loss_sum(model, ids, labels, pos)
+        smooth = trial._loss_sum(model, ids, labels, pos, label_smoothing=0.1)
+        logp = F.log_softmax(model(input_ids=ids, position_ids=pos).logits[:, :-1].float(), -1)
+    keep = labels[:, 1:] != -100
+    uniform = -logp[keep].mean(-1).sum()
+    assert float(smooth) == pytest.approx(float(0.9 * plain + 0.1 * uniform), rel=1e-5)
+    n = int(keep.sum())
+    assert trial.evaluate(model, ids, labels, pos=pos) == pytest.approx(float(plain) / n, rel=1e-5)
+
+
+def test_early_stopping_ends_the_trial_complete_at_the_budget_it_reached(
+    prepared, tiny_model, tmp_path, monkeypatch
+):
+    accuracies = iter([0.2, 0.3, 0.25, 0.28, 0.5, 0.6, 0.7, 0.8])
+
+    def scripted(*args, **kwargs):
+        return {"eval_loss": 2.0, "perplexity": math.exp(2.0), "token_accuracy": next(accuracies)}
+
+    monkeypatch.setattr(trial, "evaluate_metrics", scripted)
+    config = {
+        **_config(prepared, tiny_model, tmp_path / "es", epochs=2),
+        "eval_every": 0.25,
+        "objective": "token_accuracy",
+        "early_stopping_patience": 2,
+    }
+    reports: list[dict] = []
+    last = trial.run(config, reports.append)
+    assert [r["epoch"] for r in reports] == [0.25, 0.5, 0.75, 1.0]  # of 2 epochs
+    assert [r["budget_done"] for r in reports] == [False, False, False, True]
+    assert last["early_stopped"] and last["best_objective"] == 0.3 and last["best_epoch"] == 0.5
+    assert last["best_token_accuracy"] == 0.3 and last["checkpoint"].endswith(
+        f"step-{reports[1]['step']:07d}"
+    )

@@ -17,14 +17,13 @@ from transformers import TrainerCallback
 
 from bench_peers import settings  # noqa: F401 - sets Ray's environment before anything imports ray
 
-LOSS_TOKENS_PER_BLOCK_OFFSET = 1  # a block of n tokens has n - 1 next-token targets
-
-
 # ---------------------------------------------------------------- data and model
 
 
 def hf_datasets(data_path: str):
-    """hpo's prepared train/validation blocks as two ``datasets.Dataset`` (input_ids, labels, mask)."""
+    """hpo's prepared train/validation blocks as two ``datasets.Dataset`` (input_ids, labels,
+    position_ids). Positions restart at 0 for every packed example and there is no attention
+    mask, so transformers masks attention block-diagonally exactly as in hpo's trial loop."""
     import numpy as np
     from datasets import Dataset
 
@@ -32,15 +31,12 @@ def hf_datasets(data_path: str):
 
     arrays = Prepared.load(data_path).arrays()
 
-    def build(ids, labels) -> Any:
-        ids = np.asarray(ids, dtype=np.int64)
-        labels = np.asarray(labels, dtype=np.int64)
-        mask = np.ones_like(ids)
-        return Dataset.from_dict(
-            {"input_ids": ids.tolist(), "labels": labels.tolist(), "attention_mask": mask.tolist()}
-        )
+    def build(split: str) -> Any:
+        columns = {"input_ids": "ids", "labels": "labels", "position_ids": "pos"}
+        rows = {col: np.asarray(arrays[f"{split}_{key}"], dtype=np.int64) for col, key in columns.items()}
+        return Dataset.from_dict({col: a.tolist() for col, a in rows.items()})
 
-    return build(arrays["train_ids"], arrays["train_labels"]), build(arrays["val_ids"], arrays["val_labels"])
+    return build("train"), build("val")
 
 
 def make_model(model_path: str, dropout: float | None = None):
@@ -126,7 +122,7 @@ class TimingCallback(TrainerCallback):
         self._write(ev="end", step=state.global_step, train_s=self.train_s, eval_s=self.eval_s)
 
 
-def summarize_timing(path: str, n_train: int, block: int) -> dict[str, dict[str, Any]]:
+def summarize_timing(path: str, n_train: int, tokens_per_epoch: int) -> dict[str, dict[str, Any]]:
     """Per trial (one ``train()`` call): steps, seconds in steps and evals, tokens, losses, ended."""
     runs: dict[str, dict[str, Any]] = {}
     if not os.path.exists(path):
@@ -144,16 +140,17 @@ def summarize_timing(path: str, n_train: int, block: int) -> dict[str, dict[str,
             if r["ev"] == "end":
                 d["ended"] = True
     for d in runs.values():
-        d["tokens"] = tokens_trained(d.get("step", 0), d.get("bs", 1), n_train, block)
+        d["tokens"] = tokens_trained(d.get("step", 0), d.get("bs", 1), n_train, tokens_per_epoch)
     return runs
 
 
-def tokens_trained(steps: int, batch: int, n_train: int, block: int) -> int:
-    """Loss-carrying tokens after ``steps`` optimizer steps (the last batch of an epoch is short)."""
+def tokens_trained(steps: int, batch: int, n_train: int, tokens_per_epoch: int) -> int:
+    """Loss-carrying tokens after ``steps`` optimizer steps (the last batch of an epoch is short;
+    a partial epoch counts the epoch's mean tokens per block)."""
     per_epoch = math.ceil(n_train / batch)
     full, rest = divmod(steps, per_epoch)
     blocks = full * n_train + min(rest * batch, n_train)
-    return blocks * (block - LOSS_TOKENS_PER_BLOCK_OFFSET)
+    return round(blocks * tokens_per_epoch / max(1, n_train))
 
 
 def peer_figures(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -161,7 +158,8 @@ def peer_figures(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     evals = [v for d in runs.values() for v in d["evals"]]
     return {
         "trials": len(runs),
-        "stopped_early": sum(not d["ended"] for d in runs.values()),
+        # ASHA also stops a trial at max_t, after its last step: only one short of its steps was pruned
+        "stopped_early": sum(d.get("step", 0) < d.get("max_steps", 0) for d in runs.values()),
         "train_s": round(sum(d["train_s"] for d in runs.values()), 2),
         "eval_s": round(sum(d["eval_s"] for d in runs.values()), 2),
         "train_tokens": sum(d["tokens"] for d in runs.values()),

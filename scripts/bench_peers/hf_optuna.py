@@ -50,7 +50,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         eval_steps=units["eval_steps"],
         save_strategy="steps",  # as hf_ray: the best trial's checkpoint must exist to export it
         save_steps=units["eval_steps"],
-        per_device_eval_batch_size=s.eval_batch,
+        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
         logging_steps=units["eval_steps"],
         report_to=[],
         seed=s.seed,
@@ -84,7 +84,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     states: dict[str, int] = {}
     for t in stored.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    runs = common.summarize_timing(timing, s.n_train, s.block)
+    runs = common.summarize_timing(timing, s.n_train, s.train_tokens)
     figures = common.peer_figures(runs)
     figures["stopped_early"] = states.get("PRUNED", 0)  # HF calls on_train_end before raising TrialPruned
     return {

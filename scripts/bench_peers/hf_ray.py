@@ -47,7 +47,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         eval_steps=units["eval_steps"],
         save_strategy="steps",  # without it Ray gets no checkpoint to export
         save_steps=units["eval_steps"],
-        per_device_eval_batch_size=s.eval_batch,
+        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
         logging_steps=units["eval_steps"],
         report_to=[],
         seed=s.seed,
@@ -88,7 +88,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     for t in best.run_summary.trials:
         statuses[t.status] = statuses.get(t.status, 0) + 1
     ray.shutdown()
-    runs = common.summarize_timing(timing, s.n_train, s.block)
+    runs = common.summarize_timing(timing, s.n_train, s.train_tokens)
     return {
         "wall_s": round(t1 - t0, 2),
         "t_search_end": t1,

@@ -42,7 +42,7 @@ def _plain(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
         per_device_train_batch_size=FIXED["batch_size"],
         num_train_epochs=FIXED["epochs"],
         weight_decay=FIXED["weight_decay"],
-        per_device_eval_batch_size=s.eval_batch,
+        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
         eval_strategy="no",
         save_strategy="no",
         logging_steps=10_000,
@@ -63,7 +63,7 @@ def _plain(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
     trainer.train()
     train_wall = time.perf_counter() - t0
     eval_loss = trainer.evaluate()["eval_loss"]
-    (run,) = common.summarize_timing(timing, s.n_train, s.block).values()
+    (run,) = common.summarize_timing(timing, s.n_train, s.train_tokens).values()
     return {
         "steps_s": round(run["train_s"], 3),
         "train_call_s": round(train_wall, 3),

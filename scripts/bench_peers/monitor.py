@@ -14,6 +14,8 @@ from typing import Any
 
 import psutil
 
+#: Titles of Ray's own helper processes (the rest of the ``ray::`` processes run trials).
+RAY_SERVICES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::JobSupervisor")
 #: Folder names under a work folder that hold Ray's session files (sockets, logs), not results.
 NOT_RESULTS = frozenset({"rt", "ray-tmp"})
 
@@ -51,6 +53,7 @@ class Monitor(threading.Thread):
         self.tree_rss_peak = 0.0
         self.load: list[float] = []
         self.cpu_busy: list[float] = []
+        self.cpu_s: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds so far)
         self.t0 = time.time()
 
     def run(self) -> None:
@@ -65,13 +68,38 @@ class Monitor(threading.Thread):
         try:
             proc = psutil.Process(self.pid)
             rss = proc.memory_info().rss
-            tree = rss + sum(_rss(c) for c in proc.children(recursive=True))
+            children = proc.children(recursive=True)
+            tree = rss + sum(_rss(c) for c in children)
         except psutil.Error:
             return
+        for p in (proc, *children):
+            self._note_cpu(p)
         self.rss.append((round(time.time() - self.t0, 1), rss / 1e6))
         self.tree_rss_peak = max(self.tree_rss_peak, tree / 1e6)
         self.load.append(os.getloadavg()[0])
         self.cpu_busy.append(psutil.cpu_percent(interval=None))
+
+    def _note_cpu(self, p: psutil.Process) -> None:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                title = " ".join(p.cmdline()[:2])[:80] or p.name()
+            self.cpu_s[p.pid] = (title, t.user + t.system)
+        except psutil.Error:
+            pass
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds of the driver, of trial processes (Ray workers), and of Ray's own services."""
+        out = {"driver_cpu_s": 0.0, "trial_processes_cpu_s": 0.0, "ray_services_cpu_s": 0.0}
+        for pid, (title, seconds) in self.cpu_s.items():
+            if pid == self.pid:
+                key = "driver_cpu_s"
+            elif title.startswith("ray::") and not title.startswith(RAY_SERVICES):
+                key = "trial_processes_cpu_s"
+            else:
+                key = "ray_services_cpu_s"
+            out[key] += seconds
+        return {k: round(v, 1) for k, v in out.items()}
 
     def stop(self) -> None:
         self._halt.set()
@@ -90,6 +118,7 @@ class Monitor(threading.Thread):
                 round(sum(self.cpu_busy) / len(self.cpu_busy), 1) if self.cpu_busy else None
             ),
             "samples": len(self.rss),
+            **self.cpu_split(),
         }
 
 

@@ -21,7 +21,7 @@ _STATE: dict[str, Any] = {"trial": None, "runs": 0, "step_s": 0.0, "steps": 0}
 
 # module -> functions (``Class.method`` for methods) to time
 TARGETS = {
-    "hpo.trial": ["run", "load_model", "evaluate", "save_checkpoint", "_step"],
+    "hpo.trial": ["run", "load_model", "evaluate_metrics", "save_checkpoint", "_step"],
     "hpo.data": ["prepare", "Prepared.arrays"],
     "hpo.runner": ["run", "_start_ray", "_stop_ray", "_tuner", "_fit", "_trainable"],
     "hpo.searcher": [
@@ -65,7 +65,7 @@ def _wrap(module: str, qualname: str, fn):
                 _STATE["steps"] += 1
             else:
                 extra = {"runs_in_process": _STATE["runs"]} if qualname == "run" else {}
-                if qualname in ("evaluate", "run") and module == "hpo.trial":
+                if qualname in ("evaluate_metrics", "run") and module == "hpo.trial":
                     extra.update(step_s=_STATE["step_s"], steps=_STATE["steps"])
                 emit(fn=name, t0=t0, dt=dt, trial=_trial_of(qualname, args, result), **extra)
 

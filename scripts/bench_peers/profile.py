@@ -75,7 +75,7 @@ PHASES = (
 _NAMES = {
     "arrays": "data",
     "load_model": "model_load",
-    "evaluate": "eval",
+    "evaluate_metrics": "eval",
     "save_checkpoint": "checkpoint",
 }
 
@@ -99,7 +99,7 @@ def _per_trial(workers: list[dict[str, Any]], asked: dict[int, float]) -> dict[i
         t["end_t"] = max(t.get("end_t", 0.0), r["t0"] + r["dt"])
         if fn == "arrays":
             t.setdefault("first_inner_t0", r["t0"])
-        if fn == "evaluate":
+        if fn == "evaluate_metrics":
             t["steps"] = max(t["steps"], r["step_s"])
         if fn in _NAMES:
             t[_NAMES[fn]] += r["dt"]

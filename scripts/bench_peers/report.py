@@ -41,6 +41,8 @@ def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
         "best_params": raw.get("best_params"),
         "best_eval_loss_note": raw.get("best_eval_loss_note"),
     }
+    for key in ("driver_cpu_s", "trial_processes_cpu_s", "ray_services_cpu_s"):
+        out[key] = raw.get(key)
     for key in ("trial_tokens_per_s_mean", "hpo_disk_peak_mb", "profile"):
         if key in raw:
             out[key] = raw[key]
@@ -99,6 +101,7 @@ def ratios(systems: dict[str, dict[str, Any]], micro: dict[str, Any] | None) -> 
             continue
         p = systems[peer]
         rows[f"wall hpo/{peer}"] = (_ratio(hpo.get("wall_s"), p["wall_s"]), _WALL_TARGETS.get(peer, ""))
+        rows[f"process wall hpo/{peer}"] = (_ratio(hpo.get("process_wall_s"), p.get("process_wall_s")), "")
         rows[f"disk hpo/{peer}"] = (
             _ratio(hpo.get("disk_peak_mb"), p["disk_peak_mb"], 4),
             "<= 0.05" if peer == "hf_ray" else "",

@@ -33,8 +33,10 @@ class Settings:
     eval_every: float = 0.25  # epochs between evaluations (hpo)
     grace_epochs: float = 0.5  # ASHA grace period in epochs (hpo)
     reduction_factor: float = 2.0
-    eval_batch: int = 32
+    eval_batch: int = 32  # hpo: largest forward pass (max_micro_batch); peers evaluate in one batch
     n_train: int = 0  # training blocks (filled in from the prepared data)
+    n_val: int = 0  # validation blocks
+    train_tokens: int = 0  # loss-carrying tokens in one epoch of the training blocks
     block: int = 128
     peer_units: dict[str, Any] = field(default_factory=dict)
 

@@ -45,7 +45,7 @@ def trainable(config: dict[str, Any], bench: dict[str, Any]) -> None:
         per_device_train_batch_size=config["per_device_train_batch_size"],
         num_train_epochs=config["num_train_epochs"],
         weight_decay=config["weight_decay"],
-        per_device_eval_batch_size=bench["eval_batch"],
+        per_device_eval_batch_size=bench["eval_batch"],  # all blocks: a token-weighted eval_loss
         logging_steps=bench["eval_steps"],
         report_to=[],
         seed=bench["seed"],
@@ -99,7 +99,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "work_dir": work,
         "timing": timing,
         "eval_steps": units["eval_steps"],
-        "eval_batch": s.eval_batch,
+        "eval_batch": s.n_val,
         "seed": s.seed,
         "cpus": s.cpus_per_trial,
     }
@@ -144,7 +144,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     for t in stored.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     ray.shutdown()
-    runs = common.summarize_timing(timing, s.n_train, s.block)
+    runs = common.summarize_timing(timing, s.n_train, s.train_tokens)
     return {
         "wall_s": round(t1 - t0, 2),
         "t_search_end": t1,

@@ -1,0 +1,144 @@
+"""A trial's model on disk: loading a base model with the trial's dropout (and a LoRA adapter),
+and keeping the trial's best checkpoint (a ``from_pretrained`` folder: safetensors weights,
+config, tokenizer; no optimizer state) behind a ``BEST`` pointer that moves atomically. With a
+LoRA adapter the folder holds the base weights with the adapter merged in (so it loads and
+exports like any model) and the adapter alone under ``adapter/`` (peft's layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import TrialError
+
+POINTER = "BEST"  # file in a trial's checkpoint folder naming its best checkpoint
+
+
+def load_model(model_path: str, dropout: float, device=None):
+    """Load a causal LM with every dropout probability of its config set to ``dropout``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hpo.basemodel import quiet_transformers
+
+    quiet_transformers()
+    try:
+        cfg = AutoConfig.from_pretrained(model_path)
+        for name in dropout_fields(cfg.to_dict()):
+            setattr(cfg, name, float(dropout))
+        model = AutoModelForCausalLM.from_pretrained(model_path, config=cfg, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise TrialError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from e
+    return model.to(device) if device is not None else model
+
+
+def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
+    """Wrap ``model`` in a peft LoRA adapter: only the adapter's matrices stay trainable."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=int(r),
+        lora_alpha=int(alpha),
+        lora_dropout=float(dropout),
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GPT-2's Conv1D: "fan_in_fan_out is set to True"
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:  # e.g. target modules not found in the model
+            raise TrialError(f"cannot add a LoRA adapter: {str(e).splitlines()[0]}") from e
+
+
+def merged_state_dict(model) -> dict[str, Any]:
+    """The base model's weights with every LoRA delta added, under the base model's own names
+    (the adapted model itself is left as it is)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    out = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            delta = module.get_delta_weight("default")  # type: ignore[attr-defined]
+            out[f"{name}.weight"] = (weight + delta).detach()
+    return out
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def dropout_fields(config: dict[str, Any]) -> list[str]:
+    """Names of a model config's dropout probabilities: float fields ending in dropout or pdrop."""
+    return sorted(
+        k
+        for k, v in config.items()
+        if isinstance(v, float) and not isinstance(v, bool) and k.endswith(("dropout", "pdrop"))
+    )
+
+
+def save_checkpoint(model, config: dict[str, Any], step: int) -> str:
+    """Write the model as a ``from_pretrained`` folder, point BEST at it, drop the previous one."""
+    root = Path(config["checkpoint_dir"])
+    root.mkdir(parents=True, exist_ok=True)
+    previous = best_checkpoint(root)
+    out = root / f"step-{step:07d}"
+    if _is_peft(model):  # the merged model (loads and exports as a plain model) + the adapter alone
+        base = model.get_base_model()
+        base.save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    _copy_tokenizer(config["model_path"], previous, out)
+    (root / "params.json").write_text(json.dumps(config["params"], indent=1))
+    tmp = root / f".{POINTER}.tmp"
+    tmp.write_text(out.name)
+    os.replace(tmp, root / POINTER)  # the pointer moves atomically: a crash keeps a whole checkpoint
+    if previous is not None and previous != out:
+        shutil.rmtree(previous, ignore_errors=True)
+    return str(out)
+
+
+def best_checkpoint(root: str | Path) -> Path | None:
+    """The folder a trial's BEST pointer names, if it exists."""
+    pointer = Path(root) / POINTER
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+
+def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
+    source = previous or Path(model_path)
+    if source.is_dir():
+        for name in _TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, out / name)
+        return
+    from transformers import AutoTokenizer  # a hub id: save the tokenizer once
+
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
+
+
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a ``step-NNNNNNN`` checkpoint folder was written at."""
+    name = Path(path).name
+    return int(name.split("-", 1)[1]) if name.startswith("step-") else 0
