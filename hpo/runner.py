@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -87,6 +88,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         RunError: Ray cannot start, or trials keep failing for the same cause.
         DataError: the data cannot be prepared.
     """
+    ray_env()  # before anything imports ray (the searcher does)
     from hpo import basemodel, data, searcher
 
     t0 = time.time()
@@ -227,6 +229,10 @@ def _start_ray(opts: RunOptions) -> bool:
         "log_to_driver": False,
         "logging_level": logging.ERROR,
     }
+    if address:
+        _check_reachable(address)
+        if _loopback(address):  # a cluster on this machine: keep Ray from swapping in the outward IP
+            _loopback_only()
     try:
         if address:
             ray.init(address=address, **common)
@@ -244,6 +250,34 @@ def _start_ray(opts: RunOptions) -> bool:
             f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}"
         ) from e
     return True
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``HOST:PORT`` address; None for ``auto``, ``ray://...`` and the like."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _loopback(address: str) -> bool:
+    hp = _host_port(address)
+    return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when nothing listens at ``address`` (Ray itself would retry for minutes)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RunError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one there with "
+            "`ray start --head` (docs/cluster.md), or fix --address / RAY_ADDRESS"
+        ) from e
 
 
 def _loopback_only() -> None:

@@ -248,7 +248,7 @@ def plan(args: argparse.Namespace) -> tuple[list[str], int, int]:
     return systems, trials, seeds
 
 
-def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def meta(argv: list[str]) -> dict[str, Any]:
     from importlib.metadata import version
 
     import psutil
@@ -274,7 +274,7 @@ def _cpu_model() -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     systems, trials, seeds = plan(args)
-    info = meta(args, argv)
+    info = meta(argv)
     print(f"bench: {', '.join(systems)}; {trials} trials x {seeds} seed(s); load {info['loadavg_before']}")
     root = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
     info.update(snapshot_hpo(root))
@@ -282,32 +282,18 @@ def main(argv: list[str]) -> int:
 
     model_path = str(basemodel.tiny_gpt2())
     train, val = write_topics(root)
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in systems}
-    settings_used: dict[str, Any] = {}
-    base: dict[str, Any] = {}
     try:
-        for seed in range(seeds):
-            s = Settings(trials=trials, seed=seed, epochs=(1, args.max_epochs))
+        if args.profile:
+            s = Settings(trials=trials, seed=0, epochs=(1, args.max_epochs))
             spec_path, data_path = prepare(root, s, model_path, train, val)
-            settings_used = json.loads(s.to_json())
-            base = {"settings": settings_used, "data_path": data_path, "model_path": model_path}
-            if args.profile:
-                return profile(base, spec_path, root, args)
-            shift = seed % max(1, len(systems))
-            order = systems[shift:] + systems[:shift]  # rotate the order per seed
-            for name in order:
-                cfg = dict(base, spec_path=str(spec_path), work_dir=str(root / f"{name}-s{seed}"))
-                print(f"  seed {seed}: {name} ...", flush=True)
-                raw = run_system(name, cfg, root)
-                results[name].append(report.derive(raw, s.concurrency))
-                print(f"    {_brief(results[name][-1])}", flush=True)
-                if not args.keep:
-                    shutil.rmtree(cfg["work_dir"], ignore_errors=True)
+            base = {"settings": json.loads(s.to_json()), "data_path": data_path, "model_path": model_path}
+            return profile(base, spec_path, root, args)
+        results, base = run_seeds(systems, trials, seeds, args, root, model_path, (train, val))
         micro_figures = None if args.no_micro else micro(base, root, 2 if args.quick else 3)
     except BaseException:
         print(f"bench: stopped; files kept in {root}", file=sys.stderr)
         raise
-    out = assemble(results, micro_figures, settings_used, info, train, val)
+    out = assemble(results, micro_figures, base["settings"], info, train, val)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     print_tables(out)
     print(f"bench: wrote {args.out}")
@@ -316,6 +302,26 @@ def main(argv: list[str]) -> int:
     else:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def run_seeds(systems, trials, seeds, args, root: Path, model_path: str, data: tuple[Path, Path]):
+    """Every system for every seed (the order rotates per seed); the figures by system."""
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in systems}
+    base: dict[str, Any] = {}
+    for seed in range(seeds):
+        s = Settings(trials=trials, seed=seed, epochs=(1, args.max_epochs))
+        spec_path, data_path = prepare(root, s, model_path, *data)
+        base = {"settings": json.loads(s.to_json()), "data_path": data_path, "model_path": model_path}
+        shift = seed % max(1, len(systems))
+        for name in systems[shift:] + systems[:shift]:
+            cfg = dict(base, spec_path=str(spec_path), work_dir=str(root / f"{name}-s{seed}"))
+            print(f"  seed {seed}: {name} ...", flush=True)
+            raw = run_system(name, cfg, root)
+            results[name].append(report.derive(raw, s.concurrency))
+            print(f"    {_brief(results[name][-1])}", flush=True)
+            if not args.keep:
+                shutil.rmtree(cfg["work_dir"], ignore_errors=True)
+    return results, base
 
 
 def assemble(results, micro_figures, settings_used, info, train: Path, val: Path) -> dict[str, Any]:
@@ -350,7 +356,8 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"wall {r['wall_s']:.1f}s, {r['trials']} trials ({r['pruned']} pruned), overhead "
         f"{r['overhead_per_trial_s']:.2f}s/trial, efficiency {r['efficiency']}, disk "
-        f"{r['disk_peak_mb']:.1f} MB, best {_cell(r['best_eval_loss'])}, load {r['load1_mean']}"
+        f"{r['disk_peak_mb']:.1f} MB, best {_cell(r['best_eval_loss'])}, "
+        f"trial CPU share {r['trial_cpu_share']}"
     )
 
 
@@ -364,6 +371,8 @@ def print_tables(out: dict[str, Any]) -> None:
     print(report.systems_table(systems))
     print()
     print(report.ratios_table(out["ratios"]))
+    if warning := report.contention(systems):
+        print(f"\n{warning}")
     if out.get("micro"):
         m = out["micro"]
         print(

@@ -218,4 +218,44 @@ def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model
     r = run_cli("run", "--trials", "1", "--cpus-per-trial", "64", "--storage", url, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cpus_per_trial = 64: no node of the Ray cluster holds one trial" in r.stderr
+    # nothing listens at the address: a clear line at once, not Ray's minutes of retries
+    r = run_cli("run", "--trials", "1", "--address", "127.0.0.1:1", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot reach a Ray cluster at 127.0.0.1:1 (Connection refused); start one there" in r.stderr
     assert optuna.load_study(study_name="refused", storage=url).get_trials() == []
+
+
+@pytest.mark.parametrize(
+    ("address", "host_port", "loopback"),
+    [
+        ("127.0.0.1:6379", ("127.0.0.1", 6379), True),
+        ("localhost:6379", ("localhost", 6379), True),
+        ("[::1]:6379", ("::1", 6379), True),
+        ("10.0.0.1:6379", ("10.0.0.1", 6379), False),
+        ("auto", None, False),
+        ("ray://head:10001", None, False),
+    ],
+)
+def test_addresses(address, host_port, loopback):
+    from hpo import runner
+
+    assert runner._host_port(address) == host_port
+    assert runner._loopback(address) is loopback
+
+
+def test_a_trials_placement_reaches_its_user_attributes():
+    from hpo.searcher import summary_attrs
+
+    last = {
+        "epoch": 1.0,
+        "best_eval_loss": 2.0,
+        "device": "cpu",
+        "device_note": "logical GPU 1 (CUDA_VISIBLE_DEVICES=1) is not a CUDA device on this node",
+        "cuda_visible_devices": "1",
+        "node_id": "abc",
+        "started_at": 1.5,
+    }
+    attrs = summary_attrs(last)
+    assert {
+        k: attrs[k] for k in ("device", "device_note", "cuda_visible_devices", "node_id", "started_at")
+    } == {k: last[k] for k in ("device", "device_note", "cuda_visible_devices", "node_id", "started_at")}

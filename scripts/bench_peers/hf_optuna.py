@@ -93,6 +93,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         **figures,
         "concurrency": 1,
         "threads_per_trial": threads,
+        "trials_in_driver": True,
         "errors": states.get("FAIL", 0),
         "optuna_states": states,
         "best_eval_loss": float(best.objective),

@@ -43,6 +43,11 @@ def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
     }
     for key in ("driver_cpu_s", "trial_processes_cpu_s", "ray_services_cpu_s"):
         out[key] = raw.get(key)
+    # CPU the trial processes got per second inside steps and evals: ~1 alone on the machine, lower
+    # when other work competed (then walls of different systems are not comparable)
+    trial_cpu = raw["driver_cpu_s"] if raw.get("trials_in_driver") else raw["trial_processes_cpu_s"]
+    share = trial_cpu / (compute * out["threads_per_trial"]) if compute else None
+    out["trial_cpu_share"] = round(share, 2) if share is not None else None
     for key in ("trial_tokens_per_s_mean", "hpo_disk_peak_mb", "profile"):
         if key in raw:
             out[key] = raw[key]
@@ -65,6 +70,7 @@ _MEAN_KEYS = (
     "train_tokens",
     "driver_rss_mb",
     "tree_rss_peak_mb",
+    "trial_cpu_share",
 )
 
 
@@ -163,6 +169,16 @@ def systems_table(systems: dict[str, dict[str, Any]]) -> str:
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def contention(systems: dict[str, dict[str, Any]], floor: float = 0.85) -> str | None:
+    """A warning when some system's trials got much less than a core each (a shared machine)."""
+    shares = {k: v.get("trial_cpu_share") for k, v in systems.items() if v.get("trial_cpu_share")}
+    low = {k: v for k, v in shares.items() if v < floor}
+    if not low:
+        return None
+    listed = ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+    return f"warning: other work shared the CPU (trial CPU share per compute second: {listed}); rerun alone"
 
 
 def ratios_table(rows: dict[str, dict[str, Any]]) -> str:
