@@ -208,6 +208,9 @@ def export_cmd(
     storage: str = StorageOpt,
     trial: int = typer.Option(None, "--trial", help="export this trial instead of the best COMPLETE one"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
+    merge: bool = typer.Option(
+        True, "--merge/--no-merge", help="LoRA studies: merged model, or the adapter alone"
+    ),
 ) -> None:
     """Write the best checkpoint as a from_pretrained folder with a model card.
 
@@ -215,7 +218,7 @@ def export_cmd(
     """
     from hpo.export import export_best
 
-    e = export_best(out, study=study, storage=storage, trial=trial, force=force)
+    e = export_best(out, study=study, storage=storage, trial=trial, force=force, merge=merge)
     value = f"{e.value:.4f}" if e.value is not None else "-"
     _echo(f"exported trial {e.trial} of {e.study!r} (value {value}) to {e.path}")
     _echo(f"load it with AutoModelForCausalLM.from_pretrained({str(e.path)!r})")

@@ -42,8 +42,12 @@ def export_best(
     storage: str | None = None,
     trial: int | None = None,
     force: bool = False,
+    merge: bool = True,
 ) -> Exported:
     """Write the best COMPLETE trial's (or trial ``trial``'s) best checkpoint to ``out``.
+
+    For a LoRA study the checkpoint's weights already hold the adapter merged into the base model;
+    ``merge=False`` writes the adapter alone (peft's layout, loaded with ``PeftModel``) instead.
 
     Raises:
         UsageError: no finished trial, no such trial, its checkpoint was deleted, or ``out`` is a
@@ -57,7 +61,7 @@ def export_best(
     source = _checkpoint(chosen, loaded.study_name)
     url = storage_mod.mask(storage_mod.resolve_url(storage))
     info = _info(loaded.study_name, url, spec, chosen)
-    _write(source, out, info, force)
+    _write(_files(source, merge, chosen.number), out, info, force)
     return Exported(str(out), loaded.study_name, chosen.number, chosen.value, info["hyperparameters"])
 
 
@@ -127,14 +131,29 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
     }
 
 
-def _write(source: Path, out: Path, info: dict[str, Any], force: bool) -> None:
+_TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")
+
+
+def _files(source: Path, merge: bool, number: int) -> list[Path]:
+    """The files to export: the (merged) model folder, or the LoRA adapter plus the tokenizer."""
+    if merge:
+        return [f for f in source.iterdir() if f.is_file()]
+    adapter = source / "adapter"
+    if not adapter.is_dir():
+        raise UsageError(
+            f"trial {number} has no LoRA adapter; --no-merge applies to studies with adapter: lora"
+        )
+    tokenizer = [f for f in source.iterdir() if f.is_file() and f.name.startswith(_TOKENIZER_PREFIXES)]
+    return [f for f in adapter.iterdir() if f.is_file()] + tokenizer
+
+
+def _write(files: list[Path], out: Path, info: dict[str, Any], force: bool) -> None:
     made = [p for p in reversed(out.absolute().parents) if not p.exists()]  # folders we create
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        for f in source.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
         (tmp / "hpo.json").write_text(json.dumps(info, indent=1, default=str))
         (tmp / "README.md").write_text(model_card(info))
         _replace(tmp, out, force)

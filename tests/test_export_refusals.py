@@ -187,3 +187,28 @@ def test_model_card_masks_the_storage_password(tmp_path, pg_url):
         text = (out / name).read_text()
         assert "s3cret-pw" not in text and ":***@" in text
     assert optuna.load_study(study_name="small", storage=url).trials[0].state == TrialState.COMPLETE
+
+
+def test_no_merge_exports_the_lora_adapter_with_the_tokenizer(tmp_path):
+    ck = _checkpoint(tmp_path / "ckpts" / "t0")
+    (ck / "tokenizer.json").write_text("{}")
+    (ck / "adapter").mkdir()
+    (ck / "adapter" / "adapter_model.safetensors").write_bytes(b"lora")
+    (ck / "adapter" / "adapter_config.json").write_text("{}")
+    url = _study(tmp_path, [(TrialState.COMPLETE, 2.0, ck)])
+    out = tmp_path / "adapter-only"
+    export_best(out, storage=url, merge=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "hpo.json",
+        "tokenizer.json",
+    ]
+
+
+def test_no_merge_refuses_a_study_without_an_adapter(tmp_path, done):
+    with pytest.raises(UsageError, match="no LoRA adapter; --no-merge applies to studies with adapter: lora"):
+        export_best(tmp_path / "x", storage=done, merge=False)
+    assert not (tmp_path / "x").exists()
