@@ -213,3 +213,17 @@ def cluster_notes(
             "(a shared filesystem; docs/cluster.md)"
         )
     return out
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``HOST:PORT`` Ray address; None for ``auto``, ``ray://...`` and the like."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a Ray address is on this machine's loopback (a cluster started on this machine)."""
+    hp = host_port(address)
+    return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))

@@ -216,6 +216,8 @@ def _start_ray(opts: RunOptions) -> bool:
     ray_env()
     import ray
 
+    from hpo import placement
+
     for name in ("ray", "ray.tune", "ray.train"):  # hpo reports progress and errors itself
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
@@ -231,7 +233,7 @@ def _start_ray(opts: RunOptions) -> bool:
     }
     if address:
         _check_reachable(address)
-        if _loopback(address):  # a cluster on this machine: keep Ray from swapping in the outward IP
+        if placement.is_loopback(address):  # a cluster on this machine: Ray must not swap in the outward IP
             _loopback_only()
     try:
         if address:
@@ -252,22 +254,11 @@ def _start_ray(opts: RunOptions) -> bool:
     return True
 
 
-def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of a ``HOST:PORT`` address; None for ``auto``, ``ray://...`` and the like."""
-    host, sep, port = address.rpartition(":")
-    if "://" in address or not sep or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
-
-
-def _loopback(address: str) -> bool:
-    hp = _host_port(address)
-    return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
-
-
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail at once when nothing listens at ``address`` (Ray itself would retry for minutes)."""
-    hp = _host_port(address)
+    from hpo import placement
+
+    hp = placement.host_port(address)
     if hp is None:
         return
     try:

@@ -217,7 +217,9 @@ class ResourcesSpec(Frozen):
     """What one trial needs, and how many run at once."""
 
     cpus_per_trial: Float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
-    gpus_per_trial: Float = Field(default=0, ge=0, description="GPUs per trial; fractions pack trials")
+    gpus_per_trial: Float = Field(
+        default=0, ge=0, le=1, description="GPUs per trial (<= 1); fractions pack trials"
+    )
     concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
 
 

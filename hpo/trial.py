@@ -275,7 +275,10 @@ def _autocast(device):
 
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    from hpo import placement
+
+    # bf16 only where the hardware has it (Ampere+); is_bf16_supported() also counts emulation
+    if device.type == "cuda" and placement.precision(torch.cuda.get_device_capability(device)[0]) == "bf16":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 

@@ -225,24 +225,6 @@ def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model
     assert optuna.load_study(study_name="refused", storage=url).get_trials() == []
 
 
-@pytest.mark.parametrize(
-    ("address", "host_port", "loopback"),
-    [
-        ("127.0.0.1:6379", ("127.0.0.1", 6379), True),
-        ("localhost:6379", ("localhost", 6379), True),
-        ("[::1]:6379", ("::1", 6379), True),
-        ("10.0.0.1:6379", ("10.0.0.1", 6379), False),
-        ("auto", None, False),
-        ("ray://head:10001", None, False),
-    ],
-)
-def test_addresses(address, host_port, loopback):
-    from hpo import runner
-
-    assert runner._host_port(address) == host_port
-    assert runner._loopback(address) is loopback
-
-
 def test_a_trials_placement_reaches_its_user_attributes():
     from hpo.searcher import summary_attrs
 

@@ -142,3 +142,19 @@ def test_cluster_notes():
 )
 def test_precision_is_bf16_from_ampere_on(major, wanted):
     assert placement.precision(major) == wanted  # V100 (7.0) and T4 (7.5) only emulate bf16
+
+
+@pytest.mark.parametrize(
+    ("address", "host_port", "loopback"),
+    [
+        ("127.0.0.1:6379", ("127.0.0.1", 6379), True),
+        ("localhost:6379", ("localhost", 6379), True),
+        ("[::1]:6379", ("::1", 6379), True),
+        ("10.0.0.1:6379", ("10.0.0.1", 6379), False),
+        ("auto", None, False),
+        ("ray://head:10001", None, False),
+    ],
+)
+def test_addresses(address, host_port, loopback):
+    assert placement.host_port(address) == host_port
+    assert placement.is_loopback(address) is loopback
