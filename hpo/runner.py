@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -502,8 +501,3 @@ def _finish_summary(summary: RunSummary, study, t0: float) -> RunSummary:
         summary.best_value, summary.best_trial, summary.best_params = best.value, best.number, best.params
     summary.wall_s = time.time() - t0
     return summary
-
-
-def clean_ray_dir(runs_dir: Path) -> None:
-    """Remove Ray's experiment folders (a cache; the storage holds the results)."""
-    shutil.rmtree(runs_dir / "ray", ignore_errors=True)
