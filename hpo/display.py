@@ -53,12 +53,7 @@ class EventPrinter:
             self.counts["running"] = max(0, self.counts["running"] - 1)
             if e.kind in self.counts:
                 self.counts[e.kind] += 1
-            if (
-                e.kind == "complete"
-                and e.value is not None
-                and (self.best is None or better(e.value, self.best[0], self.maximize))
-            ):
-                self.best = (e.value, e.number)
+            self.best = new_best(self.best, e, self.maximize)
             line = self._end_line(e)
         c = self.counts
         best = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best else "best -"
@@ -110,6 +105,13 @@ def eta_seconds(done_here: int, finished: int, target: int, elapsed: float) -> f
 def better(value: float, best: float, maximize: bool) -> bool:
     """Whether ``value`` beats ``best`` in the study's direction."""
     return value > best if maximize else value < best
+
+
+def new_best(best: tuple[float, int] | None, e: Any, maximize: bool) -> tuple[float, int] | None:
+    """The best (value, trial number) so far after event ``e``."""
+    if e.kind == "complete" and e.value is not None and (best is None or better(e.value, best[0], maximize)):
+        return (e.value, e.number)
+    return best
 
 
 def make_progress(
@@ -192,12 +194,7 @@ class LiveProgress:
             self.latest.pop(e.number, None)
             if e.kind in self.counts:
                 self.counts[e.kind] += 1
-            if (
-                e.kind == "complete"
-                and e.value is not None
-                and (self.best is None or better(e.value, self.best[0], self.maximize))
-            ):
-                self.best = (e.value, e.number)
+            self.best = new_best(self.best, e, self.maximize)
         self.console.print(f"{fmt_duration(time.time() - self.t0):>7}  {EventPrinter._end_line(e)}")
 
     def _poll(self) -> None:
