@@ -39,6 +39,28 @@ def hf_datasets(data_path: str):
     return build("train"), build("val")
 
 
+def search_args(work: str, eval_steps: int, n_val: int, seed: int):
+    """The TrainingArguments both HF ``hyperparameter_search`` peers share: evaluate and save every
+    ``eval_steps`` (the best trial's checkpoint must exist to export it), the whole validation set
+    in one batch (so eval_loss is token-weighted, as hpo's), on the CPU."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=os.path.join(work, "hf_out"),
+        do_eval=True,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        per_device_eval_batch_size=n_val,
+        logging_steps=eval_steps,
+        report_to=[],
+        seed=seed,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+
+
 def make_model(model_path: str, dropout: float | None = None):
     """The base model with the three GPT-2 dropout probabilities set to ``dropout``."""
     from transformers import AutoModelForCausalLM

@@ -18,7 +18,7 @@ from bench_peers.settings import Settings
 def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import optuna
     import torch
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, default_data_collator
 
     from bench_peers import common
 
@@ -43,20 +43,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             "weight_decay": trial.suggest_float("weight_decay", *s.weight_decay),
         }
 
-    args = TrainingArguments(
-        output_dir=os.path.join(work, "hf_out"),
-        do_eval=True,
-        eval_strategy="steps",
-        eval_steps=units["eval_steps"],
-        save_strategy="steps",  # as hf_ray: the best trial's checkpoint must exist to export it
-        save_steps=units["eval_steps"],
-        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
-        logging_steps=units["eval_steps"],
-        report_to=[],
-        seed=s.seed,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = common.search_args(work, units["eval_steps"], s.n_val, s.seed)
     trainer = Trainer(
         model_init=common.ModelInit(cfg["model_path"], optuna_dropout=s.dropout),
         args=args,

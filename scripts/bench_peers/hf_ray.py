@@ -21,7 +21,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, default_data_collator
 
     common.quiet()
     cfg["t_imported"] = time.time()
@@ -40,20 +40,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             "dropout": tune.uniform(*s.dropout),
         }
 
-    args = TrainingArguments(
-        output_dir=os.path.join(work, "hf_out"),
-        do_eval=True,
-        eval_strategy="steps",
-        eval_steps=units["eval_steps"],
-        save_strategy="steps",  # without it Ray gets no checkpoint to export
-        save_steps=units["eval_steps"],
-        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
-        logging_steps=units["eval_steps"],
-        report_to=[],
-        seed=s.seed,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = common.search_args(work, units["eval_steps"], s.n_val, s.seed)
     trainer = Trainer(
         model_init=common.ModelInit(cfg["model_path"]),
         args=args,
