@@ -9,7 +9,7 @@ state keeps a 2,000-trial study light.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -37,19 +37,6 @@ HEIGHT = 420
 # ---------------------------------------------------------------- pure helpers
 
 
-def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
-    """The epochs at which ASHA compares trials: ``grace_period * reduction_factor**i`` below ``max_t``.
-
-    >>> asha_rungs(0.25, 2, 2.0)
-    [0.25, 0.5, 1.0]
-    """
-    rungs, r = [], grace_period
-    while r < max_t - 1e-9:
-        rungs.append(round(r, 9))
-        r *= reduction_factor
-    return rungs
-
-
 def best_so_far(values: list[float], minimize: bool) -> list[float]:
     """The running best of ``values`` (min when minimizing, else max).
 
@@ -69,10 +56,7 @@ def epoch_grid(spec: StudySpec | None) -> float:
 
 def rungs_of(spec: StudySpec | None) -> list[float]:
     """The ASHA rungs of a study's spec; none without ASHA."""
-    if spec is None or spec.schedule.type != "asha":
-        return []
-    sched: Any = spec.schedule
-    return asha_rungs(sched.grace_period, sched.reduction_factor, spec.asha_max_t())
+    return spec.asha_rungs() if spec is not None else []
 
 
 # ---------------------------------------------------------------- figures

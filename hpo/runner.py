@@ -367,6 +367,7 @@ def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: floa
             "data_path": data_path,
             "seed": spec.seed if training.seed is None else training.seed,
             "eval_every": training.eval_every,
+            "eval_epochs": spec.eval_epochs(),  # None: every eval_every mark; else ASHA rungs + max_t
             "warmup_ratio": training.warmup_ratio,
             "max_micro_batch": training.max_micro_batch,
             "max_grad_norm": training.max_grad_norm,

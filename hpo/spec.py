@@ -181,7 +181,14 @@ class TrainingSpec(Frozen):
     """How each trial trains and evaluates. Each option from ``lr_scheduler`` to ``seed`` is fixed
     here, or searched by naming it in ``space`` instead (not both)."""
 
-    eval_every: Float = Field(default=0.25, gt=0, le=1, description="epochs between evaluations")
+    eval_every: Float = Field(
+        default=0.25, gt=0, le=1, description="epochs between evaluation marks (the grid of evaluations)"
+    )
+    eval_at: Literal["rungs", "every"] = Field(
+        default="rungs",
+        description="rungs: evaluate at the marks where ASHA compares trials, at whole epochs and at the end "
+        "of the budget; every: at every eval_every mark (the cadence is all there is without ASHA)",
+    )
     max_micro_batch: Int = Field(default=32, ge=1, description="largest batch in one forward pass")
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
@@ -329,9 +336,35 @@ class StudySpec(Frozen):
             return self.schedule.max_t
         return self.max_epochs
 
+    def asha_rungs(self) -> list[float]:
+        """The epochs at which ASHA compares trials (none without ASHA)."""
+        if not isinstance(self.schedule, AshaSpec):
+            return []
+        return asha_rungs(self.schedule.grace_period, self.schedule.reduction_factor, self.asha_max_t())
+
+    def eval_epochs(self) -> list[float] | None:
+        """The epochs a trial must evaluate at besides whole epochs and its budget's end (the ASHA
+        rungs and max_t), or None when it evaluates at every ``eval_every`` mark."""
+        if self.training.eval_at == "every" or not isinstance(self.schedule, AshaSpec):
+            return None
+        return [*self.asha_rungs(), self.asha_max_t()]
+
     def to_json(self) -> str:
         """The spec as JSON (paths already absolute), as stored with the study."""
         return self.model_dump_json()
+
+
+def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
+    """The epochs at which ASHA compares trials: ``grace_period * reduction_factor**i`` below ``max_t``.
+
+    >>> asha_rungs(0.25, 2, 2.0)
+    [0.25, 0.5, 1.0]
+    """
+    rungs, r = [], grace_period
+    while r < max_t - 1e-9:
+        rungs.append(round(r, 9))
+        r *= reduction_factor
+    return rungs
 
 
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:

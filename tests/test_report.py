@@ -12,6 +12,7 @@ import pytest
 
 from dashboards import facts, figures
 from dashboards.report import build_report
+from hpo.spec import asha_rungs
 from tests.conftest import run_cli
 from tests.synthetic import make_study
 
@@ -98,7 +99,7 @@ def test_learning_curves_mark_rungs_and_pruned_trials() -> None:
     ],
 )
 def test_asha_rungs(grace: float, rf: float, max_t: float, rungs: list[float]) -> None:
-    assert figures.asha_rungs(grace, rf, max_t) == rungs
+    assert asha_rungs(grace, rf, max_t) == rungs
 
 
 def test_best_so_far() -> None:

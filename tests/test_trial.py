@@ -66,6 +66,48 @@ def test_micro_batch_divides_the_batch():
     assert trial._micro_batch(7, 4) == 1
 
 
+def _marks(steps_per_epoch: int, epochs: int, every: float, wanted) -> list[float]:
+    """The epochs at which the loop evaluates (a mark crossed, or the budget's last step)."""
+    out, mark, total = [], trial._next_mark(0, steps_per_epoch, every, 1, wanted), epochs * steps_per_epoch
+    for step in range(1, total + 1):
+        epoch = step / steps_per_epoch
+        if epoch + 1e-9 >= mark * every or step == total:
+            out.append(round(mark * every if epoch + 1e-9 >= mark * every else epoch, 6))
+            mark = trial._next_mark(step, steps_per_epoch, every, mark, wanted)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("eval_epochs", "expected"),
+    [
+        (None, [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]),  # eval_at: every
+        ([0.5, 1.0, 2.0, 3.0], [0.5, 1.0, 2.0, 3.0]),  # ASHA grace 0.5, rf 2, max_t 3
+        ([0.25, 0.75, 2.25, 3.0], [0.25, 0.75, 1.0, 2.0, 2.25, 3.0]),  # rf 3: whole epochs too
+        ([0.3, 1.5], [0.5, 1.0, 1.5, 2.0, 3.0]),  # off the grid: the first mark at or after it
+    ],
+)
+def test_evaluations_happen_at_asha_rungs_whole_epochs_and_the_end(eval_epochs, expected):
+    wanted = trial._eval_marks({"eval_every": 0.25, "eval_epochs": eval_epochs})
+    assert _marks(8, 3, 0.25, wanted) == expected
+
+
+def test_spec_eval_epochs_are_the_asha_rungs_and_max_t(tmp_path):
+    spec = spec_mod.load(small_spec(tmp_path, schedule={"grace_period": 0.25, "reduction_factor": 3}))
+    assert spec.asha_rungs() == [0.25, 0.75] and spec.eval_epochs() == [0.25, 0.75, 2.0]
+    every = spec_mod.load(small_spec(tmp_path, training={"eval_at": "every"}))
+    assert every.eval_epochs() is None
+    unscheduled = spec_mod.load(small_spec(tmp_path, schedule="none"))
+    assert unscheduled.eval_epochs() is None and unscheduled.asha_rungs() == []
+
+
+def test_a_trial_evaluates_only_where_asha_decides(prepared, tiny_model, tmp_path):
+    config = {**_config(prepared, tiny_model, tmp_path / "t0", epochs=2), "eval_every": 0.25}
+    reports: list[dict] = []
+    trial.run({**config, "eval_epochs": [0.25, 0.75, 2.0]}, reports.append)
+    assert [r["epoch"] for r in reports] == [0.25, 0.75, 1.0, 2.0]
+    assert [r["budget_done"] for r in reports] == [False, False, False, True]
+
+
 def test_a_trial_reports_at_epoch_marks_and_keeps_its_best_checkpoint(prepared, tiny_model, tmp_path):
     reports: list[dict] = []
     last = trial.run(_config(prepared, tiny_model, tmp_path / "t0"), reports.append)
