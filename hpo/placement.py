@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 EPS = 1e-9
-#: Trials that need more than one GPU would have to run data-parallel; the trial loop does not (yet).
-MULTI_GPU = (
-    "multi-GPU trials (data-parallel) are not supported yet; use 1 (a GPU per trial) or a fraction "
-    "such as 0.25 (several trials per GPU)"
+#: More than one GPU a trial runs it data-parallel over whole GPUs (one process each, one node).
+WHOLE_GPUS = (
+    "more than one GPU a trial must be a whole number (2, 3, ...: a data-parallel trial over that many "
+    "GPUs); fractions up to 1 (such as 0.25) share a GPU"
 )
 
 
@@ -48,9 +48,44 @@ def request_problems(cpus: float, gpus: float) -> list[str]:
         out.append(f"cpus_per_trial = {cpus:g}: must be > 0 (fractions such as 0.5 are allowed)")
     if gpus < 0:
         out.append(f"gpus_per_trial = {gpus:g}: must be >= 0")
-    elif gpus > 1 + EPS:
-        out.append(f"gpus_per_trial = {gpus:g}: {MULTI_GPU}")
+    elif gpus > 1 + EPS and abs(gpus - round(gpus)) > EPS:
+        out.append(f"gpus_per_trial = {gpus:g}: {WHOLE_GPUS}")
     return out
+
+
+def world_size(gpus: float) -> int:
+    """Processes (data-parallel ranks) one trial runs as: its GPUs when it holds more than one, else 1."""
+    return round(gpus) if gpus > 1 + EPS else 1
+
+
+def batch_problem(sizes: Sequence[int], world: int, searched_range: bool = False) -> str | None:
+    """What is wrong with the batch sizes of a data-parallel trial over ``world`` GPUs, if anything.
+
+    Each rank takes ``batch_size / world`` blocks of every optimizer step, so that the step still
+    sees ``batch_size`` blocks (times the accumulation steps): every size must divide by ``world``.
+
+    Args:
+        sizes: the batch sizes a trial can get (a fixed value, the choices, or a range's ends).
+        world: ranks per trial (``world_size(gpus_per_trial)``).
+        searched_range: ``sizes`` are the ends of an int range, which holds every size between.
+    """
+    if world <= 1:
+        return None
+    if searched_range and min(sizes) != max(sizes):
+        return (
+            f"gpus_per_trial = {world} splits every batch over {world} GPUs, but space.batch_size is "
+            f"searched over the range {min(sizes)}..{max(sizes)}, which holds sizes not divisible by "
+            f"{world}; search it with type: categorical over multiples of {world} "
+            f"(e.g. choices: [{4 * world}, {8 * world}])"
+        )
+    bad = [int(b) for b in sizes if int(b) % world]
+    if not bad:
+        return None
+    return (
+        f"gpus_per_trial = {world} splits every batch over {world} GPUs, but space.batch_size "
+        f"{', '.join(map(str, bad))} {'is' if len(bad) == 1 else 'are'} not divisible by {world}; "
+        f"use multiples of {world} (or fewer GPUs a trial)"
+    )
 
 
 def node_fit(node_cpus: float, node_gpus: float, cpus: float, gpus: float) -> int:
@@ -81,7 +116,8 @@ def plan(
     Args:
         nodes: the live nodes' logical CPUs and GPUs.
         cpus: CPUs per trial (> 0).
-        gpus: GPUs per trial (0, a fraction, or 1).
+        gpus: GPUs per trial (0, a fraction, or a whole number: more than 1 is a data-parallel trial,
+            which Ray places on one node like any trial).
         concurrency: trials at once if the user fixed it; otherwise all that fit.
         can_grow: nodes may join (a cluster the run joined, perhaps autoscaling); a local Ray that
             hpo started never grows.
@@ -93,7 +129,8 @@ def plan(
     """
     notes: list[str] = []
     if gpus > 0 and sum(g for _, g in nodes) < EPS:
-        notes.append(f"no GPU in the Ray cluster: trials run on CPUs ({cpus:g} each)")
+        single = ", one process each (data-parallel needs GPUs)" if world_size(gpus) > 1 else ""
+        notes.append(f"no GPU in the Ray cluster: trials run on CPUs ({cpus:g} each{single})")
         gpus = 0.0
     fits = sum(node_fit(c, g, cpus, gpus) for c, g in nodes)
     problem = None
@@ -106,9 +143,10 @@ def plan(
             field_ = "gpus_per_trial" if gpus and _cpu_room(nodes, cpus) else "cpus_per_trial"
             value = gpus if field_ == "gpus_per_trial" else cpus
             wait = ", or set --concurrency to wait for nodes to join" if can_grow else ""
+            one_node = " (a trial's GPUs are on one node)" if field_ == "gpus_per_trial" and gpus > 1 else ""
             problem = (
-                f"{field_} = {value:g}: no node of the Ray cluster holds one trial ({wanted}; {largest}); "
-                f"lower it{wait}"
+                f"{field_} = {value:g}: no node of the Ray cluster holds one trial ({wanted}; {largest})"
+                f"{one_node}; lower it{wait}"
             )
     chosen = concurrency or max(1, fits)
     if concurrency and 0 < fits < concurrency:
@@ -128,9 +166,13 @@ def _cpu_room(nodes: Sequence[tuple[float, float]], cpus: float) -> bool:
 
 
 def trial_device(
-    gpus: float, gpu_ids: Sequence[str | int] | None, cuda_visible: str | None, cuda_devices: int
+    gpus: float,
+    gpu_ids: Sequence[str | int] | None,
+    cuda_visible: str | None,
+    cuda_devices: int,
+    rank: int = 0,
 ) -> Device:
-    """The device one trial trains on.
+    """The device one trial (or one rank of a data-parallel trial) trains on.
 
     Args:
         gpus: GPUs the trial asked for (0: CPU).
@@ -139,16 +181,17 @@ def trial_device(
         cuda_visible: ``CUDA_VISIBLE_DEVICES`` in the trial's process (Ray sets it to ``gpu_ids``).
         cuda_devices: CUDA devices torch finds in that process (0 when ``torch.cuda.is_available()``
             is False).
+        rank: the rank of a data-parallel trial: rank r trains on the trial's r-th GPU.
 
     Returns:
-        ``cuda`` (or ``cuda:N`` when Ray left ``CUDA_VISIBLE_DEVICES`` unset) on a real CUDA
-        device, else ``cpu`` with a note saying why, when a GPU was asked for.
+        ``cuda`` (or ``cuda:N`` when Ray left ``CUDA_VISIBLE_DEVICES`` unset, and for every rank
+        but 0) on a real CUDA device, else ``cpu`` with a note saying why, when a GPU was asked for.
     """
     if gpus <= 0:
         return Device("cpu")
     if gpu_ids is None:  # outside Ray: any CUDA device this process sees
-        if cuda_devices:
-            return Device("cuda")
+        if cuda_devices > rank:
+            return Device(f"cuda:{rank}" if rank else "cuda")
         return Device("cpu", "gpus_per_trial > 0 but torch finds no CUDA device: trained on CPU")
     if not gpu_ids:
         return Device("cpu", "Ray assigned no GPU to this trial: trained on CPU")
@@ -160,12 +203,14 @@ def trial_device(
             f"logical GPU {ids} (CUDA_VISIBLE_DEVICES={visible}) is not a CUDA device on this node: "
             "trained on CPU",
         )
-    index = _torch_index(str(gpu_ids[0]), cuda_visible)
+    if rank >= len(gpu_ids):
+        return Device("cpu", f"rank {rank} has none of the {len(gpu_ids)} GPUs Ray assigned: trained on CPU")
+    index = _torch_index(str(gpu_ids[rank]), cuda_visible)
     if index >= cuda_devices:
         return Device(
             "cpu", f"GPU {ids} is not among the {cuda_devices} CUDA devices torch sees: trained on CPU"
         )
-    return Device("cuda" if cuda_visible is not None else f"cuda:{index}")
+    return Device("cuda" if cuda_visible is not None and rank == 0 else f"cuda:{index}")
 
 
 def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:

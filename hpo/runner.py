@@ -293,10 +293,13 @@ def _requested(spec, opts: RunOptions) -> tuple[float, float]:
         SpecError: a request Ray or the trial loop cannot serve (naming the flag or the spec field).
     """
     from hpo import placement
+    from hpo import spec as spec_mod
 
     cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpus_per_trial
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     problems = placement.request_problems(float(cpus), float(gpus))
+    if not problems:  # a data-parallel trial splits each batch evenly over its GPUs
+        problems = [p for p in [spec_mod.batch_problem(spec.space, float(gpus))] if p]
     if problems:
         raise SpecError(_resources_source(spec, opts), problems)
     return float(cpus), float(gpus)
@@ -423,8 +426,17 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
     )
 
 
-#: What the trial process saw and chose, added to each of its reports (and kept as user attributes).
-PLACEMENT_REPORTED = ("device", "device_note", "cuda_visible_devices", "node_id", "started_at")
+#: What the trial process saw and chose, added to each of its reports (and kept as user attributes);
+#: a data-parallel trial (``gpus_per_trial`` > 1) adds its ``world_size`` and ``ddp_backend``.
+PLACEMENT_REPORTED = (
+    "device",
+    "device_note",
+    "cuda_visible_devices",
+    "node_id",
+    "started_at",
+    "world_size",
+    "ddp_backend",
+)
 
 
 def _trainable(config: dict[str, Any]) -> None:

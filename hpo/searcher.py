@@ -342,6 +342,8 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "cuda_visible_devices",
         "node_id",
         "started_at",
+        "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
+        "ddp_backend",
     )
     out = {k: last[k] for k in keys if last.get(k) is not None}
     if "best_eval_loss" in out:

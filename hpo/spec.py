@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpo import placement
 from hpo.errors import SpecError
 from hpo.params import (
     ADAPTER_SEARCHABLE,
@@ -225,9 +226,19 @@ class ResourcesSpec(Frozen):
 
     cpus_per_trial: Float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
     gpus_per_trial: Float = Field(
-        default=0, ge=0, le=1, description="GPUs per trial (<= 1); fractions pack trials"
+        default=0,
+        ge=0,
+        description="GPUs per trial: fractions up to 1 pack trials on a GPU; a whole number > 1 runs "
+        "each trial data-parallel over that many GPUs (batch_size must divide by it)",
     )
     concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
+
+    @field_validator("gpus_per_trial", mode="after")
+    @classmethod
+    def _whole_gpus(cls, v: float) -> float:
+        if v > 1 + placement.EPS and abs(v - round(v)) > placement.EPS:
+            raise ValueError(placement.WHOLE_GPUS)
+        return v
 
 
 class StudySpec(Frozen):
@@ -266,6 +277,15 @@ class StudySpec(Frozen):
                 f"{', '.join(both)} set both here and in space; "
                 "keep one (a fixed value here, or a search in space)"
             )
+        return v
+
+    @field_validator("resources", mode="after")
+    @classmethod
+    def _batch_splits(cls, v: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
+        space = info.data.get("space")
+        problem = None if space is None else batch_problem(space, v.gpus_per_trial)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("adapter", mode="after")
@@ -365,6 +385,14 @@ def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> li
         rungs.append(round(r, 9))
         r *= reduction_factor
     return rungs
+
+
+def batch_problem(space: SpaceSpec, gpus: float) -> str | None:
+    """Why ``space.batch_size`` cannot be split over a data-parallel trial's GPUs, if it cannot."""
+    b = space.batch_size
+    return placement.batch_problem(
+        [int(x) for x in values(b)], placement.world_size(gpus), searched_range=isinstance(b, IntParam)
+    )
 
 
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from hpo import distributed
 from hpo.checkpoint import (
     POINTER,
     best_checkpoint,
@@ -71,7 +72,8 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
     import torch
 
     try:
-        return _run(config, report)
+        with distributed.ranks(config) as dist:  # gpus > 1: this process is rank 0 of a data-parallel trial
+            return _run(config, report, dist)
     except torch.OutOfMemoryError as e:
         raise TrialError(f"out of memory: {str(e).splitlines()[0]}") from e
     finally:
@@ -104,14 +106,18 @@ def options(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def _run(
+    config: dict[str, Any],
+    report: Callable[[dict[str, Any]], None],
+    dist: distributed.Dist = distributed.SINGLE,
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from hpo.data import Prepared
 
     p, o = config["params"], options(config)
-    device = _device(config)
+    device = _device(config) if dist.world == 1 else dist.torch_device()
     torch.manual_seed(o["seed"])
     # 1. data: memory-mapped blocks prepared once per study (positions restart at each example)
     arrays = Prepared.load(config["data_path"]).arrays()
@@ -125,11 +131,13 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
     if "adapter" in o:  # LoRA: only the adapter trains; a resumed trial continues from the merged weights
         a = o["adapter"]
         model = with_lora(model, a["r"], a["alpha"], a["dropout"], a.get("target_modules"))
+    dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
-    bs, micro = batching(
-        int(p["batch_size"]), int(o["gradient_accumulation_steps"]), config["max_micro_batch"]
+    bs, micro = batching(  # data-parallel: each rank takes batch_size / world blocks of a step
+        int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), config["max_micro_batch"]
     )
+    bs *= dist.world  # blocks per optimizer step, all ranks together
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
     sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
@@ -153,7 +161,7 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
                 continue
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
             t0 = time.perf_counter()
-            loss, tokens = _step(model, opt, sched, train, idx, micro, device, autocast, loss_opts)
+            loss, tokens = _step(model, opt, sched, train, idx, micro, device, autocast, loss_opts, dist)
             state.train_s += time.perf_counter() - t0
             state.add_train(loss, tokens, step, config)
             step += 1
@@ -161,8 +169,8 @@ def _run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> di
             if epoch + 1e-9 >= next_mark * every or step == total_steps:
                 mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
                 next_mark = _next_mark(step, steps_per_epoch, every, next_mark, wanted)
-                metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step)
-                stop = state.patience_ran_out(config.get("early_stopping_patience"))
+                metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step, dist)
+                stop = dist.agree(state.patience_ran_out(config.get("early_stopping_patience")))
                 metrics["budget_done"] = step == total_steps or stop
                 metrics["early_stopped"] = stop and step < total_steps
                 report(metrics)
@@ -242,13 +250,22 @@ class _State:
         return patience is not None and self.since_best >= patience
 
 
-def _evaluate_and_keep(model, val, config, state: _State, autocast, device, epoch: float, step: int) -> dict:
+def _evaluate_and_keep(
+    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=distributed.SINGLE
+) -> dict:
     t0 = time.perf_counter()
-    m = evaluate_metrics(
-        model, val[0], val[1], val[2], batch=config["max_micro_batch"], device=device, autocast=autocast
+    m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
+        evaluate_metrics,
+        model,
+        val[0],
+        val[1],
+        val[2],
+        batch=config["max_micro_batch"],
+        device=device,
+        autocast=autocast,
     )
     state.eval_s += time.perf_counter() - t0
-    if state.improved(m, epoch):
+    if state.improved(m, epoch) and dist.is_main:
         state.checkpoint = save_checkpoint(model, config, step)
     return {
         **m,
@@ -346,7 +363,9 @@ class _LossOptions:
         self.matrices = matrices
 
 
-def _step(model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions) -> tuple[float, int]:
+def _step(
+    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=distributed.SINGLE
+) -> tuple[float, int]:
     """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
     mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass, plus
     ``l1 * sum(|w|)`` over the weight matrices. Returns the (unpenalized) loss and token count."""
@@ -356,6 +375,7 @@ def _step(model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptio
     labels_arr = arrays[1]  # arrays: ids, labels, positions
     labels_np = np.asarray(labels_arr[idx])
     n_tokens = int((labels_np[:, 1:] != -100).sum())
+    idx, labels_np = dist.shard(idx), dist.shard(labels_np)  # data-parallel: this rank's blocks
     total = 0.0
     for i in range(0, len(idx), micro):
         part = idx[i : i + micro]
@@ -365,6 +385,7 @@ def _step(model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptio
             loss = _loss_sum(model, ids, labels, pos, o.label_smoothing) / max(1, n_tokens)
         loss.backward()
         total += float(loss.detach())
+    total = dist.sync_grads(model, total)  # data-parallel: sum the ranks' gradients and losses
     if o.l1:
         (o.l1 * sum(w.abs().sum() for w in o.matrices)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)

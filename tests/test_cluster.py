@@ -207,12 +207,10 @@ def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = _spec(tmp_path, "refused", 0)
     assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
-    # two GPUs a trial would need data-parallel trials: refused before any work
-    r = run_cli("run", "--trials", "1", "--gpus-per-trial", "2", "--storage", url, cwd=tmp_path)
+    # more than one GPU a trial is data-parallel over whole GPUs: 1.5 is refused before any work
+    r = run_cli("run", "--trials", "1", "--gpus-per-trial", "1.5", "--storage", url, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert (
-        "--gpus-per-trial: gpus_per_trial = 2: multi-GPU trials (data-parallel) are not supported" in r.stderr
-    )
+    assert "--gpus-per-trial: gpus_per_trial = 1.5: more than one GPU a trial must be a whole" in r.stderr
     assert not (tmp_path / "runs").exists()
     # more CPUs than any node has: Ray would wait forever, so hpo says what to change
     r = run_cli("run", "--trials", "1", "--cpus-per-trial", "64", "--storage", url, cwd=tmp_path)

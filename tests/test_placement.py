@@ -81,17 +81,17 @@ def test_plan_on_a_cluster_that_can_grow_waits_only_when_told():
         (1, 1, []),
         (0, 0, ["cpus_per_trial = 0: must be > 0 (fractions such as 0.5 are allowed)"]),
         (1, -1, ["gpus_per_trial = -1: must be >= 0"]),
-        (1, 2, [f"gpus_per_trial = 2: {placement.MULTI_GPU}"]),
-        (1, 1.5, [f"gpus_per_trial = 1.5: {placement.MULTI_GPU}"]),
+        (1, 2, []),  # data-parallel over 2 GPUs (tests/test_distributed.py)
+        (1, 1.5, [f"gpus_per_trial = 1.5: {placement.WHOLE_GPUS}"]),
     ],
 )
 def test_request_problems(cpus, gpus, problems):
     assert request_problems(cpus, gpus) == problems
 
 
-def test_multi_gpu_refusal_names_the_limitation_and_the_alternatives():
-    assert "not supported" in placement.MULTI_GPU and "data-parallel" in placement.MULTI_GPU
-    assert "0.25" in placement.MULTI_GPU
+def test_a_fraction_above_one_gpu_is_refused_with_the_alternatives():
+    assert "whole number" in placement.WHOLE_GPUS and "data-parallel" in placement.WHOLE_GPUS
+    assert "0.25" in placement.WHOLE_GPUS
 
 
 @pytest.mark.parametrize(
