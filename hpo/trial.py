@@ -80,6 +80,21 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        release_host_memory()
+
+
+def release_host_memory() -> None:
+    """Give the freed heap back to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Ray runs each trial of a reused trial process in a new thread, and glibc gives new threads
+    malloc arenas of their own; freed model, optimizer and activation memory stayed in them, so a
+    process grew by ~30 MB per trial (two processes at 4.8 and 2.8 GB after 145 one-step trials of
+    the 1.35M-parameter model). With the trim the process stays flat."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, libc's among them
 
 
 #: Training options a trial reads from its params (searched) or else its config (fixed), with defaults.

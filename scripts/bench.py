@@ -344,7 +344,8 @@ def assemble(results, micro_figures, settings_used, info, train: Path, val: Path
 
 
 UNIT_MAPPING = {
-    "hpo": "ASHA time_attr = epoch (fractional); evaluation every eval_every epochs; grace_epochs",
+    "hpo": "ASHA time_attr = epoch (fractional), grace_epochs; evaluations at the ASHA rungs, whole epochs "
+    "and the end of each trial's budget (hpo's default eval_at: rungs), on the eval_every grid",
     "hf_ray, tune_optuna": "ASHA time_attr = training_iteration (evaluations so far); evaluation every "
     "eval_steps optimizer steps = eval_every epochs at the reference batch; grace_iters evaluations = "
     "grace_epochs at the reference batch; max_t_iters = max epochs at the smallest batch",
