@@ -17,6 +17,7 @@ The decisions (final state, which checkpoints to delete) are pure functions at t
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -270,6 +271,8 @@ class OptunaBridge(Searcher):
             self._storage.record_heartbeat(optuna_trial_id)
 
     def _heartbeat_loop(self) -> None:
+        """Every ``HEARTBEAT_S``: beat for this run's trials, and recover trials of runs that died
+        since this one started (their slots would otherwise count as running for ever)."""
         while not self._beat_stop.wait(HEARTBEAT_S):
             with self._lock:
                 ids = [t._trial_id for t in self._live.values()]
@@ -278,6 +281,11 @@ class OptunaBridge(Searcher):
                     self._heartbeat(tid)
                 except Exception:  # noqa: BLE001 - a missed beat is retried next period
                     log.debug("heartbeat failed", exc_info=True)
+            try:
+                if recover_stale(self._study, self._spec, running_here=True):
+                    self._counts_cache = (0.0, 0, 0)
+            except Exception:  # noqa: BLE001 - retried next period
+                log.debug("stale-trial check failed", exc_info=True)
 
     def _note_disk(self) -> None:
         self.disk_peak_mb = max(self.disk_peak_mb, du_mb(self._trials_dir))
@@ -398,15 +406,23 @@ def du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
 
-def recover_stale(study: optuna.Study, spec: StudySpec) -> list[int]:
+#: A RUNNING trial that no run ever claimed (a driver died between creating it and writing its
+#: host and pid, a window of a few storage writes) is an orphan once it is this old.
+ORPHAN_S = 30.0
+
+
+def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = False) -> list[int]:
     """Fail the RUNNING trials whose run died and re-queue their parameters; returns their numbers.
 
     A run is dead when its driver process on this host is gone, or (any host) when its heartbeat
-    is older than the grace period. Safe with several runs on one storage: a trial another run
-    recovers first is skipped.
+    is older than the grace period; a trial no run claimed is an orphan after ``ORPHAN_S``. Safe
+    with several runs on one storage: a trial another run recovers first is skipped.
+    ``running_here``: the caller is a live run re-checking (its own process's trials are alive);
+    otherwise trials of this very process are leftovers of an earlier run in it (a notebook).
     """
     storage: Any = study._storage
-    stale = set(_dead_here(study))
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = set(_dead_here(running, running_here)) | set(_orphans(running))
     if hasattr(storage, "_get_stale_trial_ids") and storage.get_heartbeat_interval():
         stale.update(storage._get_stale_trial_ids(study._study_id))
     recovered = []
@@ -423,16 +439,29 @@ def recover_stale(study: optuna.Study, spec: StudySpec) -> list[int]:
     return recovered
 
 
-def _dead_here(study: optuna.Study) -> list[int]:
-    """RUNNING trials started by a process of this host that no longer exists."""
+def _orphans(running: list) -> list[int]:
+    """RUNNING trials that no run claimed (no ``pid``), created more than ``ORPHAN_S`` ago."""
+    now = datetime.datetime.now()  # Optuna stamps trials with naive local time
+    return [
+        t._trial_id
+        for t in running
+        if "pid" not in t.user_attrs
+        and t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() > ORPHAN_S
+    ]
+
+
+def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
+    """RUNNING trials started by a process of this host that no longer exists (or by this process,
+    unless ``this_process_alive``: its trials are then its own live ones)."""
     host = socket.gethostname()
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running:
         pid = t.user_attrs.get("pid")
         if (
             t.user_attrs.get("host") == host
             and isinstance(pid, int)
-            and (pid == os.getpid() or not _alive(pid))
+            and ((pid == os.getpid() and not this_process_alive) or (pid != os.getpid() and not _alive(pid)))
         ):
             out.append(t._trial_id)
     return out

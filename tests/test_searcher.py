@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import searcher
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
 from hpo.searcher import (
@@ -140,6 +141,30 @@ def test_interrupted_trials_are_failed_and_requeued(tmp_path: Path):
         # the re-queued trial will be asked with exactly the interrupted trial's searched parameters
         assert trials[1].system_attrs["fixed_params"] == trials[0].params
         assert trials[0].params == {k: config["params"][k] for k in trials[0].params}
+    finally:
+        bridge.close()
+
+
+def test_a_trial_no_run_claimed_is_recovered_after_the_orphan_grace(tmp_path: Path, monkeypatch):
+    """A driver killed between creating a trial and writing its host/pid left it RUNNING for ever,
+    and a rerun one trial short of its target waited on it for ever (seen in test_faults)."""
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.close()
+    study.ask()  # created RUNNING, never claimed
+    spec = storage_mod.spec_of(study)
+    assert recover_stale(study, spec) == []  # young: its run may be writing its attributes now
+    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    assert recover_stale(study, spec) == [0]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_live_run_rechecking_keeps_its_own_trials(tmp_path: Path):
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    try:
+        bridge.suggest("ray0")
+        spec = storage_mod.spec_of(study)
+        assert recover_stale(study, spec, running_here=True) == []  # the bridge's periodic check
+        assert recover_stale(study, spec) == [0]  # a new run in this process: a leftover
     finally:
         bridge.close()
 
