@@ -55,32 +55,34 @@ Float = Annotated[float, BeforeValidator(_no_bool)]
 Choice = Annotated[float | int | str, BeforeValidator(_no_bool)]
 
 
-class FloatParam(Frozen):
+class _Range(Frozen):
+    """A number searched between ``low`` and ``high`` (log scale when ``log``)."""
+
+    type: str  # first, as the subclasses' Literal; the field order is the stored spec's
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> _Range:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class FloatParam(_Range):
     """A float searched between ``low`` and ``high`` (log scale when ``log``)."""
 
     type: Literal["float"]
     low: Float
     high: Float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self) -> FloatParam:
-        _check_range(self.low, self.high, self.log)
-        return self
 
 
-class IntParam(Frozen):
+class IntParam(_Range):
     """An integer searched between ``low`` and ``high`` inclusive."""
 
     type: Literal["int"]
     low: Int
     high: Int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self) -> IntParam:
-        _check_range(self.low, self.high, self.log)
-        return self
 
 
 class CategoricalParam(Frozen):

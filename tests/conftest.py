@@ -64,6 +64,26 @@ def small_spec(tmp_path: Path, name: str = "small", rows: int = 400, **overrides
     return path
 
 
+def trial_config(prepared, model: str, folder: Path, params: dict, **settings) -> dict:
+    """A ``trial.run`` config for calling the trial loop directly on the tiny model (no Ray):
+    evaluations every 0.5 epoch, 1 CPU, no GPU, unless ``settings`` say otherwise."""
+    return {
+        "params": dict(params),
+        "model_path": model,
+        "data_path": prepared.path,
+        "checkpoint_dir": str(folder),
+        "trial_number": 0,
+        "seed": 0,
+        "eval_every": 0.5,
+        "warmup_ratio": 0.1,
+        "max_micro_batch": 32,
+        "max_grad_norm": 1.0,
+        "cpus": 1,
+        "gpus": 0,
+        **settings,
+    }
+
+
 @pytest.fixture
 def spec_file(tmp_path: Path) -> Path:
     return small_spec(tmp_path)

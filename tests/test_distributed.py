@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from hpo import data, distributed, placement, trial
 from hpo import spec as spec_mod
 from hpo.errors import SpecError, TrialError
-from tests.conftest import ROOT, run_cli, small_spec
+from tests.conftest import ROOT, run_cli, small_spec, trial_config
 
 PARAMS = {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
 
@@ -45,21 +45,8 @@ def prepared(tmp_path_factory, tiny_model):
 
 def _config(prepared, tiny_model, folder: Path, gpus: float, **extra) -> dict:
     params = {**PARAMS, **extra.pop("params", {})}
-    return {
-        "params": params,
-        "model_path": tiny_model,
-        "data_path": prepared.path,
-        "checkpoint_dir": str(folder),
-        "trial_number": 0,
-        "seed": 0,
-        "eval_every": 0.5,
-        "warmup_ratio": 0.1,
-        "max_micro_batch": 8,
-        "max_grad_norm": 1.0,
-        "cpus": 2,
-        "gpus": gpus,
-        **extra,
-    }
+    settings = {"max_micro_batch": 8, "cpus": 2, "gpus": gpus, **extra}
+    return trial_config(prepared, tiny_model, folder, params, **settings)
 
 
 def _no_ranks_left() -> bool:

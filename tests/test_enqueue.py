@@ -12,12 +12,17 @@ from tests.conftest import small_spec
 ENQUEUE = [{"learning_rate": 0.001, "batch_size": 16, "epochs": 2}, {"dropout": 0.05}]
 
 
+def _stored(s: spec_mod.StudySpec, tmp_path):
+    """The study of spec ``s``, created in a new SQLite storage, loaded with its seeded sampler."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage.create(s, url)
+    return storage.load(s.name, url, sampler=space.sampler(s.sampler, s.seed, 0, s.space))
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
 def test_enqueued_configurations_come_first(tmp_path, sampler):
     s = spec_mod.load(small_spec(tmp_path, sampler=sampler, enqueue=ENQUEUE))
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    storage.create(s, url)
-    study = storage.load(s.name, url, sampler=space.sampler(s.sampler, s.seed, 0, s.space))
+    study = _stored(s, tmp_path)
     asked = []
     for _ in range(4):
         trial = study.ask()
@@ -39,9 +44,7 @@ def test_a_grid_study_with_a_warm_start(tmp_path):
     s = spec_mod.load(
         small_spec(tmp_path, space=grid_space, sampler="grid", enqueue=[{"batch_size": 16, "epochs": 2}])
     )
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    storage.create(s, url)
-    study = storage.load(s.name, url, sampler=space.sampler(s.sampler, s.seed, 0, s.space))
+    study = _stored(s, tmp_path)
     seen = []
     for _ in range(4):
         trial = study.ask()

@@ -11,7 +11,7 @@ import torch
 
 from hpo import data, trial
 from hpo import spec as spec_mod
-from tests.conftest import small_spec
+from tests.conftest import small_spec, trial_config
 
 ADAPTER = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
 
@@ -34,19 +34,9 @@ def test_only_the_adapter_trains(tiny_model):
 
 
 def test_a_lora_trial_keeps_a_merged_checkpoint_that_reproduces_its_loss(prepared, tiny_model, tmp_path):
-    config = {
-        "params": {"learning_rate": 5e-3, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.0},
-        "model_path": tiny_model,
-        "data_path": prepared.path,
-        "checkpoint_dir": str(tmp_path / "t"),
-        "trial_number": 0,
-        "seed": 0,
-        "eval_every": 0.5,
-        "max_micro_batch": 32,
-        "cpus": 1,
-        "gpus": 0,
-        "adapter": ADAPTER,
-    }
+    params = {"learning_rate": 5e-3, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.0}
+    # warmup 0.05: the trial loop's default
+    config = trial_config(prepared, tiny_model, tmp_path / "t", params, warmup_ratio=0.05, adapter=ADAPTER)
     config["params"]["lora_r"] = 2  # searched in space: wins over the adapter section's r
     assert trial.options(config)["adapter"]["r"] == 2
     reports: list[dict] = []

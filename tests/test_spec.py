@@ -107,6 +107,18 @@ def test_every_problem_reported_at_once_with_field_paths(tmp_path):
         assert needle in text
 
 
+def _one_problem(tmp_path, change: dict, needle: str) -> None:
+    """``change`` merged into the base spec (mappings one level deep) gives one problem, naming ``needle``."""
+    data = _base(tmp_path)
+    for key, value in change.items():
+        data[key] = (
+            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        )
+    problems = _problems(tmp_path, data)
+    assert len(problems) == 1, problems
+    assert needle in problems[0], problems
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
@@ -144,14 +156,7 @@ def test_every_problem_reported_at_once_with_field_paths(tmp_path):
     ],
 )
 def test_bad_field(tmp_path, change, needle):
-    data = _base(tmp_path)
-    for key, value in change.items():
-        data[key] = (
-            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
-        )
-    problems = _problems(tmp_path, data)
-    assert len(problems) == 1, problems
-    assert needle in problems[0], problems
+    _one_problem(tmp_path, change, needle)
 
 
 def test_model_folder_needs_a_config(tmp_path):
@@ -285,14 +290,7 @@ def test_enqueue_and_samplers(tmp_path):
     ],
 )
 def test_bad_training_option_objective_sampler_or_data(tmp_path, change, needle):
-    data = _base(tmp_path)
-    for key, value in change.items():
-        data[key] = (
-            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
-        )
-    problems = _problems(tmp_path, data)
-    assert len(problems) == 1, problems
-    assert needle in problems[0], problems
+    _one_problem(tmp_path, change, needle)
 
 
 def test_lora_adapter_with_a_searched_rank(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from hpo import basemodel, data, trial
 from hpo import spec as spec_mod
-from tests.conftest import small_spec
+from tests.conftest import small_spec, trial_config
 
 PARAMS = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
 
@@ -24,20 +24,7 @@ def prepared(tmp_path_factory, tiny_model):
 
 
 def _config(prepared, tiny_model, folder: Path, **params) -> dict:
-    return {
-        "params": {**PARAMS, **params},
-        "model_path": tiny_model,
-        "data_path": prepared.path,
-        "checkpoint_dir": str(folder),
-        "trial_number": 0,
-        "seed": 0,
-        "eval_every": 0.5,
-        "warmup_ratio": 0.1,
-        "max_micro_batch": 32,
-        "max_grad_norm": 1.0,
-        "cpus": 1,
-        "gpus": 0,
-    }
+    return trial_config(prepared, tiny_model, folder, {**PARAMS, **params})
 
 
 def test_dropout_fields_cover_gpt2_and_other_families():
