@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import distributed
+from hpo import distributed, lmhead
 from hpo.checkpoint import (
     POINTER,
     best_checkpoint,
@@ -410,26 +410,11 @@ def _step(
     return total, n_tokens
 
 
-def _logits(model, ids, pos):
-    """Next-token logits; ``pos`` (positions restarting at 0 per packed example) makes transformers
-    mask attention block-diagonally, so an example never sees its neighbours in the block."""
-    if pos is None:
-        return model(input_ids=ids, use_cache=False).logits
-    return model(input_ids=ids, position_ids=pos, use_cache=False).logits
-
-
 def _loss_sum(model, ids, labels, pos=None, label_smoothing: float = 0.0):
-    """Summed next-token cross-entropy over tokens whose label is not -100."""
-    import torch.nn.functional as F
-
-    logits = _logits(model, ids, pos)[:, :-1]
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        labels[:, 1:].reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
+    """Summed next-token cross-entropy over tokens whose label is not -100 (``lmhead``: the head
+    runs only on those tokens; ``pos``, positions restarting at 0 per packed example, makes
+    transformers mask attention block-diagonally, so an example never sees its neighbours)."""
+    return lmhead.loss_sum(model, ids, labels, pos, label_smoothing)
 
 
 def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None, autocast=None) -> dict:
@@ -438,7 +423,6 @@ def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None,
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     device = device or next(model.parameters()).device
     autocast = autocast or contextlib.nullcontext
@@ -447,15 +431,11 @@ def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None,
     with torch.inference_mode():
         for i in range(0, len(ids), batch):
             x = ids[i : i + batch].long().to(device)
-            y = labels[i : i + batch].long().to(device)[:, 1:]
+            y = labels[i : i + batch].long().to(device)
             p = pos[i : i + batch].long().to(device) if pos is not None else None
             with autocast():
-                logits = _logits(model, x, p)[:, :-1].float()
-            flat = logits.reshape(-1, logits.size(-1))  # (tokens, vocab): 40% faster than (batch, vocab, T)
-            total += float(F.cross_entropy(flat, y.reshape(-1), ignore_index=-100, reduction="sum"))
-            keep = y != -100
-            correct += int((logits.argmax(-1)[keep] == y[keep]).sum())
-            count += int(keep.sum())
+                s, c, n = lmhead.eval_sums(model, x, y, p)
+            total, correct, count = total + s, correct + c, count + n
     loss = total / max(1, count)
     accuracy = correct / max(1, count)
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": accuracy}

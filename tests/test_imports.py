@@ -39,6 +39,7 @@ LAYERS = {
     "basemodel": 2,
     "data": 2,
     "formats": 2,
+    "lmhead": 2,
     "checkpoint": 2,
     "distributed": 2,
     "trial": 2,
@@ -56,6 +57,7 @@ TORCH_ALLOWED = {
     "hpo/formats.py",
     "hpo/trial.py",
     "hpo/checkpoint.py",
+    "hpo/lmhead.py",
     "hpo/basemodel.py",
     "hpo/distributed.py",
 }  # inside functions in data.py
