@@ -40,6 +40,7 @@ LAYERS = {
     "data": 2,
     "formats": 2,
     "lmhead": 2,
+    "dropout": 2,
     "checkpoint": 2,
     "distributed": 2,
     "trial": 2,
@@ -58,6 +59,7 @@ TORCH_ALLOWED = {
     "hpo/trial.py",
     "hpo/checkpoint.py",
     "hpo/lmhead.py",
+    "hpo/dropout.py",
     "hpo/basemodel.py",
     "hpo/distributed.py",
 }  # inside functions in data.py
