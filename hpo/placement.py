@@ -213,6 +213,16 @@ def trial_device(
     return Device("cuda" if cuda_visible is not None and rank == 0 else f"cuda:{index}")
 
 
+def tail_threads(cpus_per_trial: int, slots: int, live: int, tail: bool) -> int:
+    """Torch threads per running trial: ``cpus_per_trial``, except at the tail of a study (no
+    trial will start any more) when fewer trials run than there are slots; then the running ones
+    share the slots' CPUs (2 trials of 1 CPU, 1 left: it takes both cores, 1.7x faster steps
+    on the tiny model)."""
+    if not tail or live <= 0 or live >= slots:
+        return cpus_per_trial
+    return max(cpus_per_trial, (cpus_per_trial * slots) // live)
+
+
 def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:
     """Torch's index of a physical GPU id: its position in CUDA_VISIBLE_DEVICES when set."""
     if cuda_visible is None:

@@ -109,15 +109,18 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         summary.notes += plan.notes + _cluster_notes(study, opts)
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
+        # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores
+        threads_file = trials_dir / f".threads-{run_id}" if started and not gpus and cpus >= 1 else None
         bridge = searcher.OptunaBridge(
             study,
             spec,
             opts.target,
-            _config_maker(spec, model_path, prepared.path, cpus, gpus),
+            _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file),
             trials_dir,
             run_id,
             on_event,
             opts.max_failures,
+            (threads_file, int(cpus), concurrency) if threads_file else None,
         )
         stop = threading.Event()
         tuner = _tuner(spec, opts, bridge, cpus, gpus, concurrency, run_id, _stop_callback(stop))
@@ -358,7 +361,9 @@ def _cluster_notes(study, opts: RunOptions) -> list[str]:
     )
 
 
-def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: float) -> Callable:
+def _config_maker(
+    spec, model_path: str, data_path: str, cpus: float, gpus: float, threads_file: Path | None = None
+) -> Callable:
     training = spec.training
 
     def make(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
@@ -383,6 +388,7 @@ def _config_maker(spec, model_path: str, data_path: str, cpus: float, gpus: floa
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,
             "gpus": gpus,
+            "threads_file": str(threads_file) if threads_file else None,  # placement.tail_threads
         }
 
     return make

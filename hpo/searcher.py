@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from hpo import space
+from hpo import placement, space
 from hpo.spec import StudySpec
 from hpo.storage import HEARTBEAT_S
 
@@ -69,6 +69,9 @@ class OptunaBridge(Searcher):
         run_id: this run's id, recorded on its trials.
         on_event: called with each ``Event`` (progress display); optional.
         max_failures: consecutive failures after which the run stops asking for trials.
+        threads: (file the trials poll, CPUs per trial, trial slots) when every trial runs on
+            this machine: at the tail of the study the running trials are told to use the idle
+            slots' cores (``placement.tail_threads``); None: trials keep their CPUs.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class OptunaBridge(Searcher):
         run_id: str,
         on_event: Callable[[Event], None] | None = None,
         max_failures: int = 5,
+        threads: tuple[Path, int, int] | None = None,
     ):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
@@ -89,6 +93,7 @@ class OptunaBridge(Searcher):
         self._make_config, self._trials_dir, self._run_id = make_config, trials_dir, run_id
         self._on_event = on_event or (lambda e: None)
         self._max_failures = max_failures
+        self._threads, self._threads_said = threads, 0
         self._live: dict[str, optuna.trial.Trial] = {}
         self._params: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
@@ -136,6 +141,7 @@ class OptunaBridge(Searcher):
         self._on_event(
             Event("start", trial.number, params, message="resumed" if "resumed_from" in attrs else "")
         )
+        self._share_idle_cpus()
         config = self._make_config(trial.number, params, str(folder))
         if "resumed_from" in attrs:
             config["resume_checkpoint"] = attrs["resumed_from"]
@@ -178,6 +184,7 @@ class OptunaBridge(Searcher):
         state = final_state(last, error, self._spec.asha_max_t(), bool(self._spec.schedule.type == "asha"))
         self._finish(trial, params, state, last, error_info)
         self._collect_garbage()
+        self._share_idle_cpus()
 
     # ------------------------------------------------------------ finishing trials
 
@@ -286,6 +293,22 @@ class OptunaBridge(Searcher):
                     self._counts_cache = (0.0, 0, 0)
             except Exception:  # noqa: BLE001 - retried next period
                 log.debug("stale-trial check failed", exc_info=True)
+
+    def _share_idle_cpus(self) -> None:
+        """Tell this run's trials how many torch threads to use (they poll the file)."""
+        if self._threads is None:
+            return
+        path, cpus, slots = self._threads
+        finished, running = self._counts(fresh=False)
+        with self._lock:
+            live = len(self._live)
+        n = placement.tail_threads(cpus, slots, live, tail=finished + running >= self._target)
+        if n != self._threads_said:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{n}\n")
+            os.replace(tmp, path)  # a trial never reads half a number
+            self._threads_said = n
 
     def _note_disk(self) -> None:
         self.disk_peak_mb = max(self.disk_peak_mb, du_mb(self._trials_dir))

@@ -167,6 +167,7 @@ def _run(
     state = _State(config.get("objective", "eval_loss"), time.perf_counter())
     wanted = _eval_marks(config)
     step, next_mark = 0, _next_mark(0, steps_per_epoch, every, 1, wanted)
+    threads = _Threads(config.get("threads_file"))
     model.train()
     for _epoch in range(int(p["epochs"])):
         order = torch.randperm(n_train, generator=gen)
@@ -178,6 +179,7 @@ def _run(
                     sched.step()
                 continue
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
+            threads.poll()
             t0 = time.perf_counter()
             loss, tokens = _step(model, opt, sched, train, idx, micro, device, autocast, loss_opts, dist)
             state.train_s += time.perf_counter() - t0
@@ -223,6 +225,33 @@ def _eval_marks(config: dict[str, Any]) -> Callable[[int], bool] | None:
         return mark in keep or abs(at - round(at)) < 1e-6
 
     return wanted
+
+
+class _Threads:
+    """The trial's torch threads follow ``threads_file`` (the driver raises the count at the tail
+    of a study, when slots fall idle; ``placement.tail_threads``), read at most twice a second."""
+
+    def __init__(self, path: str | None):
+        import torch
+
+        self.path, self.now, self.next = path, torch.get_num_threads(), 0.0
+        self.base = self.now
+
+    def poll(self) -> None:
+        if not self.path or time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + 0.5
+        try:
+            with open(self.path) as f:
+                n = int(f.read())
+        except (OSError, ValueError):
+            return
+        n = max(self.base, min(n, os.cpu_count() or 1))
+        if n != self.now:
+            import torch
+
+            torch.set_num_threads(n)
+            self.now = n
 
 
 class _State:

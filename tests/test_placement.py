@@ -158,3 +158,18 @@ def test_precision_is_bf16_from_ampere_on(major, wanted):
 def test_addresses(address, host_port, loopback):
     assert placement.host_port(address) == host_port
     assert placement.is_loopback(address) is loopback
+
+
+@pytest.mark.parametrize(
+    ("cpus", "slots", "live", "tail", "threads"),
+    [
+        (1, 2, 2, True, 1),  # every slot busy
+        (1, 2, 1, False, 1),  # a slot idle, but a trial is coming to it
+        (1, 2, 1, True, 2),  # the last trial: both cores
+        (2, 4, 3, True, 2),  # 8 CPUs, 3 trials: 2 each (never fewer than asked for)
+        (1, 8, 3, True, 2),  # 8 CPUs, 3 trials: 2 each
+        (1, 2, 0, True, 1),
+    ],
+)
+def test_tail_threads(cpus, slots, live, tail, threads):
+    assert placement.tail_threads(cpus, slots, live, tail) == threads

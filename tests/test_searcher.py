@@ -74,7 +74,7 @@ def test_checkpoint_gc_keeps_the_top_k_complete_and_running(tmp_path: Path):
     assert sorted(Path(p).parent.name for p in doomed) == ["2", "3", "5"]
 
 
-def _bridge(tmp_path: Path, target: int = 3):
+def _bridge(tmp_path: Path, target: int = 3, threads=None):
     spec = spec_mod.load(small_spec(tmp_path))
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     storage_mod.create(spec, url)
@@ -89,6 +89,7 @@ def _bridge(tmp_path: Path, target: int = 3):
         "run1",
         events.append,
         max_failures=2,
+        threads=threads,
     )
     return bridge, study, events
 
@@ -180,3 +181,22 @@ def test_dead_run_trials_are_recovered_once(tmp_path: Path):
     assert recover_stale(study, spec) == []
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_at_the_tail_the_running_trials_are_told_to_take_the_idle_cores(tmp_path: Path):
+    share = tmp_path / "trials" / ".threads-run1"
+    bridge, _, _ = _bridge(tmp_path, target=3, threads=(share, 1, 2))
+    try:
+        bridge.suggest("ray0"), bridge.suggest("ray1")
+        assert share.read_text() == "1\n"  # two slots, two trials: one core each
+        bridge.on_trial_complete(
+            "ray0", {"eval_loss": 2.0, "epoch": 1.0, "best_eval_loss": 2.0, BUDGET_DONE: True}
+        )
+        assert share.read_text() == "1\n"  # a trial is still to come: its slot is not idle
+        bridge.suggest("ray2")
+        bridge.on_trial_complete(
+            "ray1", {"eval_loss": 2.0, "epoch": 1.0, "best_eval_loss": 2.0, BUDGET_DONE: True}
+        )
+        assert share.read_text() == "2\n"  # the last trial alone: both cores
+    finally:
+        bridge.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,16 @@ def test_early_stopping_ends_the_trial_complete_at_the_budget_it_reached(
     assert last["best_token_accuracy"] == 0.3 and last["checkpoint"].endswith(
         f"step-{reports[1]['step']:07d}"
     )
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a trial never takes more threads than the machine has")
+def test_a_trial_takes_the_threads_the_driver_offers_and_gives_them_back(prepared, tiny_model, tmp_path):
+    share = tmp_path / "threads"
+    share.write_text("2\n")  # the driver: the study's tail, a slot idle
+    seen: list[int] = []
+    config = {**_config(prepared, tiny_model, tmp_path / "t"), "threads_file": str(share)}
+    trial.run(config, lambda m: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {2}
+    share.write_text("not a number\n")  # unreadable: keeps what it has; a new trial starts at its cpus
+    trial.run({**config, "checkpoint_dir": str(tmp_path / "u"), "threads_file": None}, lambda m: None)
+    assert torch.get_num_threads() == 1
