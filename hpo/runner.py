@@ -284,8 +284,18 @@ def _loopback_only() -> None:
 
 
 def _stop_ray() -> None:
+    """Stop the Ray hpo started. Its autoscaler monitor ignores the SIGTERM ``ray.shutdown`` sends
+    and is killed after a 1 s grace: a second of every run (measured: 1.33 -> 0.3 s). Nothing of it
+    is needed on a local Ray, so it is killed first (Ray's private process table; skipped if that
+    moves)."""
     import ray
 
+    try:
+        node: Any = ray._private.worker._global_node
+        for info in node.all_processes.get("monitor", []):
+            info.process.kill()
+    except Exception:  # noqa: BLE001 - only a speed-up: shutdown kills it anyway
+        log.debug("could not stop Ray's monitor early", exc_info=True)
     ray.shutdown()
 
 
