@@ -102,6 +102,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     prepared = data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
     # 2. Ray, resources and the bridge
     started = _start_ray(opts)
+    threads_file: Path | None = None
     try:
         plan = _resources(spec, opts)
         cpus, gpus, concurrency = plan.cpus, plan.gpus, plan.concurrency
@@ -110,7 +111,8 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
         # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores
-        threads_file = trials_dir / f".threads-{run_id}" if started and not gpus and cpus >= 1 else None
+        if started and not gpus and cpus >= 1:
+            threads_file = trials_dir / f".threads-{run_id}"
         bridge = searcher.OptunaBridge(
             study,
             spec,
@@ -130,6 +132,8 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     finally:
         if started:
             _stop_ray()
+        if threads_file is not None:
+            threads_file.unlink(missing_ok=True)
     summary = _finish_summary(summary, study, t0)
     if summary.stop_reason and not summary.interrupted:
         raise RunError(f"stopped: {summary.stop_reason}; fix the cause, then rerun the same command")
