@@ -334,7 +334,7 @@ def assemble(results, micro_figures, settings_used, info, train: Path, val: Path
     }
     return {
         **systems,
-        "ratios": report.ratios(systems, micro_figures),
+        "ratios": report.ratios(systems, micro_figures, results),
         "micro": micro_figures,
         "settings": settings_used,
         "unit_mapping": UNIT_MAPPING,

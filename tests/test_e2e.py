@@ -36,6 +36,8 @@ def test_create_run_export(tmp_path, tiny_model):
     r = run_cli("run", "--trials", "6", "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "6/6 finished" in r.stdout
+    trials_dir = tmp_path / "runs" / "e2e" / "trials"
+    assert trials_dir.is_dir() and not list(trials_dir.glob(".threads-*"))  # the tail's share file is gone
 
     trials = study.get_trials()
     states = [t.state for t in trials]
