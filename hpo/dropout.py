@@ -4,7 +4,7 @@ torch draws a CPU dropout mask one Mersenne-Twister number per element (``bernou
 multiplies by a bool mask through a type-promoting kernel, forward and backward. On the tiny
 GPT-2 that was a fifth of a training step (16 x 128 tokens, dropout 0.1: 43 ms for the masks and
 30 ms for the multiplies). Here a mask is 16-bit random numbers cut from 64-bit draws (a quarter
-of the draws) compared with a threshold, kept as the float ``0 or 1/(1-p)`` it multiplies by.
+of the draws) compared with a threshold.
 The drop probability is ``p`` rounded to 1/65,536, and the kept values are scaled by the exact
 inverse of the rounded keep probability, so the expectation is unchanged. The bool mask goes
 straight into ``masked_fill`` (no float copy of it), and in attention the ``1/(1-p)`` scale is

@@ -15,7 +15,8 @@ tensor of that size. On a small model that is a third of a training step. Here:
 The split is checked numerically once per model: the body + head must give the model's own
 logits (a model that scales or soft-caps its logits, or an adapter on the head, does not), and
 the full-logits path is used otherwise. Measured on the tiny GPT-2 (1 thread, 16 x 128 tokens):
-a training step 283 -> 197 ms with the GELU below; loss and gradients equal to 1e-6.
+a training step 283 -> 197 ms together with the fused GELU (``checkpoint.fuse_activation``); loss
+and gradients equal to 1e-6.
 """
 
 from __future__ import annotations
@@ -24,28 +25,10 @@ import functools
 import weakref
 from typing import Any
 
-#: Activation names transformers implements op by op, and the fused kernel computing the same
-#: function (GPT-2's ``gelu_new`` is the tanh approximation, which ``F.gelu`` has as one kernel).
-FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
-ACTIVATION_FIELDS = ("activation_function", "hidden_act", "hidden_activation")
-
 CPU_CHUNK = 256  # rows of logits per pass on CPU: 256 x vocab floats stay in cache (measured best)
 CUDA_CHUNK = 8192  # on a GPU, fewer larger kernels; the memory is chunk x vocab floats
 
 _splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (body, head) | None
-
-
-def fuse_activation(config) -> dict[str, str]:
-    """Switch ``config``'s activation to its fused kernel in place; returns the original names
-    (field -> name) so the caller can put them back on the built model's config, which is what
-    checkpoints save: a saved model reads exactly as it was loaded."""
-    changed = {}
-    for field in ACTIVATION_FIELDS:
-        name = getattr(config, field, None)
-        if isinstance(name, str) and name in FUSED_ACTIVATIONS:
-            changed[field] = name
-            setattr(config, field, FUSED_ACTIVATIONS[name])
-    return changed
 
 
 def loss_sum(model, ids, labels, pos=None, label_smoothing: float = 0.0):
@@ -125,16 +108,17 @@ def _checked_split(model) -> tuple[Any, Any] | None:
     return (body, head) if same else None
 
 
+def _inputs(ids, pos) -> dict[str, Any]:
+    """Forward arguments: ``pos`` (positions restarting per packed example) only when given."""
+    return {"input_ids": ids, "use_cache": False, **({"position_ids": pos} if pos is not None else {})}
+
+
 def _full_logits(model, ids, pos):
-    if pos is None:
-        return model(input_ids=ids, use_cache=False).logits
-    return model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    return model(**_inputs(ids, pos)).logits
 
 
 def _hidden(body, ids, pos):
-    if pos is None:
-        return body(input_ids=ids, use_cache=False).last_hidden_state
-    return body(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+    return body(**_inputs(ids, pos)).last_hidden_state
 
 
 def _chunk(h) -> int:

@@ -141,7 +141,7 @@ class OptunaBridge(Searcher):
         self._on_event(
             Event("start", trial.number, params, message="resumed" if "resumed_from" in attrs else "")
         )
-        self._share_idle_cpus()
+        self._share_idle_cpus(finished, running + 1)
         config = self._make_config(trial.number, params, str(folder))
         if "resumed_from" in attrs:
             config["resume_checkpoint"] = attrs["resumed_from"]
@@ -183,8 +183,9 @@ class OptunaBridge(Searcher):
         error_info = read_error(Path(trial.user_attrs["trial_dir"])) if error else None
         state = final_state(last, error, self._spec.asha_max_t(), bool(self._spec.schedule.type == "asha"))
         self._finish(trial, params, state, last, error_info)
-        self._collect_garbage()
-        self._share_idle_cpus()
+        trials = self._study.get_trials(deepcopy=False)  # one read for both
+        self._collect_garbage(trials)
+        self._share_idle_cpus(*finished_and_running(trials))
 
     # ------------------------------------------------------------ finishing trials
 
@@ -252,8 +253,7 @@ class OptunaBridge(Searcher):
             trials = self._study.get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             )
-            finished = sum(t.state != TrialState.RUNNING for t in trials)
-            running = len(trials) - finished
+            finished, running = finished_and_running(trials)
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
 
@@ -294,12 +294,12 @@ class OptunaBridge(Searcher):
             except Exception:  # noqa: BLE001 - retried next period
                 log.debug("stale-trial check failed", exc_info=True)
 
-    def _share_idle_cpus(self) -> None:
-        """Tell this run's trials how many torch threads to use (they poll the file)."""
+    def _share_idle_cpus(self, finished: int, running: int) -> None:
+        """Tell this run's trials how many torch threads to use (they poll the file), given the
+        study's finished and running trials."""
         if self._threads is None:
             return
         path, cpus, slots = self._threads
-        finished, running = self._counts(fresh=False)
         with self._lock:
             live = len(self._live)
         n = placement.tail_threads(cpus, slots, live, tail=finished + running >= self._target)
@@ -313,8 +313,8 @@ class OptunaBridge(Searcher):
     def _note_disk(self) -> None:
         self.disk_peak_mb = max(self.disk_peak_mb, du_mb(self._trials_dir))
 
-    def _collect_garbage(self) -> None:
-        trials = self._study.get_trials(deepcopy=False)
+    def _collect_garbage(self, trials: list | None = None) -> None:
+        trials = self._study.get_trials(deepcopy=False) if trials is None else trials
         for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.direction):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -337,6 +337,12 @@ class OptunaBridge(Searcher):
 
 
 # ---------------------------------------------------------------- pure decisions
+
+
+def finished_and_running(trials: list) -> tuple[int, int]:
+    """(COMPLETE + PRUNED, RUNNING) among ``trials``: what counts towards the target."""
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return finished, sum(t.state == TrialState.RUNNING for t in trials)
 
 
 def eval_step(epoch: float, eval_every: float) -> int:
@@ -484,7 +490,7 @@ def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
         if (
             t.user_attrs.get("host") == host
             and isinstance(pid, int)
-            and ((pid == os.getpid() and not this_process_alive) or (pid != os.getpid() and not _alive(pid)))
+            and (not this_process_alive if pid == os.getpid() else not _alive(pid))
         ):
             out.append(t._trial_id)
     return out

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo import lmhead, trial
+from hpo import checkpoint, lmhead, trial
 
 
 @pytest.fixture(scope="module")
@@ -130,5 +130,5 @@ def test_fuse_activation_changes_only_the_names_it_knows():
         hidden_act = "silu"
 
     cfg = Config()
-    assert lmhead.fuse_activation(cfg) == {"activation_function": "gelu_new"}
+    assert checkpoint.fuse_activation(cfg) == {"activation_function": "gelu_new"}
     assert (cfg.activation_function, cfg.hidden_act) == ("gelu_pytorch_tanh", "silu")
