@@ -7,12 +7,15 @@ exports like any model) and the adapter alone under ``adapter/`` (peft's layout)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from hpo.errors import TrialError
+
+log = logging.getLogger(__name__)
 
 POINTER = "BEST"  # file in a trial's checkpoint folder naming its best checkpoint
 
@@ -43,6 +46,17 @@ def load_model(model_path: str, dropout: float, device=None):
     except (OSError, ValueError) as e:
         raise TrialError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from e
     return model.to(device) if device is not None else model
+
+
+def import_model_code(model_path: str) -> None:
+    """Import the modeling code ``load_model`` will use for ``model_path`` (its config only: no
+    weights are read); a path that does not load is left for ``load_model`` to report."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(model_path))]
+    except Exception:  # noqa: BLE001 - the trial's own load says what is wrong
+        log.debug("could not import the model code of %s", model_path, exc_info=True)
 
 
 def fuse_activation(config) -> dict[str, str]:

@@ -471,6 +471,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
     from hpo import trial
 
+    _settle_process(config["model_path"])
     config = {**config, "placement": _placement_seen()}
     seen = config["placement"]
 
@@ -483,6 +484,29 @@ def _trainable(config: dict[str, Any]) -> None:
     except Exception as e:  # not BaseException: Ray stops a trial (ASHA) by raising SystemExit in it
         _write_error(config["checkpoint_dir"], e)
         raise
+
+
+_SETTLED: list[str] = []  # the model whose code this trial process imported before freezing gc
+
+
+def _settle_process(model_path: str) -> None:
+    """Once per trial process, before its first model exists: import the trial's code and the
+    model's, then move every object alive to the garbage collector's permanent generation.
+
+    torch and transformers leave ~400,000 objects that every full collection walked: the
+    ``gc.collect()`` that ends each trial (so the next one starts with its memory back) took
+    0.16 s, between two trials of one slot, and training paid the same for each automatic one.
+    Frozen, they are never walked again; what trials allocate is collected as before."""
+    if _SETTLED:
+        return
+    import gc
+
+    from hpo import trial
+
+    trial.import_code(model_path)
+    gc.collect()
+    gc.freeze()
+    _SETTLED.append(model_path)
 
 
 def _placement_seen() -> dict[str, Any]:

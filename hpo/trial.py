@@ -84,6 +84,19 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
         release_host_memory()
 
 
+def import_code(model_path: str) -> None:
+    """Import what a trial of ``model_path`` imports as it runs: torch, numpy, the schedules, the
+    prepared-data reader and the model's own code (no weights are read)."""
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import get_scheduler  # noqa: F401
+
+    from hpo.checkpoint import import_model_code
+    from hpo.data import Prepared  # noqa: F401
+
+    import_model_code(model_path)
+
+
 def release_host_memory() -> None:
     """Give the freed heap back to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
 
