@@ -399,6 +399,7 @@ def _config_maker(
             "l1": training.l1,
             "early_stopping_patience": training.early_stopping_patience,
             "objective": spec.objective.metric,
+            "precision": training.precision,  # auto: placement.precision decides on the trial's device
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,
             "gpus": gpus,
@@ -446,10 +447,12 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
     )
 
 
-#: What the trial process saw and chose, added to each of its reports (and kept as user attributes);
-#: a data-parallel trial (``gpus_per_trial`` > 1) adds its ``world_size`` and ``ddp_backend``.
+#: What the trial process saw and chose (its device and precision among them), added to each of its
+#: reports (and kept as user attributes); a data-parallel trial (``gpus_per_trial`` > 1) adds its
+#: ``world_size`` and ``ddp_backend``.
 PLACEMENT_REPORTED = (
     "device",
+    "precision",
     "device_note",
     "cuda_visible_devices",
     "node_id",

@@ -374,7 +374,8 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s",
         "best_token_accuracy",
         "early_stopped",
-        "device",  # where it trained (cpu, cuda), and why not on the GPU it asked for
+        "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
+        "precision",
         "device_note",
         "cuda_visible_devices",
         "node_id",

@@ -205,6 +205,11 @@ class TrainingSpec(Frozen):
         default=None, ge=1, description="end a trial COMPLETE after k evaluations without improvement"
     )
     seed: Int | None = Field(default=None, ge=0, description="trial seed (default: the study's seed)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="auto: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA Ampere or "
+        "newer, CPUs with AMX), fp32 elsewhere; bf16 or fp32: that, on any device",
+    )
 
 
 class AdapterSpec(Frozen):

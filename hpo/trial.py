@@ -173,7 +173,7 @@ def _run(
     total_steps = int(p["epochs"]) * steps_per_epoch
     sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
     loss_opts = _LossOptions(o["label_smoothing"], o["l1"], o["max_grad_norm"], _matrices(model))
-    autocast = _autocast(device)
+    autocast = _autocast(device, _precision(config, device))
     # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
     gen = torch.Generator().manual_seed(o["seed"])
     every = float(config["eval_every"])
@@ -369,16 +369,37 @@ def _device(config: dict[str, Any]):
     return torch.device(choice.device)
 
 
-def _autocast(device):
-    import contextlib
-
+def _precision(config: dict[str, Any], device) -> str:
+    """bf16 or fp32: the spec's ``training.precision``, "auto" decided for this device by
+    ``placement.precision``; recorded in ``config["placement"]``, so every report carries it."""
     import torch
 
     from hpo import placement
 
-    # bf16 only where the hardware has it (Ampere+); is_bf16_supported() also counts emulation
-    if device.type == "cuda" and placement.precision(torch.cuda.get_device_capability(device)[0]) == "bf16":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
+    chosen = placement.precision(major, device.type == "cpu" and _cpu_amx(), config.get("precision", "auto"))
+    config.setdefault("placement", {})["precision"] = chosen
+    return chosen
+
+
+def _cpu_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix multiplies in hardware)."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume none
+        return False
+
+
+def _autocast(device, precision: str = "fp32"):
+    """A context-manager factory for the trial's forward passes: bf16 autocast, or nothing."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 

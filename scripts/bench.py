@@ -41,6 +41,7 @@ from bench_peers.monitor import Monitor  # noqa: E402
 from bench_peers.settings import Settings  # noqa: E402
 
 PEERS = ("hf_ray", "tune_optuna")
+VARIANTS = ("hpo_fp32",)  # hpo with training.precision: fp32 (what the peers compute in)
 VALIDATION_SHARE = 0.1  # of the fine-tuning text, by characters, held out as whole topics
 SYSTEM_TIMEOUT_S = 1800
 
@@ -211,21 +212,32 @@ def time_help(repeats: int = 5) -> dict[str, Any]:
     return {"help_median_s": round(statistics.median(times), 3), "help_runs_s": [round(t, 3) for t in times]}
 
 
+MICRO = ("micro_plain", "micro_hpo", "micro_plain_bf16", "micro_hpo_fp32")
+
+
 def micro(base: dict[str, Any], root: Path, repeats: int) -> dict[str, Any]:
-    """A plain HF Trainer fine-tune vs hpo's trial loop, same configuration, alternating."""
-    runs: dict[str, list[dict[str, Any]]] = {"micro_plain": [], "micro_hpo": []}
+    """A plain HF Trainer fine-tune vs hpo's trial loop, same configuration, each in fp32 and in
+    bf16 autocast, alternating. The target compares the same precision: hpo's default (bf16 on a
+    CPU with AMX) with the Trainer's ``bf16=True`` there, fp32 with fp32 elsewhere."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MICRO}
     for i in range(repeats):
-        for name in ("micro_plain", "micro_hpo") if i % 2 == 0 else ("micro_hpo", "micro_plain"):
+        for name in MICRO if i % 2 == 0 else MICRO[::-1]:
             cfg = dict(base, work_dir=str(root / f"{name}-{i}"), threads=1)
             runs[name].append(run_system(name, cfg, root))
-    plain = statistics.median(r["tokens_per_s"] for r in runs["micro_plain"])
-    hpo = statistics.median(r["tokens_per_s"] for r in runs["micro_hpo"])
-    keep = ("tokens_per_s", "steps_s", "tokens", "eval_loss", "torch_threads")
+    rate = {name: statistics.median(r["tokens_per_s"] for r in v) for name, v in runs.items()}
+    precision = runs["micro_hpo"][0]["precision"]  # what hpo's auto chose on this machine
+    same = rate["micro_plain_bf16" if precision == "bf16" else "micro_plain"]
+    keep = ("tokens_per_s", "steps_s", "tokens", "eval_loss", "torch_threads", "precision")
     return {
         "config": runs["micro_plain"][0]["config"],
-        "plain_tokens_per_s": plain,
-        "hpo_trial_tokens_per_s": hpo,
-        "throughput_ratio": round(hpo / plain, 3),
+        "hpo_precision": precision,
+        "plain_tokens_per_s": rate["micro_plain"],
+        "plain_bf16_tokens_per_s": rate["micro_plain_bf16"],
+        "hpo_trial_tokens_per_s": rate["micro_hpo"],
+        "hpo_trial_fp32_tokens_per_s": rate["micro_hpo_fp32"],
+        "throughput_ratio": round(rate["micro_hpo"] / same, 3),  # same precision
+        "throughput_ratio_fp32": round(rate["micro_hpo_fp32"] / rate["micro_plain"], 3),
+        "throughput_ratio_vs_plain_default": round(rate["micro_hpo"] / rate["micro_plain"], 3),
         "runs": {k: [{f: r.get(f) for f in keep} for r in v] for k, v in runs.items()},
         **time_help(),
     }
@@ -237,7 +249,7 @@ def micro(base: dict[str, Any], root: Path, repeats: int) -> dict[str, Any]:
 def plan(args: argparse.Namespace) -> tuple[list[str], int, int]:
     trials = args.trials or (12 if args.quick else 20)
     seeds = args.seeds or (1 if args.quick else 3)
-    systems = ["hpo", *PEERS] + (["hf_optuna"] if args.with_hf_optuna else [])
+    systems = ["hpo", *PEERS, *VARIANTS] + (["hf_optuna"] if args.with_hf_optuna else [])
     if args.systems:
         systems = [x.strip() for x in args.systems.split(",") if x.strip()]
         unknown = sorted(set(systems) - set(report.SYSTEMS))
@@ -377,8 +389,11 @@ def print_tables(out: dict[str, Any]) -> None:
     if out.get("micro"):
         m = out["micro"]
         print(
-            f"\nthroughput: plain Trainer {m['plain_tokens_per_s']:.0f} tok/s, hpo trial "
-            f"{m['hpo_trial_tokens_per_s']:.0f} tok/s; hpo --help {m['help_median_s']:.3f} s"
+            f"\nthroughput (tok/s): plain Trainer {m['plain_tokens_per_s']:.0f} fp32, "
+            f"{m['plain_bf16_tokens_per_s']:.0f} bf16; "
+            f"hpo trial {m['hpo_trial_fp32_tokens_per_s']:.0f} fp32, "
+            f"{m['hpo_trial_tokens_per_s']:.0f} {m['hpo_precision']} (its default here); "
+            f"hpo --help {m['help_median_s']:.3f} s"
         )
 
 

@@ -22,7 +22,6 @@ so the figures have a baseline; it exits 0 either way.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -148,7 +147,7 @@ def memory_check(torch) -> dict[str, Any]:
             trial.run({**config, "trial_number": n, "checkpoint_dir": str(tmp / f"t{n}")}, lambda m: None)
             after.append(torch.cuda.memory_allocated())
             peaks.append(torch.cuda.max_memory_allocated())
-        used = "fp32" if trial._autocast(torch.device("cuda")) is contextlib.nullcontext else "bf16"
+        used = trial._precision({}, torch.device("cuda"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     released = all(a - base < MB for a in after)

@@ -46,6 +46,7 @@ def test_create_run_export(tmp_path, tiny_model):
     for t in trials:
         assert t.intermediate_values, t.number
         assert t.user_attrs["ray_trial_id"] and t.user_attrs["epoch"] > 0
+        assert t.user_attrs["device"] == "cpu" and t.user_attrs["precision"] in ("bf16", "fp32")
         if t.state == TrialState.PRUNED:
             assert t.user_attrs["pruned_at_epoch"] < 2
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)

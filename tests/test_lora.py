@@ -57,4 +57,6 @@ def test_a_lora_trial_keeps_a_merged_checkpoint_that_reproduces_its_loss(prepare
     )
     arrays = prepared.arrays()
     ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    assert math.isclose(trial.evaluate(merged, ids, labels, pos=pos), last["best_eval_loss"], abs_tol=1e-4)
+    autocast = trial._autocast(torch.device("cpu"), config["placement"]["precision"])  # as the trial did
+    loss = trial.evaluate(merged, ids, labels, pos=pos, autocast=autocast)
+    assert math.isclose(loss, last["best_eval_loss"], abs_tol=1e-4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo import basemodel, data, trial
+from hpo import basemodel, data, placement, trial
 from hpo import spec as spec_mod
 from tests.conftest import small_spec, trial_config
 
@@ -98,7 +98,8 @@ def test_a_trial_evaluates_only_where_asha_decides(prepared, tiny_model, tmp_pat
 
 def test_a_trial_reports_at_epoch_marks_and_keeps_its_best_checkpoint(prepared, tiny_model, tmp_path):
     reports: list[dict] = []
-    last = trial.run(_config(prepared, tiny_model, tmp_path / "t0"), reports.append)
+    config = _config(prepared, tiny_model, tmp_path / "t0")
+    last = trial.run(config, reports.append)
     assert [r["epoch"] for r in reports] == [0.5, 1.0]
     assert [r["budget_done"] for r in reports] == [False, True]
     assert reports[-1]["eval_loss"] < reports[0]["eval_loss"]
@@ -111,10 +112,31 @@ def test_a_trial_reports_at_epoch_marks_and_keeps_its_best_checkpoint(prepared, 
     model = trial.load_model(str(best), 0.0)
     arrays = prepared.arrays()
     ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    assert math.isclose(trial.evaluate(model, ids, labels, pos=pos), last["best_eval_loss"], abs_tol=1e-4)
+    autocast = trial._autocast(torch.device("cpu"), config["placement"]["precision"])  # as the trial did
+    loss = trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
+    assert math.isclose(loss, last["best_eval_loss"], abs_tol=1e-4)
     # every evaluation reports loss, perplexity and next-token accuracy; the best is the objective's
     assert all(0 < r["token_accuracy"] < 1 and r["perplexity"] == math.exp(r["eval_loss"]) for r in reports)
     assert last["best_objective"] == last["best_eval_loss"]
+
+
+def test_a_trial_trains_in_the_precision_asked_for(prepared, tiny_model, tmp_path):
+    losses = {}
+    for asked in ("fp32", "bf16", "auto"):
+        config = {**_config(prepared, tiny_model, tmp_path / asked), "precision": asked}
+        losses[asked] = [r["eval_loss"] for r in _reports(config)]
+        chosen = placement.precision(None, trial._cpu_amx()) if asked == "auto" else asked
+        assert config["placement"]["precision"] == chosen
+    # bf16 autocast really ran (other roundings), and trains to the same losses as fp32 here
+    assert losses["bf16"] != losses["fp32"]
+    assert all(abs(a - b) < 0.01 for a, b in zip(losses["bf16"], losses["fp32"], strict=True))
+    assert losses["auto"] == losses[placement.precision(None, trial._cpu_amx())]
+
+
+def _reports(config: dict) -> list[dict]:
+    out: list[dict] = []
+    trial.run(config, out.append)
+    return out
 
 
 def test_same_seed_and_params_give_the_same_loss(prepared, tiny_model, tmp_path):

@@ -13,11 +13,14 @@ import time
 
 SYSTEMS = {
     "hpo": "bench_peers.hpo_system",
+    "hpo_fp32": "bench_peers.hpo_system",
     "hf_ray": "bench_peers.hf_ray",
     "tune_optuna": "bench_peers.tune_optuna",
     "hf_optuna": "bench_peers.hf_optuna",
     "micro_plain": "bench_peers.micro",
+    "micro_plain_bf16": "bench_peers.micro",
     "micro_hpo": "bench_peers.micro",
+    "micro_hpo_fp32": "bench_peers.micro",
     "profile": "bench_peers.profile",
 }
 

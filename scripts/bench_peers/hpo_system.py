@@ -1,5 +1,9 @@
 """hpo itself: ``create_study`` + ``run_study`` on the bench spec; every figure from the storage.
 
+``hpo`` runs the spec as hpo runs it by default (``training.precision: auto``: bf16 autocast on a
+CPU with AMX, fp32 elsewhere); ``hpo_fp32`` the same spec with ``precision: fp32``, the peers'
+arithmetic, so a run shows what the precision buys apart from what the rest of hpo does.
+
 Per trial, hpo records ``train_s`` (inside optimizer steps) and ``eval_s`` (inside evaluations) as
 user attributes; their sums over all trials are the compute the overhead is measured against.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from bench_peers import settings
@@ -23,7 +28,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     s = settings.Settings.from_dict(cfg["settings"])
     work = cfg["work_dir"]
     url = f"sqlite:///{os.path.join(work, 'hpo.db')}"
-    create_study(cfg["spec_path"], storage=url)
+    create_study(_spec(name, cfg["spec_path"], work), storage=url)
     t0 = time.time()
     summary = run_study(
         "bench", trials=s.trials, storage=url, runs_dir=os.path.join(work, "runs"), concurrency=s.concurrency
@@ -43,6 +48,20 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "hpo_disk_peak_mb": summary.disk_peak_mb,
         "hpo_summary_wall_s": round(summary.wall_s, 2),
     }
+
+
+def _spec(name: str, spec_path: str, work: str) -> str:
+    """The bench spec, or for ``hpo_fp32`` a copy of it that trains in fp32."""
+    if name != "hpo_fp32":
+        return spec_path
+    import yaml
+
+    spec = yaml.safe_load(Path(spec_path).read_text())
+    spec.setdefault("training", {})["precision"] = "fp32"
+    # relative data paths resolve against the spec's folder: keep the copy beside the original
+    out = Path(spec_path).with_name(f"{Path(spec_path).stem}-fp32.yaml")
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(out)
 
 
 def trial_figures(trials: list, TrialState) -> dict[str, Any]:

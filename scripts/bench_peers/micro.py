@@ -1,8 +1,10 @@
 """Throughput of one fine-tune, same configuration, one thread, nothing else running in the process.
 
 ``micro_plain``: a plain HF ``Trainer`` (no evaluation during training, no saving), timed by the
-same step callback as the peers. ``micro_hpo``: hpo's trial loop (``hpo.trial.run``) called
-directly, one evaluation at the end. Both report loss-carrying tokens per second inside steps.
+same step callback as the peers; ``micro_plain_bf16`` the same with ``bf16=True`` (CPU autocast).
+``micro_hpo``: hpo's trial loop (``hpo.trial.run``) called directly, one evaluation at the end, in
+the precision hpo picks by default (``auto``); ``micro_hpo_fp32`` the same in fp32. Each reports
+loss-carrying tokens per second inside steps, and the precision it trained in.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(cfg.get("threads", 1))
     s = Settings.from_dict(cfg["settings"])
-    out = _plain(cfg, s) if name == "micro_plain" else _hpo(cfg, s)
+    out = _plain(cfg, s, name.endswith("bf16")) if name.startswith("micro_plain") else _hpo(cfg, s, name)
     out["torch_threads"] = torch.get_num_threads()
     out["config"] = FIXED
     return out
 
 
-def _plain(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
+def _plain(cfg: dict[str, Any], s: Settings, bf16: bool) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from bench_peers import common
@@ -49,6 +51,7 @@ def _plain(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
         report_to=[],
         seed=s.seed,
         use_cpu=True,
+        bf16=bf16,
         disable_tqdm=True,
     )
     trainer = Trainer(
@@ -71,10 +74,11 @@ def _plain(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
         "tokens_per_s": round(run["tokens"] / run["train_s"], 1),
         "tokens_per_s_train_call": round(run["tokens"] / train_wall, 1),
         "eval_loss": eval_loss,
+        "precision": "bf16" if bf16 else "fp32",
     }
 
 
-def _hpo(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
+def _hpo(cfg: dict[str, Any], s: Settings, name: str) -> dict[str, Any]:
     from hpo import trial
     from hpo.basemodel import quiet_transformers
 
@@ -92,6 +96,7 @@ def _hpo(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
         "max_grad_norm": 1.0,
         "cpus": cfg.get("threads", 1),
         "gpus": 0,
+        "precision": "fp32" if name.endswith("fp32") else "auto",
     }
     t0 = time.perf_counter()
     last = trial.run(config, lambda m: None)
@@ -102,4 +107,5 @@ def _hpo(cfg: dict[str, Any], s: Settings) -> dict[str, Any]:
         "tokens": last["tokens"],
         "tokens_per_s": round(last["tokens_per_s"], 1),
         "eval_loss": last["eval_loss"],
+        "precision": config["placement"]["precision"],
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-SYSTEMS = ("hpo", "hf_ray", "tune_optuna", "hf_optuna")
+PEERS = ("hf_ray", "tune_optuna", "hf_optuna")
+SYSTEMS = ("hpo", *PEERS, "hpo_fp32")  # hpo_fp32: hpo with training.precision fp32 (the peers' arithmetic)
 
 
 def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
@@ -99,12 +100,14 @@ def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
     return round(a / b, digits) if a is not None and b else None
 
 
-def _paired_wall_ratio(per_seed: dict[str, list[dict[str, Any]]] | None, peer: str) -> float | None:
-    """The median over seeds of hpo's wall / the peer's wall in the same seed (None: one seed)."""
+def _paired_wall_ratio(
+    per_seed: dict[str, list[dict[str, Any]]] | None, peer: str, base: str = "hpo"
+) -> float | None:
+    """The median over seeds of ``base``'s wall / the peer's wall in the same seed (None: one seed)."""
     runs = per_seed or {}
     pairs = [
         (a.get("wall_s"), b.get("wall_s"))
-        for a, b in zip(runs.get("hpo", []), runs.get(peer, []), strict=False)
+        for a, b in zip(runs.get(base, []), runs.get(peer, []), strict=False)
     ]
     values = [a / b for a, b in pairs if a is not None and b]
     return round(statistics.median(values), 3) if len(values) > 1 else None
@@ -119,7 +122,7 @@ def ratios(
     wall ratio is the median of the per-seed ratios (each seed's systems ran back to back)."""
     hpo = systems.get("hpo", {})
     rows: dict[str, tuple[float | None, str]] = {}
-    for peer in SYSTEMS[1:]:
+    for peer in PEERS:
         if peer not in systems:
             continue
         p = systems[peer]
@@ -139,10 +142,37 @@ def ratios(
             rows[f"best_eval_loss hpo-{peer}"] = (diff, "<= 0" if peer == "tune_optuna" else "")
     rows["overhead_per_trial_s hpo"] = (hpo.get("overhead_per_trial_s"), "<= 1.0")
     rows["efficiency hpo"] = (hpo.get("efficiency"), ">= 0.85")
+    rows.update(_variant_rows(systems, per_seed))
     if micro:
-        rows["throughput hpo/plain Trainer"] = (micro.get("throughput_ratio"), ">= 0.95")
+        rows["throughput hpo/plain Trainer, same precision"] = (micro.get("throughput_ratio"), ">= 0.95")
+        rows["throughput hpo/plain Trainer, both fp32"] = (micro.get("throughput_ratio_fp32"), "")
+        rows["throughput hpo default/plain Trainer default"] = (
+            micro.get("throughput_ratio_vs_plain_default"),
+            "",
+        )
         rows["hpo --help s"] = (micro.get("help_median_s"), "<= 0.5")
     return {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in rows.items()}
+
+
+def _variant_rows(
+    systems: dict[str, dict[str, Any]], per_seed: dict[str, list[dict[str, Any]]] | None
+) -> dict[str, tuple[float | None, str]]:
+    """hpo in fp32 against the peers and against hpo's default: what the precision alone buys."""
+    fp32 = systems.get("hpo_fp32")
+    if not fp32:
+        return {}
+    rows: dict[str, tuple[float | None, str]] = {}
+    for other in ("hf_ray", "tune_optuna", "hpo"):
+        if other not in systems:
+            continue
+        o = systems[other]
+        wall = _paired_wall_ratio(per_seed, other, base="hpo_fp32") or _ratio(fp32["wall_s"], o["wall_s"])
+        rows[f"wall hpo_fp32/{other}"] = (wall, "")
+        losses = (fp32.get("best_eval_loss"), o.get("best_eval_loss"))
+        if other != "hpo" and None not in losses:
+            rows[f"best_eval_loss hpo_fp32-{other}"] = (round(losses[0] - losses[1], 4), "")
+    rows["overhead_per_trial_s hpo_fp32"] = (fp32.get("overhead_per_trial_s"), "")
+    return rows
 
 
 _WALL_TARGETS = {"hf_ray": "<= 0.6", "tune_optuna": "<= 0.5"}
