@@ -222,7 +222,7 @@ def _start_ray(opts: RunOptions) -> bool:
     ray_env()
     import ray
 
-    from hpo import placement
+    from hpo import localray, placement
 
     for name in ("ray", "ray.tune", "ray.train"):  # hpo reports progress and errors itself
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -246,13 +246,14 @@ def _start_ray(opts: RunOptions) -> bool:
             ray.init(address=address, **common)
         else:
             _loopback_only()
-            ray.init(
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                _temp_dir=_temp_dir(opts.runs_dir),
-                configure_logging=True,
-                **common,
-            )
+            with localray.quick_start():  # a local run needs no dashboard, monitors or 1 s waits
+                ray.init(
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    _temp_dir=_temp_dir(opts.runs_dir),
+                    configure_logging=True,
+                    **common,
+                )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
         raise RunError(
             f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}"
