@@ -4,11 +4,13 @@ torch draws a CPU dropout mask one Mersenne-Twister number per element (``bernou
 multiplies by a bool mask through a type-promoting kernel, forward and backward. On the tiny
 GPT-2 that was a fifth of a training step (16 x 128 tokens, dropout 0.1: 43 ms for the masks and
 30 ms for the multiplies). Here a mask is 16-bit random numbers cut from 64-bit draws (a quarter
-of the draws) compared with a threshold.
+of the draws) compared with a threshold, written straight out as 0/1 in the tensor's own dtype
+(one pass), so forward and backward are each one plain multiply: 4x cheaper than ``masked_fill``
+(measured 1.6 ms vs 0.3 ms a million bf16 elements; a bf16 tiny-model step 177 -> 163 ms).
 The drop probability is ``p`` rounded to 1/65,536, and the kept values are scaled by the exact
-inverse of the rounded keep probability, so the expectation is unchanged. The bool mask goes
-straight into ``masked_fill`` (no float copy of it), and in attention the ``1/(1-p)`` scale is
-applied to the (head-dim wide) output instead of the (sequence-wide) probabilities.
+inverse of the rounded keep probability, applied as a float (never rounded to bf16), so the
+expectation is unchanged. In attention the ``1/(1-p)`` scale is applied to the (head-dim wide)
+output instead of the (sequence-wide) probabilities.
 
 Used where a model drops out on CPU: its ``nn.Dropout`` modules are swapped for ``FastDropout``,
 and when it runs transformers' ``sdpa`` attention (on CPU, SDPA with dropout falls back to its
@@ -25,16 +27,17 @@ ATTENTION = "hpo_sdpa"  # the transformers attention implementation name registe
 LEVELS = 1 << 16  # mask resolution: p is rounded to a multiple of 1/65,536
 
 
-def drop_mask(shape, p: float):
-    """(a CPU bool tensor of ``shape``, True with probability ``p`` rounded to 1/65,536; the scale
-    ``1/(1-p)`` of the rounded ``p``) for dropping out: ``x.masked_fill(mask, 0) * scale``."""
+def keep_mask(shape, p: float, dtype):
+    """(a CPU tensor of ``shape`` and ``dtype``: 0 with probability ``p`` rounded to 1/65,536, else 1;
+    the scale ``1/(1-p)`` of the rounded ``p``) for dropping out: ``x * keep * scale``."""
     import torch
 
     n = math.prod(shape)
     dropped = round(p * LEVELS)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    mask = bits.view(torch.int16)[:n] < dropped - LEVELS // 2
-    return mask.view(shape), LEVELS / (LEVELS - dropped)
+    keep = torch.empty(shape, dtype=dtype)
+    torch.ge(bits.view(torch.int16)[:n].view(shape), dropped - LEVELS // 2, out=keep)  # one pass
+    return keep, LEVELS / (LEVELS - dropped)
 
 
 def drop(x, p: float):
@@ -43,8 +46,8 @@ def drop(x, p: float):
         return x
     if p >= 1.0:
         return x * 0.0
-    mask, scale = drop_mask(x.shape, p)
-    return x.masked_fill(mask, 0.0) * scale
+    keep, scale = keep_mask(x.shape, p, x.dtype)
+    return (x * keep).mul_(scale)  # the scale as a float: no bf16 rounding of 1/(1-p)
 
 
 @functools.cache
@@ -121,8 +124,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
             attention_mask = _causal(query.shape[2], query.device)
     if attention_mask is not None:
         scores = scores + _additive(attention_mask, scores.dtype)
-    mask, keep_scale = drop_mask(scores.shape, dropout)
-    probs = torch.softmax(scores, dim=-1).masked_fill(mask, 0.0)
+    keep, keep_scale = keep_mask(scores.shape, dropout, scores.dtype)
+    probs = torch.softmax(scores, dim=-1) * keep
     return (torch.matmul(probs, value) * keep_scale).transpose(1, 2).contiguous(), None
 
 

@@ -174,10 +174,11 @@ def _fused_pass(h, weight, bias, targets, eps: float, chunk: int, need: tuple[bo
             g[rows[: len(t)], t] -= 1.0 - eps
             if eps:
                 g.sub_(eps / vocab)
-            if need[0]:  # 4.
-                gh[i : i + chunk] = (g.to(cd) @ w).to(h.dtype)
-            if need[1]:
-                gw.addmm_(g.T, hc.float())
+            gc = g.to(cd)  # 4. (in the autocast dtype, as autocast's own backward would)
+            if need[0]:
+                gh[i : i + chunk] = (gc @ w).to(h.dtype)
+            if need[1]:  # fp32: accumulated in place; bf16: a bf16 product added in fp32
+                gw.addmm_(g.T, hc) if cd == torch.float32 else gw.add_(gc.T @ hc)
             if need[2]:
                 gb += g.sum(0)
     return loss, gh, gw, gb

@@ -15,13 +15,16 @@ from hpo import dropout, trial
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_the_mask_drops_p_and_scales_by_the_exact_keep_probability(p):
     torch.manual_seed(0)
-    mask, scale = dropout.drop_mask((1000, 1000), p)
-    assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
+    keep, scale = dropout.keep_mask((1000, 1000), p, torch.bfloat16)
+    assert keep.dtype == torch.bfloat16 and keep.shape == (1000, 1000)
+    assert set(keep.unique().tolist()) == {0.0, 1.0}
     rounded = round(p * dropout.LEVELS) / dropout.LEVELS
-    assert float(mask.float().mean()) == pytest.approx(p, abs=0.002)
+    assert 1.0 - float(keep.float().mean()) == pytest.approx(p, abs=0.002)
     assert scale == pytest.approx(1.0 / (1.0 - rounded), rel=1e-12)
     x = torch.ones(1000, 1000)
     assert float(dropout.drop(x, p).mean()) == pytest.approx(1.0, abs=0.005)  # expectation kept
+    kept = dropout.drop(x.bfloat16(), p).float()
+    assert set(kept.unique().tolist()) == {0.0, float(torch.tensor(scale).bfloat16())}  # one rounding
 
 
 def test_drop_is_differentiable_and_follows_its_mask():
@@ -55,7 +58,7 @@ def _packed_bool_mask(t=12):
 
 @pytest.mark.parametrize("kind", ["causal", "bool", "float", "grouped"])
 def test_attention_with_nothing_dropped_is_sdpa(kind, monkeypatch):
-    monkeypatch.setattr(dropout, "drop_mask", lambda shape, p: (torch.zeros(shape, dtype=torch.bool), 1.0))
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p, dtype: (torch.ones(shape, dtype=dtype), 1.0))
     q, k, v = _qkv(kv_heads=2 if kind == "grouped" else 4)
     module = _Attn(groups=2 if kind == "grouped" else 1)
     mask = None if kind in ("causal", "grouped") else _packed_bool_mask()
