@@ -121,6 +121,7 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
         "best_perplexity": trial.user_attrs.get("best_perplexity"),
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "hyperparameters": hyper,
+        "trained_on": {k: trial.user_attrs.get(k) for k in ("device", "precision")},
         "base_model": spec.model,
         "data": spec.data.model_dump(),
         "seed": spec.seed,
@@ -176,6 +177,12 @@ def _replace(tmp: Path, out: Path, force: bool) -> None:
     os.replace(tmp, out)
 
 
+def _trained_on(info: dict[str, Any]) -> str:
+    """ "bf16 on cpu" and the like (older trials recorded neither: "-")."""
+    on = info.get("trained_on") or {}
+    return " on ".join(str(on[k]) for k in ("precision", "device") if on.get(k)) or "-"
+
+
 def model_card(info: dict[str, Any]) -> str:
     """A Hugging Face style README.md with YAML metadata for the exported model."""
     hp = "\n".join(
@@ -208,6 +215,7 @@ chosen by an hpo study (`{info["study"]}` in `{info["storage"]}`, trial {info["t
 | --- | --- |
 {hp}
 | seed | {info["seed"]} |
+| trained in | {_trained_on(info)} |
 
 ## Use
 ```python

@@ -74,7 +74,8 @@ def _check_export(out, best, spec_path, tiny_model):
 
     info = json.loads((out / "hpo.json").read_text())
     assert info["trial"] == best.number and info["hyperparameters"]["weight_decay"] == 0.01
-    assert "hpo export" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "hpo export" in card and f"| trained in | {best.user_attrs['precision']} on cpu |" in card
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("Hi, where is my order A1234567?\n", return_tensors="pt").input_ids
@@ -85,4 +86,7 @@ def _check_export(out, best, spec_path, tiny_model):
     prepared = data.prepare(spec.data, tiny_model, spec.seed, basemodel.cache_dir())
     arrays = prepared.arrays()
     ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    assert math.isclose(trial.evaluate(model, ids, labels, pos=pos), best.value, abs_tol=1e-3)
+    assert info["trained_on"] == {"device": "cpu", "precision": best.user_attrs["precision"]}
+    autocast = trial._autocast(torch.device("cpu"), info["trained_on"]["precision"])  # as it was evaluated
+    loss = trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
+    assert math.isclose(loss, best.value, abs_tol=1e-3)
