@@ -10,6 +10,7 @@ source of truth, so each ``hpo run`` is a fresh Tune run that continues the stud
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -490,9 +491,7 @@ def _trainable(config: dict[str, Any]) -> None:
         raise
 
 
-_SETTLED: list[str] = []  # the model whose code this trial process imported before freezing gc
-
-
+@functools.cache  # once per trial process (and model)
 def _settle_process(model_path: str) -> None:
     """Once per trial process, before its first model exists: import the trial's code and the
     model's, then move every object alive to the garbage collector's permanent generation.
@@ -501,8 +500,6 @@ def _settle_process(model_path: str) -> None:
     ``gc.collect()`` that ends each trial (so the next one starts with its memory back) took
     0.16 s, between two trials of one slot, and training paid the same for each automatic one.
     Frozen, they are never walked again; what trials allocate is collected as before."""
-    if _SETTLED:
-        return
     import gc
 
     from hpo import trial
@@ -510,7 +507,6 @@ def _settle_process(model_path: str) -> None:
     trial.import_code(model_path)
     gc.collect()
     gc.freeze()
-    _SETTLED.append(model_path)
 
 
 def _placement_seen() -> dict[str, Any]:

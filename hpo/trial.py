@@ -59,8 +59,10 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
             ``checkpoint_dir``, ``trial_number``, ``seed``, ``eval_every``, ``max_micro_batch``,
             ``cpus``, ``gpus``; the training options (``lr_scheduler``, ``warmup_ratio``,
             ``gradient_accumulation_steps``, ``max_grad_norm``, ``label_smoothing``, ``l1``) when
-            ``params`` does not carry them; optional ``early_stopping_patience`` and ``objective``
-            (eval_loss | perplexity | token_accuracy, default eval_loss).
+            ``params`` does not carry them; optional ``early_stopping_patience``, ``objective``
+            (eval_loss | perplexity | token_accuracy, default eval_loss) and ``precision`` (auto |
+            bf16 | fp32, default auto: ``placement.precision``; the choice is written to
+            ``config["placement"]["precision"]``).
         report: called with each evaluation's metrics; the last call has ``budget_done=True`` (also
             when early stopping ended the trial: it is complete at the budget it reached).
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -303,3 +306,32 @@ def test_a_trial_takes_the_threads_the_driver_offers_and_gives_them_back(prepare
     share.write_text("not a number\n")  # unreadable: keeps what it has; a new trial starts at its cpus
     trial.run({**config, "checkpoint_dir": str(tmp_path / "u"), "threads_file": None}, lambda m: None)
     assert torch.get_num_threads() == 1
+
+
+def test_a_settled_trial_process_has_its_imports_frozen_and_still_frees_each_trials_model(
+    prepared, tiny_model, tmp_path
+):
+    """runner._settle_process (once per Ray trial process): the libraries' objects are frozen out
+    of the collector's reach, and a trial's model, optimizer and tensors are still collected."""
+    code = f"""
+import gc, json, weakref
+from hpo import runner, trial
+import hpo.checkpoint as checkpoint
+runner._settle_process({tiny_model!r})
+frozen = gc.get_freeze_count()
+models = []
+real_load = checkpoint.load_model
+def load(*args, **kwargs):
+    model = real_load(*args, **kwargs)
+    models.append(weakref.ref(model))
+    return model
+trial.load_model = load
+config = json.loads({json.dumps(_config(prepared, tiny_model, tmp_path / "t"))!r})
+trial.run(config, lambda metrics: None)
+print("FROZEN", frozen, "TRACKED", len(gc.get_objects()), "MODEL_FREED", models[0]() is None)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, frozen, _, tracked, _, freed = r.stdout.split()[-6:]
+    assert int(frozen) > 100_000 and int(tracked) < int(frozen) // 10  # what gc still walks is small
+    assert freed == "True"  # the trial's model did not outlive it
