@@ -84,6 +84,19 @@ def trial_config(prepared, model: str, folder: Path, params: dict, **settings) -
     }
 
 
+def validation_loss(model, prepared, precision: str) -> float:
+    """``model``'s eval loss on ``prepared``'s validation blocks, computed as a trial evaluates in
+    ``precision`` (bf16 autocast or fp32), so it can be compared with what a trial reported."""
+    import torch
+
+    from hpo import trial
+
+    arrays = prepared.arrays()
+    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
+    autocast = trial._autocast(torch.device("cpu"), precision)
+    return trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
+
+
 @pytest.fixture
 def spec_file(tmp_path: Path) -> Path:
     return small_spec(tmp_path)

@@ -8,10 +8,9 @@ import math
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from tests.conftest import run_cli, small_spec
+from tests.conftest import run_cli, small_spec, validation_loss
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +68,7 @@ def test_create_run_export(tmp_path, tiny_model):
 def _check_export(out, best, spec_path, tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hpo import basemodel, data, trial
+    from hpo import basemodel, data
     from hpo import spec as spec_mod
 
     info = json.loads((out / "hpo.json").read_text())
@@ -84,9 +83,6 @@ def _check_export(out, best, spec_path, tiny_model):
     # its validation loss is the stored best value
     spec = spec_mod.load(spec_path)
     prepared = data.prepare(spec.data, tiny_model, spec.seed, basemodel.cache_dir())
-    arrays = prepared.arrays()
-    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
     assert info["trained_on"] == {"device": "cpu", "precision": best.user_attrs["precision"]}
-    autocast = trial._autocast(torch.device("cpu"), info["trained_on"]["precision"])  # as it was evaluated
-    loss = trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
+    loss = validation_loss(model, prepared, info["trained_on"]["precision"])  # as it was evaluated
     assert math.isclose(loss, best.value, abs_tol=1e-3)

@@ -14,23 +14,20 @@ from tests.conftest import ROOT
 def test_quick_start_swaps_rays_start_up_steps_only_while_it_runs():
     from ray._private import node, services
 
-    before = (
-        services.get_node,
-        services.start_api_server,
-        node.Node.start_monitor,
-        node.Node.start_log_monitor,
-    )
+    def steps():
+        return (
+            services.get_node,
+            services.start_api_server,
+            node.Node.start_monitor,
+            node.Node.start_log_monitor,
+        )
+
+    before = steps()
     with localray.quick_start():
         assert services.get_node is not before[0]
         assert services.start_api_server(None, None) == (None, None)
         assert node.Node.start_monitor is node.Node.start_log_monitor is localray._not_started
-    after = (
-        services.get_node,
-        services.start_api_server,
-        node.Node.start_monitor,
-        node.Node.start_log_monitor,
-    )
-    assert after == before
+    assert steps() == before
 
 
 def test_a_local_ray_starts_only_what_a_run_uses_and_works(tmp_path):

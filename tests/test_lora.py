@@ -11,7 +11,7 @@ import torch
 
 from hpo import data, trial
 from hpo import spec as spec_mod
-from tests.conftest import small_spec, trial_config
+from tests.conftest import small_spec, trial_config, validation_loss
 
 ADAPTER = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
 
@@ -55,8 +55,5 @@ def test_a_lora_trial_keeps_a_merged_checkpoint_that_reproduces_its_loss(prepare
     assert torch.equal(
         merged.state_dict()["transformer.h.0.mlp.c_fc.weight"], base["transformer.h.0.mlp.c_fc.weight"]
     )
-    arrays = prepared.arrays()
-    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    autocast = trial._autocast(torch.device("cpu"), config["placement"]["precision"])  # as the trial did
-    loss = trial.evaluate(merged, ids, labels, pos=pos, autocast=autocast)
+    loss = validation_loss(merged, prepared, config["placement"]["precision"])  # as the trial evaluated
     assert math.isclose(loss, last["best_eval_loss"], abs_tol=1e-4)

@@ -15,7 +15,7 @@ import torch
 
 from hpo import basemodel, data, placement, trial
 from hpo import spec as spec_mod
-from tests.conftest import small_spec, trial_config
+from tests.conftest import small_spec, trial_config, validation_loss
 
 PARAMS = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
 
@@ -113,10 +113,7 @@ def test_a_trial_reports_at_epoch_marks_and_keeps_its_best_checkpoint(prepared, 
     assert len(list((tmp_path / "t0").glob("step-*"))) == 1  # the previous best was dropped
     # the kept checkpoint reproduces the reported loss through from_pretrained
     model = trial.load_model(str(best), 0.0)
-    arrays = prepared.arrays()
-    ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    autocast = trial._autocast(torch.device("cpu"), config["placement"]["precision"])  # as the trial did
-    loss = trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
+    loss = validation_loss(model, prepared, config["placement"]["precision"])  # as the trial evaluated
     assert math.isclose(loss, last["best_eval_loss"], abs_tol=1e-4)
     # every evaluation reports loss, perplexity and next-token accuracy; the best is the objective's
     assert all(0 < r["token_accuracy"] < 1 and r["perplexity"] == math.exp(r["eval_loss"]) for r in reports)
