@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -89,17 +90,30 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         DataError: the data cannot be prepared.
     """
     ray_env()  # before anything imports ray (the searcher does)
-    from hpo import basemodel, data, searcher
+    from hpo import basemodel, warmstart
 
     t0 = time.time()
     finished = _finished(study)
     summary = RunSummary(study.study_name, opts.target, finished)
+    model_path, warm = "", None
+    if finished < opts.target:
+        _requested(spec, opts)  # a bad per-trial request fails before any work
+        model_path = basemodel.resolve(spec.model, spec.seed)
+        # trial processes fork from a process that imports the trial's code while Ray starts
+        warm = warmstart.start(model_path, _warm_log(opts)) if _warm_wanted(opts) else None
+    try:
+        return _run(study, spec, opts, on_event, summary, model_path, warm, t0)
+    finally:
+        warmstart.stop(warm)
+
+
+def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
+    from hpo import basemodel, data, searcher
+
     summary.recovered = searcher.recover_stale(study, spec)
-    if finished >= opts.target:
+    if summary.finished_before >= opts.target:
         return _finish_summary(summary, study, t0)
-    _requested(spec, opts)  # a bad per-trial request fails before any work
-    # 1. the base model and the data, once, in the driver (trials only read them)
-    model_path = basemodel.resolve(spec.model, spec.seed)
+    # 1. the data, once, in the driver (trials only read it)
     prepared = data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
     # 2. Ray, resources and the bridge
     started = _start_ray(opts)
@@ -114,11 +128,12 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores
         if started and not gpus and cpus >= 1:
             threads_file = trials_dir / f".threads-{run_id}"
+        make = _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file)
         bridge = searcher.OptunaBridge(
             study,
             spec,
             opts.target,
-            _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file),
+            _with_warm(make, warm.address if warm and started else None),
             trials_dir,
             run_id,
             on_event,
@@ -139,6 +154,29 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     if summary.stop_reason and not summary.interrupted:
         raise RunError(f"stopped: {summary.stop_reason}; fix the cause, then rerun the same command")
     return summary
+
+
+def _warm_wanted(opts: RunOptions) -> bool:
+    """Warm trial processes for a Ray this run starts itself: every trial then runs on this machine."""
+    from hpo import warmstart
+
+    ray = sys.modules.get("ray")
+    already = ray is not None and ray.is_initialized()  # a notebook's Ray: its trials may run anywhere
+    return warmstart.wanted() and _address(opts) is None and not already
+
+
+def _warm_log(opts: RunOptions) -> str:
+    opts.runs_dir.mkdir(parents=True, exist_ok=True)
+    return str(opts.runs_dir / "warmstart.log")
+
+
+def _with_warm(make: Callable, address: str | None) -> Callable:
+    """The config maker, with the warm process's address in every trial's config."""
+
+    def with_address(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
+        return {**make(number, params, folder), "warm_address": address}
+
+    return with_address
 
 
 def _fit(tuner, bridge, stop: threading.Event) -> bool:
@@ -250,6 +288,8 @@ def _start_ray(opts: RunOptions) -> bool:
             with localray.quick_start():  # a local run needs no dashboard, monitors or 1 s waits
                 ray.init(
                     _node_ip_address="127.0.0.1",
+                    # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
+                    _system_config={"prestart_worker_first_driver": False},
                     include_dashboard=False,
                     _temp_dir=_temp_dir(opts.runs_dir),
                     configure_logging=True,
@@ -466,7 +506,9 @@ PLACEMENT_REPORTED = (
 
 def _trainable(config: dict[str, Any]) -> None:
     """What each Ray trial process runs: the trial loop, reporting to Tune; errors go to a file
-    in the trial folder (the driver reads it) before Ray sees them.
+    in the trial folder (the driver reads it) before Ray sees them. With a warm process
+    (``hpo/warmstart.py``) the loop runs in this process's trial process, forked from it, and
+    this process passes the reports on.
 
     ``config["placement"]`` carries what Ray gave this process (GPU ids, ``CUDA_VISIBLE_DEVICES``,
     node); the trial's device choice writes ``device``/``device_note`` into it, and every report
@@ -474,9 +516,11 @@ def _trainable(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from hpo import trial
+    from hpo import trial, warmstart
 
-    _settle_process(config["model_path"])
+    forked = warmstart.connect(config.get("warm_address"))  # None: no warm process, run here
+    if forked is None:
+        _settle_process(config["model_path"])
     config = {**config, "placement": _placement_seen()}
     seen = config["placement"]
 
@@ -485,7 +529,7 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report({**{k: v for k, v in metrics.items() if v is not None}, **where})
 
     try:
-        trial.run(config, report)
+        (forked.run if forked else trial.run)(config, report)
     except Exception as e:  # not BaseException: Ray stops a trial (ASHA) by raising SystemExit in it
         _write_error(config["checkpoint_dir"], e)
         raise
@@ -528,9 +572,8 @@ def _write_error(folder: str, e: BaseException) -> None:
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     message = (str(e).strip().splitlines() or [""])[0][:500]
-    (Path(folder) / ERROR_FILE).write_text(
-        json.dumps({"error_class": type(e).__name__, "error_message": message})
-    )
+    kind = getattr(e, "error_class", type(e).__name__)  # a trial that failed in its forked process
+    (Path(folder) / ERROR_FILE).write_text(json.dumps({"error_class": kind, "error_message": message}))
 
 
 # ---------------------------------------------------------------- summaries

@@ -37,13 +37,15 @@ def rss_mb() -> float:
 
 
 def trial_processes_mb() -> float:
-    """The largest resident memory among Ray trial processes (``ray::ImplicitFunc``) on this machine."""
+    """The largest resident memory among trial processes on this machine: Ray's (``ray::ImplicitFunc``)
+    and, where they run the trials, the ones forked from hpo's warm process (``hpo/warmstart.py``)."""
     largest = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if not f.read().startswith(b"ray::ImplicitFunc"):
-                    continue
+                cmdline = f.read()
+            if not (cmdline.startswith(b"ray::ImplicitFunc") or b"hpo.warmstart" in cmdline):
+                continue
             with open(f"/proc/{pid}/status") as f:
                 kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
             largest = max(largest, kb / 1024)

@@ -44,6 +44,7 @@ LAYERS = {
     "checkpoint": 2,
     "distributed": 2,
     "trial": 2,
+    "warmstart": 2,
     "searcher": 2,
     "localray": 2,
     "runner": 3,
@@ -63,6 +64,7 @@ TORCH_ALLOWED = {
     "hpo/dropout.py",
     "hpo/basemodel.py",
     "hpo/distributed.py",
+    "hpo/warmstart.py",
 }  # inside functions in data.py
 
 

@@ -16,6 +16,8 @@ import psutil
 
 #: Titles of Ray's own helper processes (the rest of the ``ray::`` processes run trials).
 RAY_SERVICES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::JobSupervisor")
+#: hpo's warm process and the trial processes forked from it (``hpo/warmstart.py``) run trials too.
+WARM = "hpo.warmstart"
 #: Folder names under a work folder that hold Ray's session files (sockets, logs), not results.
 NOT_RESULTS = frozenset({"rt", "ray-tmp"})
 
@@ -83,7 +85,7 @@ class Monitor(threading.Thread):
         try:
             with p.oneshot():
                 t = p.cpu_times()
-                title = " ".join(p.cmdline()[:2])[:80] or p.name()
+                title = " ".join(p.cmdline()[:3])[:80] or p.name()
             self.cpu_s[p.pid] = (title, t.user + t.system)
         except psutil.Error:
             pass
@@ -94,7 +96,7 @@ class Monitor(threading.Thread):
         for pid, (title, seconds) in self.cpu_s.items():
             if pid == self.pid:
                 key = "driver_cpu_s"
-            elif title.startswith("ray::") and not title.startswith(RAY_SERVICES):
+            elif (title.startswith("ray::") and not title.startswith(RAY_SERVICES)) or WARM in title:
                 key = "trial_processes_cpu_s"
             else:
                 key = "ray_services_cpu_s"

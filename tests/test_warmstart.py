@@ -1,0 +1,180 @@
+"""Warm trial processes (hpo/warmstart.py): a real warm process imports the trial's code, forks a
+trial process for this test process (standing in for a Ray trial process), and that process runs
+the real trial loop on the tiny model; then the same through a whole ``hpo run``."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from hpo import data, searcher, trial, warmstart
+from hpo import spec as spec_mod
+from hpo.errors import TrialError
+from tests.conftest import small_spec, trial_config
+
+PARAMS = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("warmdata")
+    spec = spec_mod.load(small_spec(tmp, rows=240))
+    return data.prepare(spec.data, tiny_model, 0, tmp / "cache")
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, tiny_model):
+    log = tmp_path_factory.mktemp("warmlog") / "warmstart.log"
+    w = warmstart.start(tiny_model, str(log))
+    assert w is not None
+    yield w
+    warmstart.stop(w)
+    assert not _alive(w.process.pid)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _forked(warm) -> warmstart.TrialProcess:
+    forked = warmstart.connect(warm.address)
+    assert forked is not None
+    return forked
+
+
+def test_a_trial_runs_in_a_process_forked_from_the_warm_process(warm, prepared, tiny_model, tmp_path):
+    forked = _forked(warm)
+    assert forked.pid != os.getpid() and _ppid(forked.pid) == warm.process.pid
+    assert warmstart.connect(warm.address) is forked  # one trial process per Ray process, reused
+    reports: list[dict] = []
+    config = trial_config(prepared, tiny_model, tmp_path / "t0", PARAMS)
+    last = forked.run(config, reports.append)
+    assert [r["epoch"] for r in reports] == [0.5, 1.0] and reports[-1]["budget_done"]
+    assert last["eval_loss"] == reports[-1]["eval_loss"] and math.isfinite(last["eval_loss"])
+    # what the trial decided there reaches this process's placement, as the runner reports it
+    assert config["placement"]["device"] == "cpu" and config["placement"]["precision"] in ("bf16", "fp32")
+    assert trial.best_checkpoint(tmp_path / "t0") is not None
+    # the same trial run here gives the same losses: forking changes nothing of the computation
+    here: list[dict] = []
+    trial.run(trial_config(prepared, tiny_model, tmp_path / "here", PARAMS), here.append)
+    assert [r["eval_loss"] for r in here] == pytest.approx([r["eval_loss"] for r in reports], abs=1e-6)
+
+
+def test_a_stop_at_a_report_stops_the_trial_there_and_the_process_serves_the_next(
+    warm, prepared, tiny_model, tmp_path
+):
+    forked = _forked(warm)
+    reports: list[dict] = []
+
+    def stop_at_first(metrics: dict) -> None:  # what Tune's report does when ASHA stops the trial
+        reports.append(metrics)
+        raise SystemExit(0)
+
+    config = trial_config(prepared, tiny_model, tmp_path / "s", {**PARAMS, "epochs": 2})
+    with pytest.raises(SystemExit):
+        forked.run(config, stop_at_first)
+    assert [r["epoch"] for r in reports] == [0.5]
+    assert warmstart.connect(warm.address) is forked and _alive(forked.pid)
+    again: list[dict] = []
+    forked.run(trial_config(prepared, tiny_model, tmp_path / "n", PARAMS), again.append)
+    assert again[-1]["budget_done"]
+
+
+def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(trial.FAIL_ENV, "7:oom")  # the forked process takes this process's environment
+    for address in list(warmstart._CHILD):
+        warmstart._CHILD[address].close()  # fork a new one, with the environment above
+    forked = _forked(warm)
+    config = {**trial_config(prepared, tiny_model, tmp_path / "f", PARAMS), "trial_number": 7}
+    with pytest.raises(warmstart.TrialProcessError, match="out of memory") as e:
+        forked.run(config, lambda m: None)
+    assert e.value.error_class == "TrialError"
+    forked.close()
+
+
+def test_a_killed_trial_process_fails_its_trial_and_the_next_trial_forks_anew(
+    warm, prepared, tiny_model, tmp_path
+):
+    forked = _forked(warm)
+
+    def kill_it(metrics: dict) -> None:
+        os.kill(forked.pid, signal.SIGKILL)
+
+    with pytest.raises(TrialError, match="died"):
+        forked.run(trial_config(prepared, tiny_model, tmp_path / "k", {**PARAMS, "epochs": 2}), kill_it)
+    fresh = _forked(warm)
+    assert fresh is not forked and fresh.pid != forked.pid
+    last = fresh.run(trial_config(prepared, tiny_model, tmp_path / "k2", PARAMS), lambda m: None)
+    assert last["budget_done"]
+
+
+def test_a_trial_process_ends_with_the_process_it_serves(warm, tmp_path):
+    code = (
+        "import sys, time\n"
+        "from hpo import warmstart\n"
+        f"f = warmstart.connect({warm.address!r})\n"
+        "print(f.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert _alive(pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_no_address_or_no_warm_process_means_the_trial_runs_here(tmp_path):
+    assert warmstart.connect(None) is None
+    assert warmstart.connect(str(tmp_path / "nothing-listens-here")) is None
+
+
+@pytest.mark.e2e
+def test_a_run_forks_its_trials_and_leaves_no_process_behind(tmp_path, tiny_model, warm):
+    """A real ``hpo run`` (Ray, Tune, ASHA, storage): the trials ran in forked trial processes,
+    and when the run ends the warm process and its forks are gone."""
+    import optuna
+
+    from hpo.study import create_study, run_study
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(str(small_spec(tmp_path, rows=200)), storage=url)
+    summary = run_study("small", trials=2, storage=url, runs_dir=str(tmp_path / "runs"), concurrency=2)
+    assert summary.counts.get("COMPLETE", 0) + summary.counts.get("PRUNED", 0) == 2
+    log = (tmp_path / "runs" / "warmstart.log").read_text()
+    assert "ready in" in log, log
+    pid = int(log.split("warm process ")[1].split(":")[0])
+    assert not _alive(pid)
+    ours = warm.process.pid  # this module's own warm process and its forks are still alive
+    left = [p for p in Path("/proc").glob("[0-9]*") if _is_warm(p)]
+    assert not [p for p in left if ours not in (int(p.name), _ppid(int(p.name)))]
+    trials = optuna.load_study(study_name="small", storage=url).get_trials()
+    assert all(searcher.read_error(Path(t.user_attrs["trial_dir"])) is None for t in trials)
+
+
+def _is_warm(proc: Path) -> bool:
+    try:
+        return b"hpo.warmstart" in (proc / "cmdline").read_bytes() and _alive(int(proc.name))
+    except OSError:
+        return False
