@@ -104,8 +104,13 @@ def test_two_ranks_match_one_process(prepared, tiny_model, tmp_path, case):
 
     a, b = load_file(single / "model.safetensors"), load_file(best / "model.safetensors")
     assert a.keys() == b.keys()
-    # equal up to float summation order (AdamW's update amplifies it where a gradient is near 0)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-4
+    # equal up to float summation order. AdamW amplifies it where a gradient is near 0: a summed
+    # gradient whose sign flips moves that weight one step the other way (up to 2 x lr). Measured on
+    # a 2-core EPYC (AVX2): 20 of 1.35M weights more than 1e-5 apart, the largest 1.3e-3 (lr 2e-3).
+    lr = float(config["params"]["learning_rate"])
+    apart = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
+    assert apart < 1e-4 * sum(v.numel() for v in a.values())
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2 * lr
     assert _no_ranks_left()
 
 
