@@ -59,7 +59,7 @@ def test_study_show_reads_sqlite_while_a_run_writes(tmp_path, tiny_model):
     proc = _popen(["run", "--trials", "4", "--storage", url], tmp_path)
     reads = 0
     try:
-        while proc.poll() is None and reads < 40:
+        while proc.poll() is None and reads < 10:  # each read is a new process: 10 show it works
             r = run_cli("study", "show", "--json", "--storage", url, cwd=tmp_path)
             assert r.returncode == 0, r.stderr
             assert "locked" not in r.stderr
