@@ -28,6 +28,18 @@ def tiny_model() -> str:
     return str(basemodel.tiny_gpt2())
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model):
+    """A small study's prepared data (240 support rows: 214 training blocks) for calling the trial
+    loop directly, once per test module."""
+    from hpo import data
+    from hpo import spec as spec_mod
+
+    tmp = tmp_path_factory.mktemp("prepared")
+    spec = spec_mod.load(small_spec(tmp, rows=240))
+    return data.prepare(spec.data, tiny_model, 0, tmp / "cache")
+
+
 def write_rows(path: Path, n: int, start: int = 0) -> Path:
     """The first ``n`` rows of the shipped support data (from ``start``) as a JSONL file."""
     lines = SUPPORT.read_text(encoding="utf-8").splitlines()[start : start + n]

@@ -28,19 +28,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import data, distributed, placement, trial
+from hpo import distributed, placement, trial
 from hpo import spec as spec_mod
 from hpo.errors import SpecError, TrialError
 from tests.conftest import ROOT, run_cli, small_spec, trial_config
 
 PARAMS = {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("ddpdata")
-    spec = spec_mod.load(small_spec(tmp, rows=240))  # 214 training blocks: the last step is short
-    return data.prepare(spec.data, tiny_model, 0, tmp / "cache")
 
 
 def _config(prepared, tiny_model, folder: Path, gpus: float, **extra) -> dict:

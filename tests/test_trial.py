@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo import basemodel, data, placement, trial
+from hpo import basemodel, placement, trial
 from hpo import spec as spec_mod
 from tests.conftest import small_spec, trial_config, validation_loss
 
 PARAMS = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("trialdata")
-    spec = spec_mod.load(small_spec(tmp, rows=240))
-    return data.prepare(spec.data, tiny_model, 0, tmp / "cache")
 
 
 def _config(prepared, tiny_model, folder: Path, **params) -> dict:

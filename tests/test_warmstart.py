@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hpo import data, searcher, trial, warmstart
-from hpo import spec as spec_mod
+from hpo import searcher, trial, warmstart
 from hpo.errors import TrialError
 from tests.conftest import small_spec, trial_config
-
-PARAMS = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("warmdata")
-    spec = spec_mod.load(small_spec(tmp, rows=240))
-    return data.prepare(spec.data, tiny_model, 0, tmp / "cache")
+from tests.test_trial import PARAMS
 
 
 @pytest.fixture(scope="module")
