@@ -100,11 +100,11 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
         _requested(spec, opts)  # a bad per-trial request fails before any work
         model_path = basemodel.resolve(spec.model, spec.seed)
         # trial processes fork from a process that imports the trial's code while Ray starts
-        warm = warmstart.start(model_path, _warm_log(opts)) if _warm_wanted(opts) else None
+        warm = warmstart.start(model_path) if _warm_wanted(opts) else None
     try:
         return _run(study, spec, opts, on_event, summary, model_path, warm, t0)
-    finally:
-        warmstart.stop(warm)
+    finally:  # its log is kept where a run that got as far as Ray keeps its files
+        warmstart.stop(warm, opts.runs_dir / "warmstart.log")
 
 
 def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
@@ -128,12 +128,12 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
         # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores
         if started and not gpus and cpus >= 1:
             threads_file = trials_dir / f".threads-{run_id}"
-        make = _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file)
+        warm_address = warm.address if warm and started else None
         bridge = searcher.OptunaBridge(
             study,
             spec,
             opts.target,
-            _with_warm(make, warm.address if warm and started else None),
+            _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file, warm_address),
             trials_dir,
             run_id,
             on_event,
@@ -163,20 +163,6 @@ def _warm_wanted(opts: RunOptions) -> bool:
     ray = sys.modules.get("ray")
     already = ray is not None and ray.is_initialized()  # a notebook's Ray: its trials may run anywhere
     return warmstart.wanted() and _address(opts) is None and not already
-
-
-def _warm_log(opts: RunOptions) -> str:
-    opts.runs_dir.mkdir(parents=True, exist_ok=True)
-    return str(opts.runs_dir / "warmstart.log")
-
-
-def _with_warm(make: Callable, address: str | None) -> Callable:
-    """The config maker, with the warm process's address in every trial's config."""
-
-    def with_address(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
-        return {**make(number, params, folder), "warm_address": address}
-
-    return with_address
 
 
 def _fit(tuner, bridge, stop: threading.Event) -> bool:
@@ -418,7 +404,13 @@ def _cluster_notes(study, opts: RunOptions) -> list[str]:
 
 
 def _config_maker(
-    spec, model_path: str, data_path: str, cpus: float, gpus: float, threads_file: Path | None = None
+    spec,
+    model_path: str,
+    data_path: str,
+    cpus: float,
+    gpus: float,
+    threads_file: Path | None = None,
+    warm_address: str | None = None,
 ) -> Callable:
     training = spec.training
 
@@ -446,6 +438,7 @@ def _config_maker(
             "cpus": cpus,
             "gpus": gpus,
             "threads_file": str(threads_file) if threads_file else None,  # placement.tail_threads
+            "warm_address": warm_address,  # hpo/warmstart.py: fork the trial process from there
         }
 
     return make

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from hpo.errors import TrialError
@@ -79,13 +80,13 @@ def wanted() -> bool:
     return sys.platform.startswith("linux") and os.environ.get(ENV, "1") != "0"
 
 
-def start(model_path: str, log_path: str) -> Warm | None:
-    """Start the warm process for trials of ``model_path`` (its own messages go to ``log_path``;
-    a trial's go where Ray puts its Ray process's); None if it cannot start (trials then import
-    for themselves)."""
+def start(model_path: str) -> Warm | None:
+    """Start the warm process for trials of ``model_path`` (its own messages go to a log beside its
+    socket; a trial's go where Ray puts its Ray process's); None if it cannot start (trials then
+    import for themselves)."""
     folder = tempfile.mkdtemp(prefix="hpo-warm-")  # 0700: only this user can connect
     try:
-        with open(log_path, "ab") as out:
+        with open(os.path.join(folder, "log"), "ab") as out:
             args = [os.path.join(folder, "s"), model_path, str(os.getpid())]
             process = subprocess.Popen(
                 [sys.executable, "-m", "hpo.warmstart", *args],
@@ -101,14 +102,18 @@ def start(model_path: str, log_path: str) -> Warm | None:
     return Warm(process, folder)
 
 
-def stop(warm: Warm | None) -> None:
-    """Kill the warm process and every process forked from it, and remove its socket."""
+def stop(warm: Warm | None, keep_log: Path | None = None) -> None:
+    """Kill the warm process and every process forked from it, and remove its folder; its log is
+    copied to ``keep_log`` if that file's folder exists."""
     if warm is None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(warm.process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         warm.process.wait(timeout=10)
+    if keep_log is not None and keep_log.parent.is_dir():
+        with contextlib.suppress(OSError):
+            shutil.copyfile(os.path.join(warm.folder, "log"), keep_log)
     shutil.rmtree(warm.folder, ignore_errors=True)
 
 

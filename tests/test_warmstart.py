@@ -20,12 +20,13 @@ from tests.test_trial import PARAMS
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory, tiny_model):
-    log = tmp_path_factory.mktemp("warmlog") / "warmstart.log"
-    w = warmstart.start(tiny_model, str(log))
+    w = warmstart.start(tiny_model)
     assert w is not None
     yield w
-    warmstart.stop(w)
-    assert not _alive(w.process.pid)
+    kept = tmp_path_factory.mktemp("warmlog") / "warmstart.log"
+    warmstart.stop(w, kept)
+    assert not _alive(w.process.pid) and not Path(w.folder).exists()
+    assert "ready in" in kept.read_text()
 
 
 def _ppid(pid: int) -> int:
