@@ -416,6 +416,8 @@ def requeue(
     from hpo.trial import best_checkpoint
 
     searched = {k: v for k, v in params.items() if k in spec.space.searched()}
+    if not searched:  # it never drew any: a new trial samples afresh, nothing to put back
+        return
     attrs: dict[str, Any] = {"requeued_from": number}
     checkpoint = best_checkpoint(trial_dir) if trial_dir else None
     if checkpoint is not None:
@@ -464,7 +466,9 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another run recovered it first
-        requeue(study, frozen.number, frozen.params, spec, frozen.user_attrs.get("trial_dir"))
+        # killed before its parameters were written: the ones it was enqueued with, if any
+        params = frozen.params or dict(frozen.system_attrs.get("fixed_params") or {})
+        requeue(study, frozen.number, params, spec, frozen.user_attrs.get("trial_dir"))
         recovered.append(frozen.number)
     return recovered
 

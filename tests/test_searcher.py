@@ -156,7 +156,16 @@ def test_a_trial_no_run_claimed_is_recovered_after_the_orphan_grace(tmp_path: Pa
     assert recover_stale(study, spec) == []  # young: its run may be writing its attributes now
     monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
     assert recover_stale(study, spec) == [0]
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    # it drew no parameters: nothing to put back in the queue (a new trial samples afresh)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    # one taken from the queue, killed before it wrote its parameters: the queued ones go back
+    study.enqueue_trial({"learning_rate": 1e-3})
+    study.ask()
+    assert recover_stale(study, spec) == [1]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].system_attrs["fixed_params"] == {"learning_rate": 1e-3}
+    assert trials[2].user_attrs["requeued_from"] == 1
 
 
 def test_a_live_run_rechecking_keeps_its_own_trials(tmp_path: Path):
