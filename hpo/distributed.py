@@ -580,9 +580,9 @@ def _spawned(config: dict[str, Any], pipe, parent: int) -> None:
         pipe.close()
 
 
-def _die_with(parent: int) -> None:
-    """End this process when ``parent`` (rank 0) ends, even by SIGKILL: Linux's parent-death
-    signal, and a thread that watches the parent's pid (other systems, and the moment before)."""
+def parent_death_signal(parent: int) -> None:
+    """End this process when ``parent`` ends, even by SIGKILL (Linux's parent-death signal); exit
+    at once if it has already gone."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
@@ -592,6 +592,12 @@ def _die_with(parent: int) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent went before the signal was asked for
         os._exit(1)
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` (rank 0) ends, even by SIGKILL: the parent-death signal,
+    and a thread that watches the parent's pid (other systems, and the moment before)."""
+    parent_death_signal(parent)
 
     def watch() -> None:
         while os.getppid() == parent:

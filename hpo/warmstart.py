@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from hpo import distributed
 from hpo.errors import TrialError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ ENV = "HPO_WARM_START"  # "0": every Ray trial process imports and runs its tria
 READY_TIMEOUT_S = 600.0  # how long a Ray trial process waits for the warm process's imports
 STOP_WAIT_S = 1.0  # after Tune stops a trial: how long the proxy waits for the trial to unwind
 WATCH_S = 0.5  # a trial process checks this often that its Ray process is alive
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -125,8 +125,8 @@ _CHILD: dict[str, TrialProcess] = {}  # per Ray trial process: its forked trial 
 class TrialProcess:
     """A Ray trial process's forked trial process: ``run`` has ``trial.run``'s signature."""
 
-    def __init__(self, conn: Connection, pid: int):
-        self.conn, self.pid = conn, pid
+    def __init__(self, conn: Connection, pid: int, address: str):
+        self.conn, self.pid, self.address = conn, pid, address
 
     def run(self, config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Run one trial in the forked process; ``config["placement"]`` gets what it decided there
@@ -184,9 +184,8 @@ class TrialProcess:
 
     def close(self) -> None:
         """Forget this process (killed if still alive); the next trial forks a new one."""
-        for address, child in list(_CHILD.items()):
-            if child is self:
-                del _CHILD[address]
+        if _CHILD.get(self.address) is self:
+            del _CHILD[self.address]
         with contextlib.suppress(OSError):
             self.conn.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -218,7 +217,7 @@ def connect(address: str | None) -> TrialProcess | None:
         conn.close()
         log.debug("the warm process at %s did not fork: %s", address, e)
         return None
-    _CHILD[address] = TrialProcess(conn, pid)
+    _CHILD[address] = TrialProcess(conn, pid, address)
     return _CHILD[address]
 
 
@@ -229,7 +228,7 @@ def main(argv: list[str]) -> None:
     """``python -m hpo.warmstart ADDRESS MODEL_PATH DRIVER_PID``: import, then fork on request."""
     t0 = time.monotonic()
     address, model_path, driver = argv[0], argv[1], int(argv[2])
-    _die_with_parent(driver)
+    distributed.parent_death_signal(driver)  # a thread would not survive the forks: no watcher
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
@@ -304,17 +303,7 @@ def _one_trial(trial, config: dict[str, Any], conn: Connection) -> tuple:
     except SystemExit:
         return ("stopped", None)
     except Exception as e:  # noqa: BLE001 - the proxy raises it in the Ray process
-        return ("error", type(e).__name__, (str(e).strip().splitlines() or [""])[0][:500])
-
-
-def _die_with_parent(parent: int) -> None:
-    """End the warm process when the driver ends, even by SIGKILL (Linux's parent-death signal)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the driver went before the signal was asked for
-        os._exit(1)
+        return ("error", type(e).__name__, str(e))  # the runner writes its first line
 
 
 def _exit_when_gone(pid: int) -> None:
