@@ -231,22 +231,23 @@ def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:
     return visible.index(gpu_id) if gpu_id in visible else 0
 
 
-def precision(cuda_major: int | None, cpu_amx: bool = False, requested: str = "auto") -> str:
+def precision(cuda_major: int | None, cpu_bf16: bool = False, requested: str = "auto") -> str:
     """The precision a trial trains and evaluates in: ``requested`` (bf16 | fp32), or for "auto"
     bf16 autocast where the hardware multiplies bf16 natively and fp32 elsewhere.
 
-    Native: an NVIDIA GPU of compute capability 8 (Ampere) or newer, or a CPU with AMX tiles
-    (Intel Sapphire Rapids and newer: a tiny-model step 1.4x faster, evaluation losses within
-    0.003 of fp32, measured). Older GPUs and other CPUs only emulate bf16, slowly.
+    Native: an NVIDIA GPU of compute capability 8 (Ampere) or newer, or a CPU with bf16 dot
+    products: AMX tiles (Intel Sapphire Rapids and newer: a tiny-model trial 1.4x faster) or
+    AVX512-BF16 (AMD Zen 4 and newer, Intel Cooper Lake: 1.6-1.7x), evaluation losses within 0.003
+    of fp32, measured. Older GPUs and other CPUs only emulate bf16, slowly (an AVX2 EPYC: 5x slower).
 
     Args:
         cuda_major: the GPU's compute capability major version; None for a CPU.
-        cpu_amx: the CPU has AMX tiles (only read for a CPU).
+        cpu_bf16: the CPU multiplies bf16 natively (only read for a CPU).
         requested: the spec's ``training.precision``.
     """
     if requested != "auto":
         return requested
-    native = cuda_major >= 8 if cuda_major is not None else cpu_amx
+    native = cuda_major >= 8 if cuda_major is not None else cpu_bf16
     return "bf16" if native else "fp32"
 
 

@@ -208,7 +208,7 @@ class TrainingSpec(Frozen):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto",
         description="auto: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA Ampere or "
-        "newer, CPUs with AMX), fp32 elsewhere; bf16 or fp32: that, on any device",
+        "newer, CPUs with AMX or AVX512-BF16), fp32 elsewhere; bf16 or fp32: that, on any device",
     )
 
 

@@ -379,17 +379,17 @@ def _precision(config: dict[str, Any], device) -> str:
     from hpo import placement
 
     major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
-    chosen = placement.precision(major, device.type == "cpu" and _cpu_amx(), config.get("precision", "auto"))
+    chosen = placement.precision(major, device.type == "cpu" and _cpu_bf16(), config.get("precision", "auto"))
     config.setdefault("placement", {})["precision"] = chosen
     return chosen
 
 
-def _cpu_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix multiplies in hardware)."""
+def _cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products."""
     import torch
 
     try:
-        return bool(torch.cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the probe: assume none
         return False
 

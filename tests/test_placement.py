@@ -144,16 +144,16 @@ def test_precision_is_bf16_from_ampere_on(major, wanted):
     assert placement.precision(major) == wanted  # V100 (7.0) and T4 (7.5) only emulate bf16
 
 
-@pytest.mark.parametrize(("amx", "wanted"), [(True, "bf16"), (False, "fp32")])
-def test_precision_on_a_cpu_is_bf16_with_amx_only(amx, wanted):
-    assert placement.precision(None, cpu_amx=amx) == wanted
-    assert placement.precision(7, cpu_amx=True) == "fp32"  # a GPU trial: the GPU decides
+@pytest.mark.parametrize(("native", "wanted"), [(True, "bf16"), (False, "fp32")])
+def test_precision_on_a_cpu_is_bf16_where_it_multiplies_bf16_natively(native, wanted):
+    assert placement.precision(None, cpu_bf16=native) == wanted
+    assert placement.precision(7, cpu_bf16=True) == "fp32"  # a GPU trial: the GPU decides
 
 
 @pytest.mark.parametrize("requested", ["bf16", "fp32"])
-@pytest.mark.parametrize(("major", "amx"), [(None, False), (None, True), (7, False), (9, False)])
-def test_precision_asked_for_is_used_anywhere(requested, major, amx):
-    assert placement.precision(major, amx, requested) == requested
+@pytest.mark.parametrize(("major", "native"), [(None, False), (None, True), (7, False), (9, False)])
+def test_precision_asked_for_is_used_anywhere(requested, major, native):
+    assert placement.precision(major, native, requested) == requested
 
 
 @pytest.mark.parametrize(

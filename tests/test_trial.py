@@ -118,12 +118,12 @@ def test_a_trial_trains_in_the_precision_asked_for(prepared, tiny_model, tmp_pat
     for asked in ("fp32", "bf16", "auto"):
         config = {**_config(prepared, tiny_model, tmp_path / asked), "precision": asked}
         losses[asked] = [r["eval_loss"] for r in _reports(config)]
-        chosen = placement.precision(None, trial._cpu_amx()) if asked == "auto" else asked
+        chosen = placement.precision(None, trial._cpu_bf16()) if asked == "auto" else asked
         assert config["placement"]["precision"] == chosen
     # bf16 autocast really ran (other roundings), and trains to the same losses as fp32 here
     assert losses["bf16"] != losses["fp32"]
     assert all(abs(a - b) < 0.01 for a, b in zip(losses["bf16"], losses["fp32"], strict=True))
-    assert losses["auto"] == losses[placement.precision(None, trial._cpu_amx())]
+    assert losses["auto"] == losses[placement.precision(None, trial._cpu_bf16())]
 
 
 def _reports(config: dict) -> list[dict]:
