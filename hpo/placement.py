@@ -251,6 +251,32 @@ def precision(cuda_major: int | None, cpu_bf16: bool = False, requested: str = "
     return "bf16" if native else "fp32"
 
 
+#: /proc/cpuinfo flags of bf16 dot products in hardware (what torch's ``_is_amx_tile_supported`` and
+#: ``_is_avx512_bf16_supported`` read), for the driver, which does not import torch.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """This machine's CPU flags (the first processor's); None where there is no ``/proc/cpuinfo``."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return None
+    return frozenset(line.partition(":")[2].split())
+
+
+def precision_note(requested: str, flags: frozenset[str] | None) -> str | None:
+    """What to tell the user once when CPU trials are asked to train in bf16 on a CPU that only
+    emulates it (None: nothing to say, or the flags are unknown)."""
+    if requested != "bf16" or flags is None or flags & BF16_CPU_FLAGS:
+        return None
+    return (
+        "training.precision: bf16 on a CPU without bf16 in hardware (no AMX or AVX512-BF16): emulated, "
+        "about 5x slower than fp32 (measured); precision: auto picks fp32 here"
+    )
+
+
 def cluster_notes(
     joined: bool, local_sqlite: bool, storage: str, nodes: int, shared: Sequence[str]
 ) -> list[str]:

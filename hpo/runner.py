@@ -108,7 +108,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
 
 
 def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
-    from hpo import basemodel, data, searcher
+    from hpo import basemodel, data, placement, searcher
 
     summary.recovered = searcher.recover_stale(study, spec)
     if summary.finished_before >= opts.target:
@@ -123,6 +123,9 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
         cpus, gpus, concurrency = plan.cpus, plan.gpus, plan.concurrency
         summary.concurrency = concurrency
         summary.notes += plan.notes + _cluster_notes(study, opts)
+        if started and not _address(opts) and not gpus:  # every trial runs on this machine's CPUs
+            note = placement.precision_note(spec.training.precision, placement.cpu_flags())
+            summary.notes += [note] if note else []
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
         # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores

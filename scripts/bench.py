@@ -54,8 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1 quick, 3 full)")
     p.add_argument("--with-hf-optuna", action="store_true", help="also run the sequential HF + Optuna peer")
     p.add_argument("--systems", help="comma list to run instead of hpo + the peers (e.g. hpo,tune_optuna)")
-    p.add_argument("--no-micro", action="store_true", help="skip `hpo --help` and the throughput check")
-    p.add_argument("--micro-only", action="store_true", help="only `hpo --help` and the throughput check")
+    p.add_argument("--no-micro", action="store_true", help="skip `hpo --help`, `study show` and the throughput check")
+    p.add_argument("--micro-only", action="store_true", help="only `hpo --help`, `study show` and the throughput check")
     p.add_argument("--profile", action="store_true", help="profile hpo alone (timing probes), then stop")
     p.add_argument("--max-epochs", type=int, default=3, help="top of the epochs range (smoke runs: 1)")
     p.add_argument("--keep", action="store_true", help="keep the temp folders (printed at the end)")
@@ -212,13 +212,35 @@ def time_help(repeats: int = 5) -> dict[str, Any]:
     return {"help_median_s": round(statistics.median(times), 3), "help_runs_s": [round(t, 3) for t in times]}
 
 
+def time_study_show(root: Path, trials: int = 2000, repeats: int = 3) -> dict[str, Any]:
+    """Wall seconds of ``hpo study show`` (and ``--trials``) on a finished study of ``trials``
+    synthetic trials in SQLite (``tests/synthetic.py``: ASHA-shaped curves, user attributes as hpo
+    writes them): the first call, then the median of ``repeats``."""
+    sys.path.insert(0, str(SCRIPTS.parent))
+    from tests.synthetic import make_study
+
+    url = f"sqlite:///{root / 'show.db'}"
+    make_study(url, trials)
+    hpo = str(Path(sys.executable).parent / "hpo")
+    out: dict[str, Any] = {"study_show_n_trials": trials}
+    for key, extra in (("study_show", []), ("study_show_trials", ["--trials"])):
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            subprocess.run([hpo, "study", "show", "synth", "--storage", url, *extra], check=True, capture_output=True)
+            times.append(time.perf_counter() - t0)
+        out[f"{key}_first_s"] = round(times[0], 3)
+        out[f"{key}_median_s"] = round(statistics.median(times[1:]), 3)
+    return out
+
+
 MICRO = ("micro_plain", "micro_hpo", "micro_plain_bf16", "micro_hpo_fp32")
 
 
 def micro(base: dict[str, Any], root: Path, repeats: int) -> dict[str, Any]:
     """A plain HF Trainer fine-tune vs hpo's trial loop, same configuration, each in fp32 and in
     bf16 autocast, alternating. The target compares the same precision: hpo's default (bf16 on a
-    CPU with AMX) with the Trainer's ``bf16=True`` there, fp32 with fp32 elsewhere."""
+    CPU with AMX or AVX512-BF16) with the Trainer's ``bf16=True`` there, fp32 with fp32 elsewhere."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MICRO}
     for i in range(repeats):
         for name in MICRO if i % 2 == 0 else MICRO[::-1]:
@@ -240,6 +262,7 @@ def micro(base: dict[str, Any], root: Path, repeats: int) -> dict[str, Any]:
         "throughput_ratio_vs_plain_default": round(rate["micro_hpo"] / rate["micro_plain"], 3),
         "runs": {k: [{f: r.get(f) for f in keep} for r in v] for k, v in runs.items()},
         **time_help(),
+        **time_study_show(root),
     }
 
 
@@ -393,7 +416,9 @@ def print_tables(out: dict[str, Any]) -> None:
             f"{m['plain_bf16_tokens_per_s']:.0f} bf16; "
             f"hpo trial {m['hpo_trial_fp32_tokens_per_s']:.0f} fp32, "
             f"{m['hpo_trial_tokens_per_s']:.0f} {m['hpo_precision']} (its default here); "
-            f"hpo --help {m['help_median_s']:.3f} s"
+            f"hpo --help {m['help_median_s']:.3f} s; hpo study show of {m['study_show_n_trials']:,} "
+            f"trials {m['study_show_median_s']:.2f} s (first call {m['study_show_first_s']:.2f} s, "
+            f"with --trials {m['study_show_trials_median_s']:.2f} s)"
         )
 
 

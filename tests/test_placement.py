@@ -156,6 +156,21 @@ def test_precision_asked_for_is_used_anywhere(requested, major, native):
     assert placement.precision(major, native, requested) == requested
 
 
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_gets_a_note(tmp_path):
+    avx2 = frozenset({"fpu", "sse2", "avx2", "fma"})
+    note = placement.precision_note("bf16", avx2)
+    assert note and note.startswith("training.precision: bf16 on a CPU without bf16 in hardware")
+    for native in ("avx512_bf16", "amx_bf16"):
+        assert placement.precision_note("bf16", avx2 | {native}) is None
+    assert placement.precision_note("auto", avx2) is None and placement.precision_note("fp32", avx2) is None
+    assert placement.precision_note("bf16", None) is None  # flags unknown: say nothing
+    # the flags are read from /proc/cpuinfo's first "flags" line
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert placement.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
+    assert placement.cpu_flags(str(tmp_path / "none")) is None
+
+
 @pytest.mark.parametrize(
     ("address", "host_port", "loopback"),
     [

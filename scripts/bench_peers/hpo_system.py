@@ -1,7 +1,7 @@
 """hpo itself: ``create_study`` + ``run_study`` on the bench spec; every figure from the storage.
 
 ``hpo`` runs the spec as hpo runs it by default (``training.precision: auto``: bf16 autocast on a
-CPU with AMX, fp32 elsewhere); ``hpo_fp32`` the same spec with ``precision: fp32``, the peers'
+CPU with AMX or AVX512-BF16, fp32 elsewhere); ``hpo_fp32`` the same spec with ``precision: fp32``, the peers'
 arithmetic, so a run shows what the precision buys apart from what the rest of hpo does.
 
 Per trial, hpo records ``train_s`` (inside optimizer steps) and ``eval_s`` (inside evaluations) as
