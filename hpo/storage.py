@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -327,6 +328,49 @@ def load(
         )
     with _db_errors(url, "loading the study"):
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+
+@dataclass(frozen=True)
+class QuickSummary:
+    """A study's trials by state and its best COMPLETE trial, read without loading every trial."""
+
+    counts: dict[str, int]  # trials by state name
+    best_trial_id: int | None  # storage id of the best COMPLETE trial (finite value; ties: lowest number)
+    best_value: float | None
+
+
+_COUNTS_SQL = "SELECT state, COUNT(*) FROM trials WHERE study_id = :study GROUP BY state"
+_BEST_SQL = (
+    "SELECT t.trial_id, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+    "WHERE t.study_id = :study AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' "
+    "ORDER BY v.value {order}, t.number ASC LIMIT 1"
+)
+
+
+def quick_summary(storage: Any, study_id: int, maximize: bool) -> QuickSummary | None:
+    """Counts and the best trial by two queries on Optuna's ``trials`` and ``trial_values`` tables:
+    loading all 2,000 trials of a study (values, parameters, attributes, intermediate values) to
+    count them took 1.9 s. The same answer as ``summary.state_counts`` and ``summary.best_complete``
+    over the frozen trials; None when the queries cannot run (a storage that is not Optuna's
+    RDBStorage, or another schema): callers then load the trials."""
+    from sqlalchemy import text
+
+    backend = getattr(storage, "_backend", storage)  # optuna.load_study wraps it in a cache
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        return None
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(_COUNTS_SQL), {"study": study_id}).all()
+            order = "DESC" if maximize else "ASC"
+            best = conn.execute(text(_BEST_SQL.format(order=order)), {"study": study_id}).first()
+    except Exception:  # noqa: BLE001 - any failure: the slow path answers instead
+        log.debug("quick summary failed; loading every trial", exc_info=True)
+        return None
+    counts = {str(state): int(n) for state, n in rows}
+    if best is None:
+        return QuickSummary(counts, None, None)
+    return QuickSummary(counts, int(best[0]), float(best[1]))
 
 
 def spec_of(study: optuna.Study) -> StudySpec:

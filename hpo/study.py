@@ -71,35 +71,45 @@ def run_study(
 
 def show_study(study: str | None = None, storage: str | None = None, trials: bool = False) -> dict[str, Any]:
     """A study's summary: trials by state, the best trial, its params and checkpoint."""
-    from hpo.summary import summarize, trial_row
+    from optuna.study import StudyDirection
+
+    from hpo.summary import best_complete, state_counts, summarize, trial_row
 
     loaded = storage_mod.load(study, storage)
-    frozen = loaded.get_trials(deepcopy=False)
-    out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), frozen)
+    maximize = loaded.direction == StudyDirection.MAXIMIZE
+    quick = None if trials else storage_mod.quick_summary(loaded._storage, loaded._study_id, maximize)
+    if quick is not None:  # a summary alone needs no trial but the best
+        best = None if quick.best_trial_id is None else loaded._storage.get_trial(quick.best_trial_id)
+        out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), quick.counts, best)
+    else:
+        frozen = loaded.get_trials(deepcopy=False)
+        counts, best = state_counts(frozen), best_complete(frozen, loaded.direction)
+        out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), counts, best)
+        if trials:
+            out["trials"] = [trial_row(t) for t in frozen]
     out["spec"] = storage_mod.spec_of(loaded).model_dump()
     out["data_report"] = storage_mod.data_report(loaded)
-    if trials:
-        out["trials"] = [trial_row(t) for t in frozen]
     return out
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """Every study in the storage with its trial count and best value."""
-    from hpo.summary import best_complete, state_counts
+    from optuna.study import StudyDirection
+
+    from hpo.summary import STATES, best_complete, state_counts
 
     st = storage_mod.open_storage(storage)
     out = []
     for s in st.get_all_studies():
-        trials = st.get_all_trials(s._study_id, deepcopy=False)
-        best = best_complete(trials, s.direction)
-        out.append(
-            {
-                "study": s.study_name,
-                "trials": len(trials),
-                "counts": state_counts(trials),
-                "best_value": best.value if best else None,
-            }
-        )
+        quick = storage_mod.quick_summary(st, s._study_id, s.direction == StudyDirection.MAXIMIZE)
+        if quick is not None:
+            counts, best_value = {**dict.fromkeys(STATES, 0), **quick.counts}, quick.best_value
+        else:
+            trials = st.get_all_trials(s._study_id, deepcopy=False)
+            best = best_complete(trials, s.direction)
+            counts, best_value = state_counts(trials), best.value if best else None
+        row = {"study": s.study_name, "trials": sum(counts.values()), "counts": counts}
+        out.append({**row, "best_value": best_value})
     return out
 
 

@@ -56,15 +56,14 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def summarize(study, storage_url: str, trials: list[FrozenTrial] | None = None) -> dict[str, Any]:
-    """Everything ``hpo study show`` prints, as plain values."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    best = best_complete(trials, study.direction)
+def summarize(study, storage_url: str, counts: dict[str, int], best: FrozenTrial | None) -> dict[str, Any]:
+    """Everything ``hpo study show`` prints, as plain values, from the study's ``counts`` by state
+    and its ``best`` COMPLETE trial."""
     out: dict[str, Any] = {
         "study": study.study_name,
         "storage": storage_url,
         "direction": study.direction.name.lower(),
-        "counts": state_counts(trials),
+        "counts": {**dict.fromkeys(STATES, 0), **counts},
         "disk_peak_mb": study.user_attrs.get("disk_peak_mb"),
         "best": None,
     }

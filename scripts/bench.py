@@ -54,8 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1 quick, 3 full)")
     p.add_argument("--with-hf-optuna", action="store_true", help="also run the sequential HF + Optuna peer")
     p.add_argument("--systems", help="comma list to run instead of hpo + the peers (e.g. hpo,tune_optuna)")
-    p.add_argument("--no-micro", action="store_true", help="skip `hpo --help`, `study show` and the throughput check")
-    p.add_argument("--micro-only", action="store_true", help="only `hpo --help`, `study show` and the throughput check")
+    p.add_argument("--no-micro", action="store_true", help="skip `hpo --help`, `study show`, throughput")
+    p.add_argument("--micro-only", action="store_true", help="only `hpo --help`, `study show`, throughput")
     p.add_argument("--profile", action="store_true", help="profile hpo alone (timing probes), then stop")
     p.add_argument("--max-epochs", type=int, default=3, help="top of the epochs range (smoke runs: 1)")
     p.add_argument("--keep", action="store_true", help="keep the temp folders (printed at the end)")
@@ -227,7 +227,8 @@ def time_study_show(root: Path, trials: int = 2000, repeats: int = 3) -> dict[st
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            subprocess.run([hpo, "study", "show", "synth", "--storage", url, *extra], check=True, capture_output=True)
+            command = [hpo, "study", "show", "synth", "--storage", url, *extra]
+            subprocess.run(command, check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
         out[f"{key}_first_s"] = round(times[0], 3)
         out[f"{key}_median_s"] = round(statistics.median(times[1:]), 3)

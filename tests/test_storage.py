@@ -230,3 +230,46 @@ def test_scrub_removes_a_password_a_driver_echoes():
 
 def test_exit_codes_bad_url_is_input_unreachable_is_runtime():
     assert UsageError("x").exit_code == 2 and StorageError("x").exit_code == 1
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_quick_summary_matches_the_trials(storage_url, direction):
+    """``study show`` / ``study list`` count states and find the best trial by two queries; the
+    answer must be what the frozen trials give (ties go to the lower number, infinities are never
+    best, other studies in the storage do not count)."""
+    from optuna.trial import TrialState, create_trial
+
+    from hpo.summary import best_complete, state_counts
+
+    st = storage.open_storage(storage_url, create=True)
+    other = optuna.create_study(storage=st, study_name="other", direction=direction)
+    other.add_trial(create_trial(state=TrialState.COMPLETE, value=-100.0 if direction == "minimize" else 1e2))
+    study = optuna.create_study(storage=st, study_name="s", direction=direction)
+    empty = storage.quick_summary(study._storage, study._study_id, direction == "maximize")
+    assert empty == storage.QuickSummary({}, None, None)
+    inf = float("-inf") if direction == "minimize" else float("inf")
+    for state, value in [
+        (TrialState.PRUNED, None),
+        (TrialState.FAIL, None),
+        (TrialState.COMPLETE, inf),  # never the best: hpo exports a finite loss only
+        (TrialState.COMPLETE, 2.5),
+        (TrialState.COMPLETE, 1.5),
+        (TrialState.COMPLETE, 3.5),
+        (TrialState.COMPLETE, 1.5 if direction == "minimize" else 3.5),  # a tie: the earlier one wins
+        (TrialState.PRUNED, None),
+    ]:
+        study.add_trial(create_trial(state=state, value=value))
+    study.ask()  # one RUNNING
+    for reader in (study, storage.load("s", storage_url)):
+        quick = storage.quick_summary(reader._storage, reader._study_id, direction == "maximize")
+        trials = reader.get_trials(deepcopy=False)
+        best = best_complete(trials, reader.direction)
+        assert quick is not None and best is not None
+        assert {**dict.fromkeys(state_counts(trials), 0), **quick.counts} == state_counts(trials)
+        assert quick.best_trial_id == best._trial_id and quick.best_value == best.value
+        assert reader._storage.get_trial(quick.best_trial_id).number == (4 if direction == "minimize" else 5)
+
+
+def test_quick_summary_steps_aside_where_it_cannot_query():
+    study = optuna.create_study()  # in memory: no tables to query
+    assert storage.quick_summary(study._storage, study._study_id, False) is None
