@@ -85,20 +85,28 @@ def start(model_path: str) -> Warm | None:
     socket; a trial's go where Ray puts its Ray process's); None if it cannot start (trials then
     import for themselves)."""
     folder = tempfile.mkdtemp(prefix="hpo-warm-")  # 0700: only this user can connect
+    # the socket listens before this returns, so a Ray trial process can never connect too early:
+    # its connection waits in the backlog until the warm process, done importing, accepts it
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        listener.bind(os.path.join(folder, "s"))
+        listener.listen(128)
         with open(os.path.join(folder, "log"), "ab") as out:
-            args = [os.path.join(folder, "s"), model_path, str(os.getpid())]
+            args = [str(listener.fileno()), model_path, str(os.getpid())]
             process = subprocess.Popen(
                 [sys.executable, "-m", "hpo.warmstart", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                pass_fds=[listener.fileno()],
                 start_new_session=True,  # its own process group: Ctrl-C on the terminal goes to the driver
             )
     except OSError as e:
         log.debug("no warm process: %s", e)
         shutil.rmtree(folder, ignore_errors=True)
         return None
+    finally:
+        listener.close()  # the warm process holds its own copy
     return Warm(process, folder)
 
 
@@ -225,14 +233,13 @@ def connect(address: str | None) -> TrialProcess | None:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m hpo.warmstart ADDRESS MODEL_PATH DRIVER_PID``: import, then fork on request."""
+    """``python -m hpo.warmstart LISTENER_FD MODEL_PATH DRIVER_PID``: import, then fork on request
+    (the driver bound and listens on the socket whose descriptor it passes)."""
     t0 = time.monotonic()
-    address, model_path, driver = argv[0], argv[1], int(argv[2])
+    fd, model_path, driver = int(argv[0]), argv[1], int(argv[2])
     distributed.parent_death_signal(driver)  # a thread would not survive the forks: no watcher
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen(128)  # Ray trial processes may connect now; they wait until the imports are done
+    listener = socket.socket(fileno=fd)  # Ray trial processes wait in its backlog until the imports are done
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() must not init CUDA
     import gc
 

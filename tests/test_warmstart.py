@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from tests.test_trial import PARAMS
 def warm(tmp_path_factory, tiny_model):
     w = warmstart.start(tiny_model)
     assert w is not None
+    # the socket listens as soon as start returns (the driver binds it and passes it on): a Ray
+    # trial process that connects while the warm process still imports waits instead of failing
+    assert stat.S_ISSOCK(os.stat(w.address).st_mode)
     yield w
     kept = tmp_path_factory.mktemp("warmlog") / "warmstart.log"
     warmstart.stop(w, kept)
