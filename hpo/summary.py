@@ -14,10 +14,15 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials by state name, every state present (zeros included)."""
-    counts = dict.fromkeys(STATES, 0)
+    counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
+    return all_states(counts)
+
+
+def all_states(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` by state name with every state present, in ``STATES`` order (zeros included)."""
+    return {**dict.fromkeys(STATES, 0), **counts}
 
 
 def best_complete(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
@@ -63,7 +68,7 @@ def summarize(study, storage_url: str, counts: dict[str, int], best: FrozenTrial
         "study": study.study_name,
         "storage": storage_url,
         "direction": study.direction.name.lower(),
-        "counts": {**dict.fromkeys(STATES, 0), **counts},
+        "counts": all_states(counts),
         "disk_peak_mb": study.user_attrs.get("disk_peak_mb"),
         "best": None,
     }
