@@ -223,6 +223,13 @@ def tail_threads(cpus_per_trial: int, slots: int, live: int, tail: bool) -> int:
     return max(cpus_per_trial, (cpus_per_trial * slots) // live)
 
 
+def shares_idle_cpus(started: bool, address: str | None, cpus: float, gpus: float) -> bool:
+    """Whether a run's CPU trials take idle slots' cores at the tail (``tail_threads``): only on a
+    Ray the run started itself (``started``, no cluster ``address``), where every trial runs on this
+    machine and reads the driver's share file; on a cluster the idle slots may be other nodes'."""
+    return started and address is None and not gpus and cpus >= 1
+
+
 def _torch_index(gpu_id: str, cuda_visible: str | None) -> int:
     """Torch's index of a physical GPU id: its position in CUDA_VISIBLE_DEVICES when set."""
     if cuda_visible is None:

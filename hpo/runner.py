@@ -128,8 +128,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
             summary.notes += [note] if note else []
         run_id = uuid.uuid4().hex[:8]
         trials_dir = (opts.runs_dir / "trials").resolve()
-        # a Ray of hpo's own runs every trial here: at the study's tail, trials take idle slots' cores
-        if started and not gpus and cpus >= 1:
+        if placement.shares_idle_cpus(started, _address(opts), cpus, gpus):
             threads_file = trials_dir / f".threads-{run_id}"
         warm_address = warm.address if warm and started else None
         bridge = searcher.OptunaBridge(

@@ -200,3 +200,17 @@ def test_addresses(address, host_port, loopback):
 )
 def test_tail_threads(cpus, slots, live, tail, threads):
     assert placement.tail_threads(cpus, slots, live, tail) == threads
+
+
+@pytest.mark.parametrize(
+    ("started", "address", "cpus", "gpus", "shares"),
+    [
+        (True, None, 1, 0, True),  # a Ray this run started: every trial is on this machine
+        (True, "127.0.0.1:6379", 1, 0, False),  # a cluster: the idle slots may be on other nodes
+        (False, None, 1, 0, False),  # a notebook's Ray, used as it is
+        (True, None, 1, 1, False),  # GPU trials
+        (True, None, 0.5, 0, False),  # fractions of a core
+    ],
+)
+def test_only_a_ray_the_run_started_shares_idle_cores(started, address, cpus, gpus, shares):
+    assert placement.shares_idle_cpus(started, address, cpus, gpus) is shares
