@@ -108,7 +108,10 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
 
 
 def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
-    from hpo import basemodel, data, placement, searcher
+    from hpo import basemodel, data, gcpause, placement
+
+    with gcpause.paused():  # it imports Ray Tune: ~0.4 s less CPU with the collector paused
+        from hpo import searcher
 
     summary.recovered = searcher.recover_stale(study, spec)
     if summary.finished_before >= opts.target:
@@ -116,7 +119,8 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
     # 1. the data, once, in the driver (trials only read it)
     prepared = data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
     # 2. Ray, resources and the bridge
-    started = _start_ray(opts)
+    with gcpause.paused():
+        started = _start_ray(opts)
     threads_file: Path | None = None
     try:
         plan = _resources(spec, opts)

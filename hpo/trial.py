@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import distributed, lmhead
+from hpo import distributed, gcpause, lmhead
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -89,14 +89,15 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
 def import_code(model_path: str) -> None:
     """Import what a trial of ``model_path`` imports as it runs: torch, numpy, the schedules, the
     prepared-data reader and the model's own code (no weights are read)."""
-    import numpy  # noqa: F401
-    import torch  # noqa: F401
-    from transformers import get_scheduler  # noqa: F401
+    with gcpause.paused():  # ~1,000 collections during these imports otherwise (hpo/gcpause.py)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+        from transformers import get_scheduler  # noqa: F401
 
-    from hpo.checkpoint import import_model_code
-    from hpo.data import Prepared  # noqa: F401
+        from hpo.checkpoint import import_model_code
+        from hpo.data import Prepared  # noqa: F401
 
-    import_model_code(model_path)
+        import_model_code(model_path)
 
 
 def release_host_memory() -> None:

@@ -25,11 +25,13 @@ LIGHT = (
     "hpo.export",
     "hpo.summary",
     "hpo.study",
+    "hpo.gcpause",
 )
 
 # the module map of DESIGN.md as layers: a module imports from its own layer or below
 LAYERS = {
     "errors": 0,
+    "gcpause": 0,
     "spec": 1,
     "params": 1,
     "space": 1,

@@ -4,6 +4,7 @@ the real trial loop on the tiny model; then the same through a whole ``hpo run``
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -158,6 +159,7 @@ def test_a_run_forks_its_trials_and_leaves_no_process_behind(tmp_path, tiny_mode
     create_study(str(small_spec(tmp_path, rows=200)), storage=url)
     summary = run_study("small", trials=2, storage=url, runs_dir=str(tmp_path / "runs"), concurrency=2)
     assert summary.counts.get("COMPLETE", 0) + summary.counts.get("PRUNED", 0) == 2
+    assert gc.isenabled()  # the run paused the collector only while it imported and started Ray
     log = (tmp_path / "runs" / "warmstart.log").read_text()
     assert "ready in" in log, log
     pid = int(log.split("warm process ")[1].split(":")[0])
