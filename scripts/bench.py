@@ -390,9 +390,12 @@ UNIT_MAPPING = {
 
 
 def _brief(r: dict[str, Any]) -> str:
+    parts = ""
+    if r.get("overhead_start_per_trial_s") is not None:
+        parts = f" (start {r['overhead_start_per_trial_s']:.2f}, tail {r['overhead_tail_per_trial_s']:.2f})"
     return (
         f"wall {r['wall_s']:.1f}s, {r['trials']} trials ({r['pruned']} pruned), overhead "
-        f"{r['overhead_per_trial_s']:.2f}s/trial, efficiency {r['efficiency']}, disk "
+        f"{r['overhead_per_trial_s']:.2f}s/trial{parts}, efficiency {r['efficiency']}, disk "
         f"{r['disk_peak_mb']:.1f} MB, best {_cell(r['best_eval_loss'])}, "
         f"trial CPU share {r['trial_cpu_share']}"
     )

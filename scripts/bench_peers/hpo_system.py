@@ -37,6 +37,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     study = optuna.load_study(study_name="bench", storage=url)
     trials = study.get_trials(deepcopy=False)
     figures = trial_figures(trials, TrialState)
+    figures["idle_slot_s"] = idle_slot_s(trials, t0, t1, s.concurrency)
     best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
     return {
         "wall_s": round(t1 - t0, 2),
@@ -62,6 +63,17 @@ def _spec(name: str, spec_path: str, work: str) -> str:
     out = Path(spec_path).with_name(f"{Path(spec_path).stem}-fp32.yaml")
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(out)
+
+
+def idle_slot_s(trials: list, t0: float, t1: float, slots: int) -> dict[str, float]:
+    """Two parts of the overhead, in slot-seconds: ``start``, from the run's start to each slot's
+    first trial reaching its Ray trial process (``started_at``: imports, Ray and Tune starting), and
+    ``tail``, the slots left idle after the other trials finished while the last ones ran."""
+    started = sorted(t.user_attrs["started_at"] for t in trials if t.user_attrs.get("started_at"))
+    done = sorted(t.datetime_complete.timestamp() for t in trials if t.datetime_complete)
+    start = sum(max(0.0, x - t0) for x in started[:slots])
+    tail = sum(max(0.0, t1 - x) for x in done[-slots:-1]) if len(done) >= slots else 0.0
+    return {"start": round(start, 2), "tail": round(tail, 2)}
 
 
 def trial_figures(trials: list, TrialState) -> dict[str, Any]:

@@ -49,6 +49,9 @@ def derive(raw: dict[str, Any], concurrency: int) -> dict[str, Any]:
     trial_cpu = raw["driver_cpu_s"] if raw.get("trials_in_driver") else raw["trial_processes_cpu_s"]
     share = trial_cpu / (compute * out["threads_per_trial"]) if compute else None
     out["trial_cpu_share"] = round(share, 2) if share is not None else None
+    if raw.get("idle_slot_s"):  # hpo: the overhead's start and tail parts, per trial
+        for part, slot_s_part in raw["idle_slot_s"].items():
+            out[f"overhead_{part}_per_trial_s"] = round(slot_s_part / trials, 2)
     for key in ("trial_tokens_per_s_mean", "hpo_disk_peak_mb", "profile"):
         if key in raw:
             out[key] = raw[key]
@@ -62,6 +65,8 @@ _MEDIAN_KEYS = (
     "pruned",
     "errors",
     "overhead_per_trial_s",
+    "overhead_start_per_trial_s",
+    "overhead_tail_per_trial_s",
     "efficiency",
     "efficiency_steps_only",
     "disk_peak_mb",
