@@ -243,14 +243,11 @@ def main(argv: list[str]) -> None:
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() must not init CUDA
     import gc
 
-    from hpo import gcpause
+    from hpo import trial
 
-    with gcpause.paused():  # hpo/gcpause.py: a quarter of the import time
-        import torch
+    trial.import_code(model_path)  # torch, transformers, the model's code (the collector paused meanwhile)
+    import torch  # already imported: for the CUDA check
 
-        from hpo import trial
-
-        trial.import_code(model_path)
     if torch.cuda.is_initialized():  # a forked child could not use CUDA: let trials import themselves
         log.warning("warm process: CUDA was initialized while importing; trials will import for themselves")
         return
