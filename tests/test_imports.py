@@ -26,12 +26,14 @@ LIGHT = (
     "hpo.summary",
     "hpo.study",
     "hpo.gcpause",
+    "hpo.rayworker",
 )
 
 # the module map of DESIGN.md as layers: a module imports from its own layer or below
 LAYERS = {
     "errors": 0,
     "gcpause": 0,
+    "rayworker": 0,
     "spec": 1,
     "params": 1,
     "space": 1,

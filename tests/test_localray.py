@@ -70,3 +70,25 @@ finally:
     assert "gcs_server" in procs and "raylet" in procs
     for skipped in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
         assert skipped not in procs, skipped
+
+
+def test_the_raylet_starts_its_python_workers_through_hpo_rayworker():
+    from ray._private import services
+
+    from hpo import rayworker
+
+    seen = {}
+
+    def start_raylet(redis_address, gcs_address, node_id, worker_path, setup_worker_path, temp_dir=None):
+        seen.update(worker=worker_path, setup=setup_worker_path, temp=temp_dir)
+        return "started"
+
+    quick = localray._quick_workers(start_raylet)
+    assert quick(None, "gcs", "node", "default_worker.py", "setup_worker.py", temp_dir="t") == "started"
+    assert seen == {"worker": "default_worker.py", "setup": rayworker.__file__, "temp": "t"}
+    assert localray._quick_workers(len) is len  # a start whose signature moved is left as it is
+    # this Ray's own start_raylet still takes the argument, and quick_start swaps it
+    original = services.start_raylet
+    with localray.quick_start():
+        assert services.start_raylet is not original
+    assert services.start_raylet is original
