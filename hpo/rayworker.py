@@ -86,7 +86,7 @@ def ray_setup_worker() -> str:
 def main() -> None:
     program, args, env_vars = plan(sys.argv[1:], ray_setup_worker())
     set_env(env_vars)
-    os.execv(program, args)
+    os.execvp(program, args)  # a bare py_executable ("python3") is looked up on PATH, as bash did
 
 
 if __name__ == "__main__":
