@@ -211,6 +211,9 @@ def export_cmd(
     merge: bool = typer.Option(
         True, "--merge/--no-merge", help="LoRA studies: merged model, or the adapter alone"
     ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="weights' dtype: auto (the base model's), float32, bfloat16, float16"
+    ),
 ) -> None:
     """Write the best checkpoint as a from_pretrained folder with a model card.
 
@@ -218,7 +221,7 @@ def export_cmd(
     """
     from hpo.export import export_best
 
-    e = export_best(out, study=study, storage=storage, trial=trial, force=force, merge=merge)
+    e = export_best(out, study=study, storage=storage, trial=trial, force=force, merge=merge, dtype=dtype)
     value = f"{e.value:.4f}" if e.value is not None else "-"
     _echo(f"exported trial {e.trial} of {e.study!r} (value {value}) to {e.path}")
     _echo(f"load it with AutoModelForCausalLM.from_pretrained({str(e.path)!r})")

@@ -43,17 +43,22 @@ def export_best(
     trial: int | None = None,
     force: bool = False,
     merge: bool = True,
+    dtype: str = "auto",
 ) -> Exported:
     """Write the best COMPLETE trial's (or trial ``trial``'s) best checkpoint to ``out``.
 
     For a LoRA study the checkpoint's weights already hold the adapter merged into the base model;
     ``merge=False`` writes the adapter alone (peft's layout, loaded with ``PeftModel``) instead.
+    Trials keep fp32 weights; the export writes ``dtype``: "auto" is the dtype the base model was
+    saved in (bf16 for a bf16 Hub checkpoint; as trained when unknown), or one of ``DTYPES``.
 
     Raises:
-        UsageError: no finished trial, no such trial, its checkpoint was deleted, or ``out`` is a
-            file or a non-empty folder (without ``force``).
+        UsageError: no finished trial, no such trial, its checkpoint was deleted, ``out`` is a
+            file or a non-empty folder (without ``force``), or an unknown ``dtype``.
     """
     out = Path(out)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
     _check_destination(out, force)
     loaded = storage_mod.load(study, storage)
     spec = storage_mod.spec_of(loaded)
@@ -61,6 +66,7 @@ def export_best(
     source = _checkpoint(chosen, loaded.study_name)
     url = storage_mod.mask(storage_mod.resolve_url(storage))
     info = _info(loaded.study_name, url, spec, chosen)
+    info["dtype"] = chosen.user_attrs.get("base_dtype") if dtype == "auto" else dtype
     _write(_files(source, merge, chosen.number), out, info, force)
     return Exported(str(out), loaded.study_name, chosen.number, chosen.value, info["hyperparameters"])
 
@@ -155,6 +161,8 @@ def _write(files: list[Path], out: Path, info: dict[str, Any], force: bool) -> N
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)
+        if info.get("dtype"):
+            info["dtype"] = cast_weights(tmp, info["dtype"])
         (tmp / "hpo.json").write_text(json.dumps(info, indent=1, default=str))
         (tmp / "README.md").write_text(model_card(info))
         _replace(tmp, out, force)
@@ -164,6 +172,32 @@ def _write(files: list[Path], out: Path, info: dict[str, Any], force: bool) -> N
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
+
+
+#: The dtypes ``hpo export --dtype`` writes (torch's names, as ``config.json`` records them).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cast_weights(folder: Path, dtype: str) -> str:
+    """Cast the floating-point tensors of ``folder``'s safetensors files to ``dtype`` in place and
+    record it in its ``config.json``; returns ``dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    for f in folder.glob("*.safetensors"):
+        tensors = load_file(f)
+        if all(t.dtype == target or not t.is_floating_point() for t in tensors.values()):
+            continue
+        cast = {k: t.to(target) if t.is_floating_point() else t for k, t in tensors.items()}
+        save_file(cast, f, metadata={"format": "pt"})
+    config = folder / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        cfg.pop("torch_dtype", None)
+        cfg["dtype"] = dtype
+        config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return dtype
 
 
 def _replace(tmp: Path, out: Path, force: bool) -> None:
@@ -178,9 +212,11 @@ def _replace(tmp: Path, out: Path, force: bool) -> None:
 
 
 def _trained_on(info: dict[str, Any]) -> str:
-    """ "bf16 on cpu" and the like (older trials recorded neither: "-")."""
+    """ "bf16 autocast, fp32 weights on cpu" and the like (older trials recorded neither: "-")."""
     on = info.get("trained_on") or {}
-    return " on ".join(str(on[k]) for k in ("precision", "device") if on.get(k)) or "-"
+    what = {"bf16": "bf16 autocast, fp32 weights", "bf16-true": "bf16 weights and optimizer state"}
+    precision = what.get(str(on.get("precision")), on.get("precision"))
+    return " on ".join(str(v) for v in (precision, on.get("device")) if v) or "-"
 
 
 def model_card(info: dict[str, Any]) -> str:
@@ -216,6 +252,7 @@ chosen by an hpo study (`{info["study"]}` in `{info["storage"]}`, trial {info["t
 {hp}
 | seed | {info["seed"]} |
 | trained in | {_trained_on(info)} |
+| weights saved in | {info.get("dtype") or "as trained"} |
 
 ## Use
 ```python

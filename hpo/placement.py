@@ -250,7 +250,8 @@ def precision(cuda_major: int | None, cpu_bf16: bool = False, requested: str = "
     Args:
         cuda_major: the GPU's compute capability major version; None for a CPU.
         cpu_bf16: the CPU multiplies bf16 natively (only read for a CPU).
-        requested: the spec's ``training.precision``.
+        requested: the spec's ``training.precision`` (``bf16-true``, weights and optimizer state in
+            bf16 as well, is only ever chosen by name).
     """
     if requested != "auto":
         return requested
@@ -276,10 +277,10 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
 def precision_note(requested: str, flags: frozenset[str] | None) -> str | None:
     """What to tell the user once when CPU trials are asked to train in bf16 on a CPU that only
     emulates it (None: nothing to say, or the flags are unknown)."""
-    if requested != "bf16" or flags is None or flags & BF16_CPU_FLAGS:
+    if requested not in ("bf16", "bf16-true") or flags is None or flags & BF16_CPU_FLAGS:
         return None
     return (
-        "training.precision: bf16 on a CPU without bf16 in hardware (no AMX or AVX512-BF16): emulated, "
+        f"training.precision: {requested} on a CPU without bf16 in hardware (no AMX or AVX512-BF16): emulated, "
         "about 5x slower than fp32 (measured); precision: auto picks fp32 here"
     )
 

@@ -494,6 +494,7 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
 PLACEMENT_REPORTED = (
     "device",
     "precision",
+    "base_dtype",
     "device_note",
     "cuda_visible_devices",
     "node_id",

@@ -376,6 +376,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "early_stopped",
         "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
         "precision",
+        "base_dtype",  # the dtype the base model was saved in: what `hpo export` writes by default
         "device_note",
         "cuda_visible_devices",
         "node_id",

@@ -205,10 +205,12 @@ class TrainingSpec(Frozen):
         default=None, ge=1, description="end a trial COMPLETE after k evaluations without improvement"
     )
     seed: Int | None = Field(default=None, ge=0, description="trial seed (default: the study's seed)")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
+    precision: Literal["auto", "bf16", "fp32", "bf16-true"] = Field(
         default="auto",
         description="auto: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA Ampere or "
-        "newer, CPUs with AMX or AVX512-BF16), fp32 elsewhere; bf16 or fp32: that, on any device",
+        "newer, CPUs with AMX or AVX512-BF16), fp32 elsewhere; bf16 or fp32: that, on any device. "
+        "Weights and optimizer state stay fp32 whatever dtype the checkpoint was saved in; bf16-true "
+        "keeps them in bf16 too (half the memory; small updates round away: only when asked for)",
     )
 
 

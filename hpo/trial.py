@@ -29,6 +29,7 @@ from hpo.checkpoint import (
     load_model,
     merged_state_dict,
     save_checkpoint,
+    saved_dtype,
     with_lora,
 )
 from hpo.errors import TrialError
@@ -42,10 +43,15 @@ __all__ = [
     "merged_state_dict",
     "run",
     "save_checkpoint",
+    "saved_dtype",
     "with_lora",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The dtype a trial's weights and optimizer state are kept in, by precision: fp32 (master weights
+#: under bf16 autocast too) unless ``bf16-true`` asks for bf16 throughout.
+WEIGHTS_DTYPE = {"bf16-true": "bfloat16"}
 
 FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|error>" makes that trial fail
 
@@ -159,7 +165,11 @@ def _run(
     # 2. model with the trial's dropout (from an interrupted trial's checkpoint when resuming),
     #    optimizer without decay on biases and norms; one step sees batch_size x accumulation blocks
     resume = config.get("resume_checkpoint")
-    model = load_model(resume or config["model_path"], p["dropout"], device)
+    precision = _precision(config, device)  # fp32 master weights unless bf16-true was asked for
+    config["placement"]["base_dtype"] = saved_dtype(config["model_path"])  # export writes it back
+    model = load_model(
+        resume or config["model_path"], p["dropout"], device, WEIGHTS_DTYPE.get(precision, "float32")
+    )
     if "adapter" in o:  # LoRA: only the adapter trains; a resumed trial continues from the merged weights
         a = o["adapter"]
         model = with_lora(model, a["r"], a["alpha"], a["dropout"], a.get("target_modules"))
@@ -176,7 +186,7 @@ def _run(
     total_steps = int(p["epochs"]) * steps_per_epoch
     sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
     loss_opts = _LossOptions(o["label_smoothing"], o["l1"], o["max_grad_norm"], _matrices(model))
-    autocast = _autocast(device, _precision(config, device))
+    autocast = _autocast(device, precision)
     # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
     gen = torch.Generator().manual_seed(o["seed"])
     every = float(config["eval_every"])
@@ -403,7 +413,7 @@ def _autocast(device, precision: str = "fp32"):
 
     if precision == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    return contextlib.nullcontext  # fp32, or bf16-true: the weights themselves are bf16
 
 
 def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
