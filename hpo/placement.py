@@ -280,8 +280,8 @@ def precision_note(requested: str, flags: frozenset[str] | None) -> str | None:
     if requested not in ("bf16", "bf16-true") or flags is None or flags & BF16_CPU_FLAGS:
         return None
     return (
-        f"training.precision: {requested} on a CPU without bf16 in hardware (no AMX or AVX512-BF16): emulated, "
-        "about 5x slower than fp32 (measured); precision: auto picks fp32 here"
+        f"training.precision: {requested} on a CPU without bf16 in hardware (no AMX or AVX512-BF16): "
+        "emulated, about 5x slower than fp32 (measured); precision: auto picks fp32 here"
     )
 
 

@@ -79,4 +79,5 @@ def test_cast_weights_rewrites_tensors_and_config(tiny_model, tmp_path):
 def test_model_card_says_how_it_was_trained_and_saved():
     info = {"trained_on": {"precision": "bf16", "device": "cpu"}, "dtype": "bfloat16"}
     assert export._trained_on(info) == "bf16 autocast, fp32 weights on cpu"
-    assert export._trained_on({"trained_on": {"precision": "bf16-true"}}) == "bf16 weights and optimizer state"
+    true = {"trained_on": {"precision": "bf16-true"}}
+    assert export._trained_on(true) == "bf16 weights and optimizer state"
