@@ -58,3 +58,9 @@ class TrialError(HpoError):
 
 class RunError(HpoError):
     """A run as a whole cannot go on (every trial fails for the same cause, Ray failed to start)."""
+
+
+class OutOfMemory(TrialError):
+    """A trial does not fit its memory: planned (it would not fit at micro-batch 1) or met (CUDA
+    or CPU allocation failed, or its process was killed for memory). Its ``error_class`` is
+    ``OutOfMemory``; the study goes on, and the configuration is not re-queued."""

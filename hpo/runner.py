@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo import placement
 from hpo.errors import RunError, SpecError
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,23 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the classic reporter prints nothing; hpo prints progress
     "TOKENIZERS_PARALLELISM": "false",
+    # hpo plans each trial's memory and holds CPU trials to it; Ray's memory monitor would kill a
+    # Ray worker instead, which Tune 2.60 does not survive ("Caught unexpected exception").
+    "RAY_memory_monitor_refresh_ms": "0",
 }
 _SOCKET_ROOM = 107 - len("/session_2026-11-25_01-38-34_899804_10948/sockets/plasma_store") - 1
 
 
 class Interrupted(Exception):
     """Raised in the driver by SIGINT/SIGTERM."""
+
+
+class _KilledForMemory(Exception):
+    """Tune's run ended because Ray's memory monitor killed a trial's worker (on a cluster whose
+    raylets run the monitor): the live trials are FAIL OutOfMemory, and a fresh Tune run goes on."""
+
+
+RESTARTS = 3  # fresh Tune runs after Ray killed trials for memory, before the run gives up
 
 
 @dataclass
@@ -108,7 +120,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
 
 
 def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
-    from hpo import basemodel, data, gcpause, placement
+    from hpo import basemodel, data, gcpause
 
     with gcpause.paused():  # it imports Ray Tune: ~0.4 s less CPU with the collector paused
         from hpo import searcher
@@ -125,8 +137,11 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
     try:
         plan = _resources(spec, opts)
         cpus, gpus, concurrency = plan.cpus, plan.gpus, plan.concurrency
+        mem = _memory(spec, opts, model_path, plan)
+        if mem is not None and not (opts.concurrency or spec.resources.concurrency):
+            concurrency = min(concurrency, mem.fits)
         summary.concurrency = concurrency
-        summary.notes += plan.notes + _cluster_notes(study, opts)
+        summary.notes += plan.notes + _cluster_notes(study, opts) + _memory_notes(mem, concurrency)
         if started and not _address(opts) and not gpus:  # every trial runs on this machine's CPUs
             note = placement.precision_note(spec.training.precision, placement.cpu_flags())
             summary.notes += [note] if note else []
@@ -135,20 +150,26 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
         if placement.shares_idle_cpus(started, _address(opts), cpus, gpus):
             threads_file = trials_dir / f".threads-{run_id}"
         warm_address = warm.address if warm and started else None
-        bridge = searcher.OptunaBridge(
-            study,
-            spec,
-            opts.target,
-            _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file, warm_address),
-            trials_dir,
-            run_id,
-            on_event,
-            opts.max_failures,
-            (threads_file, int(cpus), concurrency) if threads_file else None,
-        )
         stop = threading.Event()
-        tuner = _tuner(spec, opts, bridge, cpus, gpus, concurrency, run_id, _stop_callback(stop))
-        summary.interrupted = _fit(tuner, bridge, stop)
+        resources = {"cpu": cpus, "gpu": gpus, **({"memory": mem.per_trial} if mem else {})}
+        for attempt in range(RESTARTS + 1):  # a fresh Tune run after Ray killed trials for memory
+            bridge = searcher.OptunaBridge(
+                study,
+                spec,
+                opts.target,
+                _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file, warm_address, mem),
+                trials_dir,
+                f"{run_id}-{attempt}" if attempt else run_id,
+                on_event,
+                opts.max_failures,
+                (threads_file, int(cpus), concurrency) if threads_file else None,
+            )
+            tuner = _tuner(spec, opts, bridge, resources, concurrency, run_id, _stop_callback(stop))
+            try:
+                summary.interrupted = _fit(tuner, bridge, stop)
+                break
+            except _KilledForMemory as e:
+                summary.notes.append(str(e))
         summary.stop_reason, summary.disk_peak_mb = bridge.stop_reason, bridge.disk_peak_mb
         _record_disk_peak(study, bridge.disk_peak_mb)
     finally:
@@ -192,6 +213,14 @@ def _fit(tuner, bridge, stop: threading.Event) -> bool:
         return stop.is_set()
     except (Interrupted, KeyboardInterrupt):
         return True
+    except RuntimeError as e:  # Tune 2.60 ends its whole run when Ray's memory monitor kills a worker
+        import ray
+
+        if not isinstance(e.__cause__, ray.exceptions.OutOfMemoryError):
+            raise
+        message = f"Ray killed a trial process for memory: {str(e.__cause__).strip().splitlines()[0][:200]}"
+        bridge.fail_live("OutOfMemory", message)
+        raise _KilledForMemory(f"{message}; the run went on with a fresh Tune run") from e
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -389,6 +418,53 @@ def _resources(spec, opts: RunOptions):
     return plan
 
 
+def _memory(spec, opts: RunOptions, model_path: str, plan):
+    """The host-memory plan of a run of CPU trials (``memory.plan_cpu``), from the model's config
+    and weights' headers; None for GPU trials (their memory is the GPU's: each trial fits its
+    micro-batch to its share) or a model that is no local folder.
+
+    Raises:
+        SpecError: no node's memory holds one trial.
+    """
+    import ray
+
+    from hpo import memory
+    from hpo.params import values
+
+    shape = memory.model_shape(model_path)
+    if plan.gpus > 0 or shape is None:
+        return None
+    training = spec.training
+    precision = placement.precision(
+        None, bool(placement.BF16_CPU_FLAGS & (placement.cpu_flags() or set())), training.precision
+    )
+    trainable = shape.params // 50 if spec.adapter else None  # a LoRA adapter: ~1-2% of the weights
+    need = memory.trial_need(
+        shape, spec.data.block_size, precision, trainable, training.gradient_checkpointing
+    )
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    node_memory = [float(n["Resources"].get("memory", 0.0)) for n in alive]
+    cpu_fits = [placement.node_fit(float(n["Resources"].get("CPU", 0.0)), 0.0, plan.cpus, 0.0) for n in alive]
+    batch = min(int(b) for b in values(spec.space.batch_size))
+    if isinstance(training.max_micro_batch, int):
+        batch = min(batch, training.max_micro_batch)
+    fixed = spec.resources.memory_gb * memory.GB if spec.resources.memory_gb else None
+    mem = memory.plan_cpu(node_memory, cpu_fits, need, batch, fixed)
+    if mem.problem:
+        raise SpecError(f"study {spec.name!r} resources", [mem.problem])
+    log.debug("memory plan: %s (need %s)", mem, need)
+    return mem
+
+
+def _memory_notes(mem, concurrency: int) -> list[str]:
+    if mem is None:
+        return []
+    return [
+        f"memory: {mem.per_trial / 1e9:.1f} GB per trial, {concurrency} at once "
+        f"(the nodes' memory holds {mem.fits}); micro-batches up to {mem.micro} fit"
+    ]
+
+
 def _cluster_notes(study, opts: RunOptions) -> list[str]:
     """Notes for a run on a cluster it joined: a local SQLite storage, the paths nodes must share."""
     import ray
@@ -417,6 +493,7 @@ def _config_maker(
     gpus: float,
     threads_file: Path | None = None,
     warm_address: str | None = None,
+    mem=None,
 ) -> Callable:
     training = spec.training
 
@@ -431,7 +508,10 @@ def _config_maker(
             "eval_every": training.eval_every,
             "eval_epochs": spec.eval_epochs(),  # None: every eval_every mark; else ASHA rungs + max_t
             "warmup_ratio": training.warmup_ratio,
-            "max_micro_batch": training.max_micro_batch,
+            "max_micro_batch": training.max_micro_batch,  # auto: the largest that fits (hpo.memory)
+            "gradient_checkpointing": training.gradient_checkpointing,
+            "memory_bytes": mem.per_trial if mem else None,  # the trial's host memory share
+            "hold_memory": bool(mem and spec.resources.memory_gb),  # resources.memory_gb is a hard limit
             "max_grad_norm": training.max_grad_norm,
             "lr_scheduler": training.lr_scheduler,
             "gradient_accumulation_steps": training.gradient_accumulation_steps,
@@ -450,7 +530,7 @@ def _config_maker(
     return make
 
 
-def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency: int, run_id: str, callback):
+def _tuner(spec, opts: RunOptions, bridge, resources: dict, concurrency: int, run_id: str, callback):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -464,7 +544,7 @@ def _tuner(spec, opts: RunOptions, bridge, cpus: float, gpus: float, concurrency
         )
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
+    trainable = tune.with_resources(_trainable, resources)  # cpu, gpu and (CPU trials) memory
     mode = "min" if spec.objective.direction == "minimize" else "max"
     return tune.Tuner(
         trainable,
@@ -495,6 +575,8 @@ PLACEMENT_REPORTED = (
     "device",
     "precision",
     "base_dtype",
+    "micro_batch",
+    "memory_gb",
     "device_note",
     "cuda_visible_devices",
     "node_id",

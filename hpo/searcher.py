@@ -244,6 +244,17 @@ class OptunaBridge(Searcher):
         self._beat_stop.set()
         self._collect_garbage()
 
+    def fail_live(self, error_class: str, message: str) -> None:
+        """Fail every trial still live with this error, not re-queued (Ray killed their workers
+        for memory: the same configurations would die again)."""
+        with self._lock:
+            live = list(self._live.items())
+            self._live.clear()
+        for trial_id, trial in live:
+            last = self._last.pop(trial_id, {})
+            info = {"error_class": error_class, "error_message": message}
+            self._finish(trial, self._params.pop(trial_id, {}), TrialState.FAIL, last, info)
+
     # ------------------------------------------------------------ bookkeeping
 
     def _counts(self, fresh: bool) -> tuple[int, int]:
@@ -377,6 +388,8 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
         "precision",
         "base_dtype",  # the dtype the base model was saved in: what `hpo export` writes by default
+        "micro_batch",  # sequences in one forward pass (max_micro_batch: auto picks it) and the memory
+        "memory_gb",  # the trial planned with (hpo/memory.py)
         "device_note",
         "cuda_visible_devices",
         "node_id",

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     Discriminator,
     Field,
     Tag,
@@ -178,6 +179,12 @@ Schedule = Annotated[
 ]
 
 
+def _whole_or_auto(v: Any) -> int | str:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise ValueError("must be auto or a whole number >= 1")
+
+
 class TrainingSpec(Frozen):
     """How each trial trains and evaluates. Each option from ``lr_scheduler`` to ``seed`` is fixed
     here, or searched by naming it in ``space`` instead (not both)."""
@@ -190,7 +197,15 @@ class TrainingSpec(Frozen):
         description="rungs: evaluate at the marks where ASHA compares trials, at whole epochs and at the end "
         "of the budget; every: at every eval_every mark (the cadence is all there is without ASHA)",
     )
-    max_micro_batch: Int = Field(default=32, ge=1, description="largest batch in one forward pass")
+    max_micro_batch: Annotated[int | str, BeforeValidator(_whole_or_auto)] = Field(
+        default="auto",
+        description="largest batch in one forward pass; auto: the largest that fits the trial's memory "
+        "(hpo/memory.py), gradient accumulation covering the rest of batch_size",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute activations in the backward pass: less memory, ~30% more compute",
+    )
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
     )
@@ -239,6 +254,13 @@ class ResourcesSpec(Frozen):
         "each trial data-parallel over that many GPUs (batch_size must divide by it)",
     )
     concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
+    memory_gb: Float | None = Field(
+        default=None,
+        gt=0,
+        description="host memory per trial in GB: Ray reserves it, max_micro_batch: auto fits it, and a CPU "
+        "trial is held to it (past it the trial fails OutOfMemory); default: the node's memory shared by "
+        "the trials that fit at once",
+    )
 
     @field_validator("gpus_per_trial", mode="after")
     @classmethod

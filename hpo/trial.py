@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import distributed, gcpause, lmhead
+from hpo import distributed, gcpause, lmhead, memory
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -32,7 +32,7 @@ from hpo.checkpoint import (
     saved_dtype,
     with_lora,
 )
-from hpo.errors import TrialError
+from hpo.errors import OutOfMemory, TrialError
 
 __all__ = [
     "POINTER",
@@ -83,13 +83,26 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
     try:
         with distributed.ranks(config) as dist:  # gpus > 1: this process is rank 0 of a data-parallel trial
             return _run(config, report, dist)
-    except torch.OutOfMemoryError as e:
-        raise TrialError(f"out of memory: {str(e).splitlines()[0]}") from e
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not memory.is_oom(str(e)):
+            raise
+        raise OutOfMemory(_oom_message(config, e)) from e
     finally:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         release_host_memory()
+
+
+def _oom_message(config: dict[str, Any], e: BaseException) -> str:
+    """One line: what ran out, at which batch and micro-batch, and the fixes."""
+    seen = config.get("placement", {})
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return (
+        f"out of memory at batch_size {config['params'].get('batch_size')}, micro-batch "
+        f"{seen.get('micro_batch', config.get('max_micro_batch'))} ({first}); set training.max_micro_batch: "
+        "auto (or lower it), training.gradient_checkpointing: true, or fewer trials at once (--concurrency)"
+    )
 
 
 def import_code(model_path: str) -> None:
@@ -173,14 +186,20 @@ def _run(
     if "adapter" in o:  # LoRA: only the adapter trains; a resumed trial continues from the merged weights
         a = o["adapter"]
         model = with_lora(model, a["r"], a["alpha"], a["dropout"], a.get("target_modules"))
+    if config.get("gradient_checkpointing"):  # transformers' own: recompute activations in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     if device.type == "cpu":  # dropout masks drawn a quarter as often, no float copies (hpo.dropout)
         fast_dropout.speed_up(model)
     dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
+    cap = _micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
     bs, micro = batching(  # data-parallel: each rank takes batch_size / world blocks of a step
-        int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), config["max_micro_batch"]
+        int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
     )
+    config = {**config, "max_micro_batch": micro}  # evaluation passes the same size
+    config["placement"]["micro_batch"] = micro
     bs *= dist.world  # blocks per optimizer step, all ranks together
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
@@ -224,6 +243,46 @@ def _run(
                     return metrics
                 model.train()
     return metrics
+
+
+def _micro_cap(config: dict[str, Any], model, device, precision: str, block: int, batch: int) -> int:
+    """The largest micro-batch the trial may use: ``max_micro_batch``, or for ``auto`` the
+    largest that fits its memory (``hpo.memory``); a CPU trial with a memory budget is held to it.
+
+    Raises:
+        OutOfMemory: auto, and not even one sequence fits.
+    """
+    budget, where = _memory_budget(config, device)
+    fixed = config["max_micro_batch"]
+    if device.type == "cpu" and config.get("hold_memory"):  # resources.memory_gb: a hard limit
+        memory.hold_to(budget)
+    if fixed != "auto":
+        return int(fixed)
+    shape = memory.shape(model.config.to_dict(), sum(p.numel() for p in model.parameters()))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need = memory.trial_need(
+        shape, block, precision, trainable, bool(config.get("gradient_checkpointing")), device.type == "cuda"
+    )
+    cap = need.largest_micro(budget)
+    config["placement"]["memory_gb"] = round(budget / memory.GB, 2)
+    if cap < 1:
+        raise OutOfMemory(memory.too_big(need, budget, batch, 1, where))
+    return cap
+
+
+def _memory_budget(config: dict[str, Any], device) -> tuple[float, str]:
+    """(bytes, what they are) the trial may use: its GPU's share on CUDA, else the host memory
+    the run planned for it (``memory_bytes``), else what the host has available now."""
+    import torch
+
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        share = total * min(1.0, float(config.get("gpus") or 1))
+        return min(share, free + torch.cuda.memory_reserved(device)), f"its GPU share ({device})"
+    planned = config.get("memory_bytes")
+    if planned:
+        return float(planned), "its memory share (resources.memory_gb or the node's memory / trials at once)"
+    return memory.available_bytes(), "this machine's available memory"
 
 
 def _next_mark(

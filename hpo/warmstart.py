@@ -41,8 +41,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hpo import distributed
-from hpo.errors import TrialError
+from hpo import distributed, memory
+from hpo.errors import OutOfMemory, TrialError
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ class TrialProcess:
             TrialError: the forked process died.
         """
         seen = config.setdefault("placement", {})
+        self.oom_kills = memory.oom_kills()  # the kernel's count: did it kill this process for memory?
         self._send(("trial", config))
         while True:
             msg = self._recv()
@@ -172,6 +173,11 @@ class TrialProcess:
 
     def _died(self) -> TrialError:
         self.close()
+        if memory.oom_kills() > getattr(self, "oom_kills", memory.oom_kills()):
+            return OutOfMemory(
+                f"the trial process (pid {self.pid}) was killed by the kernel's out-of-memory killer; set "
+                "training.max_micro_batch: auto, resources.memory_gb, or fewer trials at once (--concurrency)"
+            )
         return TrialError(f"the trial process (pid {self.pid}) died: killed, or out of host memory")
 
     def _finished(self, msg: tuple) -> dict[str, Any]:
