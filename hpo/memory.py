@@ -280,3 +280,24 @@ def oom_kills() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def gpu_share(need: Need, gpu_total: float, gpus: float, batch: int) -> tuple[str | None, str | None]:
+    """(problem, note) for trials of ``gpus`` GPUs each on GPUs of ``gpu_total`` bytes: a problem
+    when a fraction of a GPU cannot hold one sequence, a note when it holds fewer than a
+    comfortable micro-batch (the trial then accumulates more passes)."""
+    share = gpu_total * min(1.0, gpus)
+    where = f"gpus_per_trial = {gpus:g} gives each trial {share / GB:.1f} GB of a {gpu_total / GB:.1f} GB GPU"
+    if need.at(1) > share:
+        return (
+            f"{where}, but a trial of this model needs ~{need.at(1) / GB:.1f} GB at micro-batch 1; raise "
+            "gpus_per_trial, or set training.gradient_checkpointing: true or adapter: lora",
+            None,
+        )
+    target = min(COMFORTABLE_MICRO, batch)
+    if need.at(target) > share:
+        return (
+            None,
+            f"{where}: micro-batches of {need.largest_micro(share)} (gradient accumulation does the rest)",
+        )
+    return None, None

@@ -432,20 +432,25 @@ def _memory(spec, opts: RunOptions, model_path: str, plan):
     from hpo.params import values
 
     shape = memory.model_shape(model_path)
-    if plan.gpus > 0 or shape is None:
+    if shape is None:
         return None
     training = spec.training
     precision = placement.precision(
-        None, bool(placement.BF16_CPU_FLAGS & (placement.cpu_flags() or set())), training.precision
+        8 if plan.gpus else None,  # planned as on an Ampere or newer GPU (bf16 autocast)
+        bool(placement.BF16_CPU_FLAGS & (placement.cpu_flags() or set())),
+        training.precision,
     )
     trainable = shape.params // 50 if spec.adapter else None  # a LoRA adapter: ~1-2% of the weights
     need = memory.trial_need(
-        shape, spec.data.block_size, precision, trainable, training.gradient_checkpointing
+        shape, spec.data.block_size, precision, trainable, training.gradient_checkpointing, plan.gpus > 0
     )
+    batch = min(int(b) for b in values(spec.space.batch_size))
+    if plan.gpus > 0:
+        _check_gpu_share(need, plan.gpus, batch, _address(opts) is None)
+        return None
     alive = [n for n in ray.nodes() if n.get("Alive")]
     node_memory = [float(n["Resources"].get("memory", 0.0)) for n in alive]
     cpu_fits = [placement.node_fit(float(n["Resources"].get("CPU", 0.0)), 0.0, plan.cpus, 0.0) for n in alive]
-    batch = min(int(b) for b in values(spec.space.batch_size))
     if isinstance(training.max_micro_batch, int):
         batch = min(batch, training.max_micro_batch)
     fixed = spec.resources.memory_gb * memory.GB if spec.resources.memory_gb else None
@@ -454,6 +459,46 @@ def _memory(spec, opts: RunOptions, model_path: str, plan):
         raise SpecError(f"study {spec.name!r} resources", [mem.problem])
     log.debug("memory plan: %s (need %s)", mem, need)
     return mem
+
+
+def _check_gpu_share(need, gpus: float, batch: int, local: bool) -> None:
+    """Refuse trials of a fraction of a GPU that cannot hold one sequence of the model; warn when
+    the fraction holds fewer than a comfortable micro-batch. Only where this machine's GPUs are the
+    trials' (a local run) and ``nvidia-smi`` says how large they are.
+
+    Raises:
+        SpecError: not even micro-batch 1 fits.
+    """
+    from hpo import memory
+
+    total = _gpu_memory() if local else None
+    if total is None:
+        return
+    problem, note = memory.gpu_share(need, total, gpus, batch)
+    if problem:
+        raise SpecError("--gpus-per-trial / resources.gpus_per_trial", [problem])
+    if note:
+        log.warning("%s", note)
+
+
+def _gpu_memory() -> float | None:
+    """The smallest GPU's memory on this machine in bytes (``nvidia-smi``; None without one)."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return min(float(x) for x in out.split()) * 2**20  # MiB
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def _memory_notes(mem, concurrency: int) -> list[str]:

@@ -198,7 +198,7 @@ def _run(
     bs, micro = batching(  # data-parallel: each rank takes batch_size / world blocks of a step
         int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
     )
-    config = {**config, "max_micro_batch": micro}  # evaluation passes the same size
+    config = {**config, "max_micro_batch": min(cap, 64)}  # evaluation: no activations kept, up to 64
     config["placement"]["micro_batch"] = micro
     bs *= dist.world  # blocks per optimizer step, all ranks together
     steps_per_epoch = math.ceil(n_train / bs)

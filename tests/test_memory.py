@@ -212,3 +212,12 @@ def test_studies_default_to_the_automatic_micro_batch():
     from hpo import spec as spec_mod
 
     assert spec_mod.load(Path(ROOT / "studies" / "demo.yaml")).training.max_micro_batch in ("auto", 32)
+
+
+def test_a_gpu_fraction_too_small_for_the_model_is_refused_or_noted():
+    need = memory.Need(static=10 * GB, per_sequence=1 * GB)  # micro 1: 12.1 GB; micro 4: 15.4 GB
+    problem, note = memory.gpu_share(need, 40 * GB, 0.25, batch=8)
+    assert "gpus_per_trial = 0.25 gives each trial 10.0 GB of a 40.0 GB GPU" in problem and note is None
+    problem, note = memory.gpu_share(need, 56 * GB, 0.25, batch=8)
+    assert problem is None and "micro-batches of 2" in note
+    assert memory.gpu_share(need, 80 * GB, 1, batch=8) == (None, None)
