@@ -92,7 +92,9 @@ def fuse_activation(config) -> dict[str, str]:
 
 
 def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
-    """Wrap ``model`` in a peft LoRA adapter: only the adapter's matrices stay trainable."""
+    """Wrap ``model`` in a peft LoRA adapter: only the adapter's matrices stay trainable. Without
+    ``target_modules``, peft's default for the model family, or (a family peft has none for, such
+    as Phi-3) peft's ``all-linear``: every linear layer but the output head."""
     import warnings
 
     from peft import LoraConfig, get_peft_model
@@ -101,7 +103,7 @@ def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[st
         r=int(r),
         lora_alpha=int(alpha),
         lora_dropout=float(dropout),
-        target_modules=target_modules,
+        target_modules=target_modules or default_lora_targets(model.config.model_type),
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
@@ -110,6 +112,16 @@ def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[st
             return get_peft_model(model, config)
         except ValueError as e:  # e.g. target modules not found in the model
             raise TrialError(f"cannot add a LoRA adapter: {str(e).splitlines()[0]}") from e
+
+
+def default_lora_targets(model_type: str) -> list[str] | str:
+    """peft's default LoRA target modules for ``model_type``, or ``"all-linear"`` where it has none."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    if model_type in DEFAULTS:
+        return list(DEFAULTS[model_type])
+    log.info("peft has no default LoRA target modules for %s models: adapting every linear layer", model_type)
+    return "all-linear"
 
 
 def merged_state_dict(model) -> dict[str, Any]:
