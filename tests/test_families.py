@@ -245,23 +245,17 @@ def _export_direct(spec_path: Path, url: str, folder: Path, checkpoint_dir: Path
 
 
 def _check_tied(model, folder: Path) -> None:
-    """Input and output embeddings are one tensor after loading, and equal as saved."""
+    """Input and output embeddings are one tensor after loading, and one as saved: transformers
+    stores a tied pair once, and the other name of the pair, if stored too, holds the same values."""
     from safetensors.torch import load_file
 
-    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    emb = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
     saved = load_file(folder / "model.safetensors")
-    names = {
-        n
-        for n, p in model.named_parameters(remove_duplicate=False)
-        if p is model.get_input_embeddings().weight
-    }
-    names |= {
-        n
-        for n, _ in model.named_parameters(remove_duplicate=False)
-        if n.endswith(("lm_head.weight", "embed_out.weight"))
-    }
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is emb]
     stored = [saved[n] for n in names if n in saved]
-    assert stored and all(torch.equal(t, stored[0]) for t in stored)
+    assert len(names) == 2 and stored and all(torch.equal(t, stored[0]) for t in stored)
+    assert torch.equal(stored[0], emb.detach())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -287,6 +281,7 @@ def test_a_trial_exports_a_model_that_generates(family, family_models, prepared_
     precision = config["placement"]["precision"]  # the exported model is the one the trial evaluated
     assert validation_loss(model, prepared, precision) == pytest.approx(last["best_eval_loss"], abs=1e-4)
     assert (tok.pad_token is None) == (FAMILIES[family][2] != "pad")  # hpo adds no pad token
+    assert bool(tok.chat_template) == (FAMILIES[family][2] == "chat")  # the template is exported too
     assert prepared.pad_id == (tok.pad_token_id if tok.pad_token is not None else tok.eos_token_id)
     prompt = "Hi, where is my order A1234567?\n"
     if tok.chat_template:
