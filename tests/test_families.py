@@ -197,6 +197,35 @@ def test_dropout_is_found_and_drops(family, family_models):
     assert (searched is None) == (family not in NO_DROPOUT)  # `hpo study create` refuses to search it
 
 
+def _attention_dropout_only(path: Path, p: float):
+    """The model with its attention dropout at ``p`` and every other dropout at 0 (OPT and Falcon
+    drop their hidden states with torch's functional dropout, which no mask of hpo's reaches)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    for name in checkpoint.dropout_fields(config.to_dict()):
+        setattr(config, name, p if "att" in name else 0.0)
+    return AutoModelForCausalLM.from_pretrained(path, config=config)
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - NO_DROPOUT))
+def test_with_nothing_dropped_the_cheap_attention_dropout_is_the_familys_attention(
+    family, family_models, monkeypatch
+):
+    model = _attention_dropout_only(family_models[family], 0.3).eval()
+    ids, _ = _batch(model.config.vocab_size)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        fast_dropout.speed_up(model)
+        if model.config._attn_implementation != fast_dropout.ATTENTION:  # eager (Gemma 2): torch's own
+            pytest.skip(f"{family} runs {model.config._attn_implementation} attention, not sdpa")
+        monkeypatch.setattr(
+            fast_dropout, "keep_mask", lambda shape, p, dtype: (torch.ones(shape, dtype=dtype), 1.0)
+        )
+        got = model.train()(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_finds_the_default_target_modules(family, family_models):
     from peft.tuners.lora import LoraLayer
