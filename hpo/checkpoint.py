@@ -23,6 +23,7 @@ POINTER = "BEST"  # file in a trial's checkpoint folder naming its best checkpoi
 #: function (GPT-2's ``gelu_new`` is the tanh approximation, which ``F.gelu`` has as one kernel).
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 ACTIVATION_FIELDS = ("activation_function", "hidden_act", "hidden_activation")
+DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob")  # a config field holding a dropout probability
 
 
 def load_model(model_path: str, dropout: float, device=None, dtype: str = "float32"):
@@ -43,8 +44,10 @@ def load_model(model_path: str, dropout: float, device=None, dtype: str = "float
     quiet_transformers()
     try:
         cfg = AutoConfig.from_pretrained(model_path)
-        for name in dropout_fields(cfg.to_dict()):
-            setattr(cfg, name, float(dropout))
+        if not set_dropout(cfg, dropout) and dropout > 0:
+            log.warning(
+                "%s has no dropout probability in its config: dropout %g changes nothing", model_path, dropout
+            )
         fused = fuse_activation(cfg)
         model = AutoModelForCausalLM.from_pretrained(
             model_path, config=cfg, use_safetensors=True, dtype=getattr(torch, dtype)
@@ -92,7 +95,9 @@ def fuse_activation(config) -> dict[str, str]:
 
 
 def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
-    """Wrap ``model`` in a peft LoRA adapter: only the adapter's matrices stay trainable."""
+    """Wrap ``model`` in a peft LoRA adapter: only the adapter's matrices stay trainable. Without
+    ``target_modules``, peft's default for the model family, or (a family peft has none for, such
+    as Phi-3) peft's ``all-linear``: every linear layer but the output head."""
     import warnings
 
     from peft import LoraConfig, get_peft_model
@@ -101,7 +106,7 @@ def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[st
         r=int(r),
         lora_alpha=int(alpha),
         lora_dropout=float(dropout),
-        target_modules=target_modules,
+        target_modules=target_modules or default_lora_targets(model.config.model_type),
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
@@ -110,6 +115,16 @@ def with_lora(model, r: int, alpha: int, dropout: float, target_modules: list[st
             return get_peft_model(model, config)
         except ValueError as e:  # e.g. target modules not found in the model
             raise TrialError(f"cannot add a LoRA adapter: {str(e).splitlines()[0]}") from e
+
+
+def default_lora_targets(model_type: str) -> list[str] | str:
+    """peft's default LoRA target modules for ``model_type``, or ``"all-linear"`` where it has none."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    if model_type in DEFAULTS:
+        return list(DEFAULTS[model_type])
+    log.info("peft has no default LoRA target modules for %s models: adapting every linear layer", model_type)
+    return "all-linear"
 
 
 def merged_state_dict(model) -> dict[str, Any]:
@@ -132,12 +147,58 @@ def _is_peft(model) -> bool:
 
 
 def dropout_fields(config: dict[str, Any]) -> list[str]:
-    """Names of a model config's dropout probabilities: float fields ending in dropout or pdrop."""
-    return sorted(
-        k
-        for k, v in config.items()
-        if isinstance(v, float) and not isinstance(v, bool) and k.endswith(("dropout", "pdrop"))
+    """Names of a model config's dropout probabilities: numbers in [0, 1] (a Hub config may write 0
+    for 0.0) in fields ending in dropout, pdrop or dropout_prob; a sub-config's (a multimodal
+    model's ``text_config``) as dotted names."""
+    found = []
+    for k, v in config.items():
+        if isinstance(v, dict):
+            found += [f"{k}.{name}" for name in dropout_fields(v)]
+        elif (
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and 0 <= v <= 1
+            and k.endswith(DROPOUT_SUFFIXES)
+        ):
+            found.append(k)
+    return sorted(found)
+
+
+def set_dropout(config, p: float) -> list[str]:
+    """Set every dropout probability of a transformers config (its sub-configs' too) to ``p``;
+    returns their names (none: the model has no dropout)."""
+    names = dropout_fields(config.to_dict())
+    for name in names:
+        *path, field = name.split(".")
+        target = config
+        for part in path:
+            target = target[part] if isinstance(target, dict) else getattr(target, part)
+        if isinstance(target, dict):
+            target[field] = float(p)
+        else:
+            setattr(target, field, float(p))
+    return names
+
+
+def dropout_problem(model_config: dict[str, Any] | None, searched: bool) -> str | None:
+    """Why a study should not search ``dropout`` on this model, if it should not: its config (None:
+    not known here) has no dropout probability, so every sampled value would train the same."""
+    if not searched or model_config is None or dropout_fields(model_config):
+        return None
+    kind = model_config.get("model_type", "this")
+    return (
+        f"space.dropout: the model ({kind}) has no dropout probability in its config, so every "
+        "sampled dropout would train the same model; remove dropout from space"
     )
+
+
+def local_config(model: str) -> dict[str, Any] | None:
+    """A local model folder's ``config.json`` as a dict (None for a hub id or the built-in model)."""
+    path = Path(model) / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # loading the model says what is wrong with it
+        return None
 
 
 def save_checkpoint(model, config: dict[str, Any], step: int) -> str:

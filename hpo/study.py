@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpo import checkpoint
 from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
-from hpo.errors import UsageError
+from hpo.errors import SpecError, UsageError
 
 
 def create_study(spec_path: str | Path, name: str | None = None, storage: str | None = None):
@@ -30,6 +31,10 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         StorageError: the storage cannot be reached.
     """
     study_spec = spec_mod.load(spec_path, name=name)
+    searched = "dropout" in study_spec.space.searched()
+    problem = checkpoint.dropout_problem(checkpoint.local_config(study_spec.model), searched)
+    if problem:  # a searched dimension that changes nothing: refused before anything is written
+        raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
     storage_mod.create(study_spec, storage, data_report=report)
     return study_spec

@@ -84,6 +84,19 @@ def test_a_model_that_rescales_its_logits_takes_the_full_path(tiny_model, batch)
     _assert_same(model, batch)
 
 
+def test_a_soft_cap_too_small_to_see_in_random_logits_still_takes_the_full_path(tiny_model, batch):
+    model = trial.load_model(tiny_model, 0.0)
+    forward = model.forward
+
+    def capped(*args, **kwargs):  # Gemma 2's final_logit_softcapping, with a cap far above the logits
+        out = forward(*args, **kwargs)
+        out.logits = 1000.0 * torch.tanh(out.logits / 1000.0)
+        return out
+
+    model.forward = capped
+    assert lmhead._split(model) is None
+
+
 def test_eval_sums_count_what_cross_entropy_and_argmax_count(tiny_model, batch):
     model = trial.load_model(tiny_model, 0.0).eval()
     ids, labels, pos = batch

@@ -57,3 +57,11 @@ def test_a_lora_trial_keeps_a_merged_checkpoint_that_reproduces_its_loss(prepare
     )
     loss = validation_loss(merged, prepared, config["placement"]["precision"])  # as the trial evaluated
     assert math.isclose(loss, last["best_eval_loss"], abs_tol=1e-4)
+
+
+def test_the_default_targets_are_peft_s_and_all_linear_where_peft_has_none():
+    from hpo import checkpoint
+
+    assert checkpoint.default_lora_targets("gpt2") == ["c_attn"]
+    assert checkpoint.default_lora_targets("llama") == ["q_proj", "v_proj"]
+    assert checkpoint.default_lora_targets("a-family-peft-does-not-know") == "all-linear"
