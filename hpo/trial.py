@@ -14,6 +14,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -88,10 +89,38 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
             raise
         raise OutOfMemory(_oom_message(config, e)) from e
     finally:
-        gc.collect()
-        if torch.cuda.is_available():
+        free_trial_memory(sys.exc_info()[1])
+
+
+def free_trial_memory(error: BaseException | None = None) -> None:
+    """Give back what a trial held, however it ended, before the slot's next trial starts.
+
+    A trial that failed or was stopped (ASHA: ``SystemExit`` at a report) ends with an exception
+    whose traceback holds the trial loop's frames, and their locals are the model, the optimizer
+    and the last step's activations. The caller keeps that exception (Ray stores a trial's error),
+    so those frames are cleared first (``traceback.clear_frames``: the traceback still says where
+    the error happened), then reference cycles are collected, the CUDA caching allocator's free
+    blocks go back to the driver, and the freed heap to the operating system.
+
+    Args:
+        error: the exception the trial is ending with (its causes and contexts too), if any.
+    """
+    import traceback
+
+    chain, seen = [error], set()
+    while chain:  # the error, and the errors it was raised from or while handling
+        e = chain.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            traceback.clear_frames(e.__traceback__)  # frames still running (this one) are kept
+            chain += [e.__cause__, e.__context__]
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        release_host_memory()
+    release_host_memory()
 
 
 def _oom_message(config: dict[str, Any], e: BaseException) -> str:
