@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: under bf16 autocast too) unless ``bf16-true`` asks for bf16 throughout.
 WEIGHTS_DTYPE = {"bf16-true": "bfloat16"}
 
-FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|error>" makes that trial fail
+FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|cuda|error>" makes that trial fail
 
 
 def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -107,6 +107,8 @@ def free_trial_memory(error: BaseException | None = None) -> None:
     """
     import traceback
 
+    from hpo import cudafault
+
     chain, seen = [error], set()
     while chain:  # the error, and the errors it was raised from or while handling
         e = chain.pop()
@@ -115,7 +117,8 @@ def free_trial_memory(error: BaseException | None = None) -> None:
             traceback.clear_frames(e.__traceback__)  # frames still running (this one) are kept
             chain += [e.__cause__, e.__context__]
     gc.collect()
-    if "torch" in sys.modules:
+    broken = error is not None and cudafault.sticky(type(error).__name__, str(error))
+    if "torch" in sys.modules and not broken:  # a broken CUDA context: the process is replaced
         import torch
 
         if torch.cuda.is_initialized():
@@ -629,4 +632,19 @@ def _injected_failure(config: dict[str, Any], step: int) -> None:
         )
     if kind == "nan":
         raise TrialError("training loss became nan at step 2 (injected by HPO_TEST_FAIL)")
+    if kind == "cuda":  # a sticky CUDA error: a real device-side assert on a GPU
+        _device_side_assert()
     raise RuntimeError(f"injected failure ({spec})")
+
+
+def _device_side_assert() -> None:
+    """Break this process's CUDA context as a faulty kernel does (an index out of bounds asserts on
+    the device); where CUDA is not in use, raise the error text CUDA would give."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        x = torch.zeros(1, device="cuda")
+        x[torch.tensor([1], device="cuda")] = 1.0  # out of bounds: checked by the kernel
+        torch.cuda.synchronize()  # raises "CUDA error: device-side assert triggered"
+        raise RuntimeError("injected failure: the device-side assert did not fire (HPO_TEST_FAIL)")
+    raise RuntimeError("CUDA error: an illegal memory access was encountered (injected by HPO_TEST_FAIL)")

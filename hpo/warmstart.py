@@ -16,10 +16,12 @@ did, with the Ray process's environment (``CUDA_VISIBLE_DEVICES`` and hpo's sett
 
 Lifetimes: the warm process dies with the driver (Linux's parent-death signal); at the end of a run
 the driver kills its process group (the warm process, every trial process forked from it and their
-data-parallel ranks); a trial process exits when its Ray process is gone (it polls the pid) or the
-connection closes. Where any of this does not hold (a cluster, not Linux, ``HPO_WARM_START=0``, a
-warm process that failed or initialized CUDA before forking), the Ray process runs the trial
-itself, as before.
+data-parallel ranks); a trial process exits when its Ray process is gone (it polls the pid), when
+the connection closes, and after a trial that hit a CUDA error no process recovers from
+(``hpo/cudafault.py``): its Ray process's next trial forks a new one. Where any of this does not
+hold (a cluster, not Linux, ``HPO_WARM_START=0``, a warm process that failed, or one whose imports
+started the CUDA driver: a forked child could not use CUDA, see ``cuda_driver_started``), the Ray
+process runs the trial itself, as before.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hpo import distributed, memory
-from hpo.errors import OutOfMemory, TrialError
+from hpo import cudafault, distributed, memory
+from hpo.errors import CudaError, OutOfMemory, TrialError
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,8 @@ class TrialProcess:
 
     def _finished(self, msg: tuple) -> dict[str, Any]:
         if msg[0] == "error":
+            if msg[1] == CudaError.__name__:  # that process exits: the next trial forks a new one
+                self.close()
             raise TrialProcessError(msg[1], msg[2])
         return msg[1]
 
@@ -292,7 +296,10 @@ def _serve(sock: socket.socket) -> None:
                 _, config = conn.recv()
             except (EOFError, OSError):
                 break
-            conn.send(_one_trial(trial, config, conn))
+            reply = _one_trial(trial, config, conn)
+            conn.send(reply)
+            if reply[:2] == ("error", CudaError.__name__):
+                break  # CUDA cannot be used in this process any more (hpo/cudafault.py)
     except BaseException:  # noqa: BLE001 - the proxy sees the closed connection and fails the trial
         log.exception("trial process")
         code = 1
@@ -316,6 +323,9 @@ def _one_trial(trial, config: dict[str, Any], conn: Connection) -> tuple:
     except SystemExit:
         return ("stopped", None)
     except Exception as e:  # noqa: BLE001 - the proxy raises it in the Ray process
+        broken = cudafault.fault(e)
+        if broken is not None:
+            return ("error", CudaError.__name__, str(broken))
         return ("error", type(e).__name__, str(e))  # the runner writes its first line
 
 

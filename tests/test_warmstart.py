@@ -102,6 +102,31 @@ def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_
     forked.close()
 
 
+def test_a_sticky_cuda_error_ends_the_trial_process_and_the_next_trial_forks_anew(
+    warm, prepared, tiny_model, tmp_path, monkeypatch
+):
+    """hpo/cudafault.py: CUDA cannot be used again in a process after such an error, so the forked
+    process reports the trial as ``CudaError`` and exits; the Ray process forks a new one."""
+    monkeypatch.setenv(trial.FAIL_ENV, "3:cuda")
+    for address in list(warmstart._CHILD):
+        warmstart._CHILD[address].close()  # fork a new one, with the environment above
+    forked = _forked(warm)
+    config = {**trial_config(prepared, tiny_model, tmp_path / "c", PARAMS), "trial_number": 3}
+    with pytest.raises(warmstart.TrialProcessError, match="illegal memory access") as e:
+        forked.run(config, lambda m: None)
+    assert e.value.error_class == "CudaError" and "replaced" in str(e.value)
+    assert warm.address not in warmstart._CHILD
+    deadline = time.monotonic() + 5
+    while _alive(forked.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(forked.pid)
+    fresh = _forked(warm)
+    assert fresh.pid != forked.pid
+    last = fresh.run(trial_config(prepared, tiny_model, tmp_path / "c2", PARAMS), lambda m: None)
+    assert last["budget_done"]
+    fresh.close()
+
+
 def test_a_killed_trial_process_fails_its_trial_and_the_next_trial_forks_anew(
     warm, prepared, tiny_model, tmp_path
 ):
