@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on CPU with the tiny model, even with a GPU")
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_smoke.json (default: $OUT, else .)")
-    p.add_argument("--rows", type=int, default=None, help="support rows (default 3000 on GPU, 300 on CPU)")
+    p.add_argument("--rows", type=int, default=None, help="support rows (default 3000 on GPU, 150 on CPU)")
     return p.parse_args(argv)
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": _machine(torch, cuda), "checks": {}}
     print(f"gpu_smoke: {out['machine']['summary']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hpo-gpu-smoke-") as tmp:
-        setup = _setup(Path(tmp), cuda, args.rows or (3000 if cuda else 300))
+        setup = _setup(Path(tmp), cuda, args.rows or (3000 if cuda else 150))
         out["model"] = {"path": "random SmolLM2-135M shape" if cuda else "hpo:tiny-gpt2", "cuda": cuda}
         checks: list[tuple[str, Callable[[Setup], dict[str, Any]]]] = [
             ("fused_head", fused_head),
