@@ -87,7 +87,7 @@ class Setup:
         """A trial's config as the runner makes it (``runner._config_maker``; no Ray needed)."""
         from hpo import runner
 
-        cpus = float(min(4, os.cpu_count() or 1))
+        cpus = float(min(4, os.cpu_count() or 1)) if self.cuda else 1.0  # CPU: as the tests run trials
         make = runner._config_maker(
             spec or self.spec, self.model_path, self.data_path, cpus, float(self.cuda)
         )
