@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="run on CPU with the tiny model, even with a GPU")
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_smoke.json (default: $OUT, else .)")
+    p.add_argument(
+        "--model",
+        choices=("smol", "tiny"),
+        default=None,
+        help="smol: a random SmolLM2-135M-shaped Llama (GPU default); tiny: hpo:tiny-gpt2 (CPU default)",
+    )
     p.add_argument("--rows", type=int, default=None, help="support rows (default 3000 on GPU, 150 on CPU)")
     return p.parse_args(argv)
 
@@ -106,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": _machine(torch, cuda), "checks": {}}
     print(f"gpu_smoke: {out['machine']['summary']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hpo-gpu-smoke-") as tmp:
-        setup = _setup(Path(tmp), cuda, args.rows or (3000 if cuda else 150))
-        out["model"] = {"path": "random SmolLM2-135M shape" if cuda else "hpo:tiny-gpt2", "cuda": cuda}
+        smol = (args.model or ("smol" if cuda else "tiny")) == "smol"
+        setup = _setup(Path(tmp), cuda, args.rows or (3000 if cuda else 150), smol)
+        out["model"] = {"model": "random SmolLM2-135M shape" if smol else "hpo:tiny-gpt2", "cuda": cuda}
         checks: list[tuple[str, Callable[[Setup], dict[str, Any]]]] = [
             ("fused_head", fused_head),
             ("trials", trials_in_one_process),
@@ -166,11 +173,11 @@ def _machine(torch, cuda: bool) -> dict[str, Any]:
     return info
 
 
-def _setup(tmp: Path, cuda: bool, rows: int) -> Setup:
+def _setup(tmp: Path, cuda: bool, rows: int, smol: bool) -> Setup:
     from hpo import basemodel, data
     from hpo import spec as spec_mod
 
-    model_path = str(_smol_shaped(tmp / "model")) if cuda else basemodel.resolve("hpo:tiny-gpt2")
+    model_path = str(_smol_shaped(tmp / "model")) if smol else basemodel.resolve("hpo:tiny-gpt2")
     lines = SUPPORT.read_text(encoding="utf-8").splitlines()[:rows]
     (tmp / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     spec = spec_mod.parse(_spec(model_path, cuda), "gpu_smoke", base_dir=str(tmp))
@@ -199,6 +206,7 @@ def _smol_shaped(out: Path) -> Path:
 
     from hpo import basemodel
 
+    basemodel.quiet_transformers()
     tok = AutoTokenizer.from_pretrained(basemodel.resolve("hpo:tiny-gpt2"))
     ids = {
         "bos_token_id": tok.eos_token_id,
