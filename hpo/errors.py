@@ -64,3 +64,9 @@ class OutOfMemory(TrialError):
     """A trial does not fit its memory: planned (it would not fit at micro-batch 1) or met (CUDA
     or CPU allocation failed, or its process was killed for memory). Its ``error_class`` is
     ``OutOfMemory``; the study goes on, and the configuration is not re-queued."""
+
+
+class CudaError(TrialError):
+    """A CUDA error after which the trial's process cannot use its GPU any more (an illegal memory
+    access, a device-side assert): the trial fails, its process is replaced, the study goes on
+    (``hpo/cudafault.py``)."""

@@ -643,7 +643,7 @@ def _trainable(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from hpo import trial, warmstart
+    from hpo import cudafault, trial, warmstart
 
     forked = warmstart.connect(config.get("warm_address"))  # None: no warm process, run here
     if forked is None:
@@ -658,7 +658,13 @@ def _trainable(config: dict[str, Any]) -> None:
     try:
         (forked.run if forked else trial.run)(config, report)
     except Exception as e:  # not BaseException: Ray stops a trial (ASHA) by raising SystemExit in it
-        _write_error(config["checkpoint_dir"], e)
+        broken = cudafault.fault(e)  # CUDA unusable in this process (a forked one has exited)
+        _write_error(config["checkpoint_dir"], broken or e)
+        if broken is not None:
+            # Tune never reuses the Ray process of a trial that errored: it ends it
+            # (TuneController._schedule_trial_stop caches an actor only without an exception;
+            # tests/test_gpu_faults.py checks it), so the slot's next trial gets a new process
+            raise broken from e
         raise
 
 

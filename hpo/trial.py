@@ -14,6 +14,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 #: under bf16 autocast too) unless ``bf16-true`` asks for bf16 throughout.
 WEIGHTS_DTYPE = {"bf16-true": "bfloat16"}
 
-FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|error>" makes that trial fail
+FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|cuda|error>" makes that trial fail
 
 
 def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -88,10 +89,41 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
             raise
         raise OutOfMemory(_oom_message(config, e)) from e
     finally:
-        gc.collect()
-        if torch.cuda.is_available():
+        free_trial_memory(sys.exc_info()[1])
+
+
+def free_trial_memory(error: BaseException | None = None) -> None:
+    """Give back what a trial held, however it ended, before the slot's next trial starts.
+
+    A trial that failed or was stopped (ASHA: ``SystemExit`` at a report) ends with an exception
+    whose traceback holds the trial loop's frames, and their locals are the model, the optimizer
+    and the last step's activations. The caller keeps that exception (Ray stores a trial's error),
+    so those frames are cleared first (``traceback.clear_frames``: the traceback still says where
+    the error happened), then reference cycles are collected, the CUDA caching allocator's free
+    blocks go back to the driver, and the freed heap to the operating system.
+
+    Args:
+        error: the exception the trial is ending with (its causes and contexts too), if any.
+    """
+    import traceback
+
+    from hpo import cudafault
+
+    chain, seen = [error], set()
+    while chain:  # the error, and the errors it was raised from or while handling
+        e = chain.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            traceback.clear_frames(e.__traceback__)  # frames still running (this one) are kept
+            chain += [e.__cause__, e.__context__]
+    gc.collect()
+    broken = error is not None and cudafault.sticky(type(error).__name__, str(error))
+    if "torch" in sys.modules and not broken:  # a broken CUDA context: the process is replaced
+        import torch
+
+        if torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        release_host_memory()
+    release_host_memory()
 
 
 def _oom_message(config: dict[str, Any], e: BaseException) -> str:
@@ -600,4 +632,19 @@ def _injected_failure(config: dict[str, Any], step: int) -> None:
         )
     if kind == "nan":
         raise TrialError("training loss became nan at step 2 (injected by HPO_TEST_FAIL)")
+    if kind == "cuda":  # a sticky CUDA error: a real device-side assert on a GPU
+        _device_side_assert()
     raise RuntimeError(f"injected failure ({spec})")
+
+
+def _device_side_assert() -> None:
+    """Break this process's CUDA context as a faulty kernel does (an index out of bounds asserts on
+    the device); where CUDA is not in use, raise the error text CUDA would give."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        x = torch.zeros(1, device="cuda")
+        x[torch.tensor([1], device="cuda")] = 1.0  # out of bounds: checked by the kernel
+        torch.cuda.synchronize()  # raises "CUDA error: device-side assert triggered"
+        raise RuntimeError("injected failure: the device-side assert did not fire (HPO_TEST_FAIL)")
+    raise RuntimeError("CUDA error: an illegal memory access was encountered (injected by HPO_TEST_FAIL)")

@@ -7,11 +7,12 @@ a fresh study through the real stack (local Ray, Optuna storage, the trial loop)
 trials at once, trials/hour (the run's wall time, Ray start and data included), tokens/s (the
 median trial's training rate, and the whole run's), the device and precision the trials used.
 
-Before that it checks, in this process, that the trial loop gives its CUDA memory back between
-two trials (as a Ray trial process reused for the next trial must). bf16 autocast is expected on
-Ampere (compute capability 8) or newer, fp32 on older GPUs; the check says which one the trial
-loop picked. Without a CUDA GPU it says so and, unless ``--no-cpu``, runs the same study on CPU
-so the figures have a baseline; it exits 0 either way.
+Before that it checks, in this process, that the trial loop gives its CUDA memory back after each
+trial, completed, stopped or failed (as a Ray trial process reused for the next trial must), each
+trial compared with the one before it. bf16 autocast is expected on Ampere (compute capability 8)
+or newer, fp32 on older GPUs; the check says which one the trial loop picked. Without a CUDA GPU it
+says so and, unless ``--no-cpu``, runs the same study on CPU so the figures have a baseline; it
+exits 0 either way. It needs Ray; scripts/gpu_smoke checks a GPU machine that has no Ray.
 
     scripts/gpu_check                          # every GPU: 1 GPU a trial, then 0.25
     scripts/gpu_check --gpus-per-trial 0.5 --trials 16
@@ -37,6 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # gpu_smoke.memory_verdict
 SUPPORT = ROOT / "studies" / "data" / "support.jsonl"
 MB = 1024 * 1024
 
@@ -132,38 +134,66 @@ def _why_no_gpu(torch) -> str:
 
 
 def memory_check(torch) -> dict[str, Any]:
-    """Two trials in a row in this process on GPU 0: does each give its CUDA memory back?"""
+    """Trials in a row in this process on GPU 0, as a reused trial process runs them (completed,
+    stopped at its first report as ASHA stops trials, failed at its second step, completed): does
+    each give its CUDA memory back? Each is compared with the trial before it
+    (``gpu_smoke.memory_verdict``): the first trial leaves cuBLAS's workspace, which stays for the
+    process's life, so a baseline from before any matmul would call that a leak."""
+    from gpu_smoke import memory_verdict
+
     from hpo import trial
 
     tmp = Path(tempfile.mkdtemp(prefix="hpo-gpu-mem-"))
+    after, reserved, peaks, held = [], [], [], []
     try:
         spec, model_path, data_path = _prepared(tmp, rows=600, gpus=1.0)
         config = _trial_config(spec, model_path, data_path, tmp)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        after, peaks = [], []
-        for n in range(2):
+        for n, kind in enumerate(MEMORY_TRIALS):
             torch.cuda.reset_peak_memory_stats()
-            trial.run({**config, "trial_number": n, "checkpoint_dir": str(tmp / f"t{n}")}, lambda m: None)
-            after.append(torch.cuda.memory_allocated())
-            peaks.append(torch.cuda.max_memory_allocated())
+            held.append(_trial_of_kind(trial, config, tmp, n, kind))  # its error kept, as Ray keeps it
+            after.append(torch.cuda.memory_allocated() / MB)
+            reserved.append(torch.cuda.memory_reserved() / MB)
+            peaks.append(torch.cuda.max_memory_allocated() / MB)
         used = trial._precision({}, torch.device("cuda"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    released = all(a - base < MB for a in after)
+    verdict = memory_verdict(after)
     result = {
-        "baseline_mb": base / MB,
-        "after_each_trial_mb": [a / MB for a in after],
-        "peak_mb": [p / MB for p in peaks],
-        "released": released,
+        **verdict,
+        "trials": list(MEMORY_TRIALS),
+        "reserved_after_mb": reserved,
+        "peak_mb": peaks,
+        "errors": [None if e is None else type(e).__name__ for e in held],
         "trial_precision": used,
     }
     print(
-        f"CUDA memory between trials: {'released' if released else 'NOT released'} "
-        f"(baseline {base / MB:.1f} MB; after each trial {', '.join(f'{a / MB:.1f}' for a in after)} MB; "
-        f"peak {max(peaks) / MB:.0f} MB); the trial loop trains in {used}"
+        f"CUDA memory between trials: {'released' if verdict['released'] else 'NOT released'} "
+        f"(left after each trial ({', '.join(MEMORY_TRIALS)}): {', '.join(f'{a:.1f}' for a in after)} MB, "
+        f"each compared with the one before; reserved {', '.join(f'{r:.0f}' for r in reserved)} MB; "
+        f"peak {max(peaks):.0f} MB); the trial loop trains in {used}"
     )
     return result
+
+
+MEMORY_TRIALS = ("completed", "stopped", "failed", "completed")
+
+
+def _trial_of_kind(trial, config: dict[str, Any], tmp: Path, number: int, kind: str) -> BaseException | None:
+    """Run one trial that completes, is stopped at its first report, or fails; returns its error."""
+
+    def stop(metrics: dict[str, Any]) -> None:  # what Tune's report does when ASHA stops a trial
+        raise SystemExit(0)
+
+    if kind == "failed":
+        os.environ[trial.FAIL_ENV] = f"{number}:error"
+    try:
+        config = {**config, "trial_number": number, "checkpoint_dir": str(tmp / f"t{number}")}
+        trial.run(config, stop if kind == "stopped" else (lambda m: None))
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - returned, and held by the caller
+        return e
+    finally:
+        os.environ.pop(trial.FAIL_ENV, None)
+    return None
 
 
 def _trial_config(spec, model_path: str, data_path: str, tmp: Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ LAYERS = {
     "storage": 1,
     "summary": 1,
     "placement": 1,
+    "cudafault": 1,
     "basemodel": 2,
     "data": 2,
     "formats": 2,

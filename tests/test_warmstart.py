@@ -102,6 +102,31 @@ def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_
     forked.close()
 
 
+def test_a_sticky_cuda_error_ends_the_trial_process_and_the_next_trial_forks_anew(
+    warm, prepared, tiny_model, tmp_path, monkeypatch
+):
+    """hpo/cudafault.py: CUDA cannot be used again in a process after such an error, so the forked
+    process reports the trial as ``CudaError`` and exits; the Ray process forks a new one."""
+    monkeypatch.setenv(trial.FAIL_ENV, "3:cuda")
+    for address in list(warmstart._CHILD):
+        warmstart._CHILD[address].close()  # fork a new one, with the environment above
+    forked = _forked(warm)
+    config = {**trial_config(prepared, tiny_model, tmp_path / "c", PARAMS), "trial_number": 3}
+    with pytest.raises(warmstart.TrialProcessError, match="illegal memory access") as e:
+        forked.run(config, lambda m: None)
+    assert e.value.error_class == "CudaError" and "replaced" in str(e.value)
+    assert warm.address not in warmstart._CHILD
+    deadline = time.monotonic() + 5
+    while _alive(forked.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(forked.pid)
+    fresh = _forked(warm)
+    assert fresh.pid != forked.pid
+    last = fresh.run(trial_config(prepared, tiny_model, tmp_path / "c2", PARAMS), lambda m: None)
+    assert last["budget_done"]
+    fresh.close()
+
+
 def test_a_killed_trial_process_fails_its_trial_and_the_next_trial_forks_anew(
     warm, prepared, tiny_model, tmp_path
 ):
@@ -140,6 +165,78 @@ def test_a_trial_process_ends_with_the_process_it_serves(warm, tmp_path):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+MAPS = """\
+55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0    [heap]
+7f3a10000000-7f3a10400000 r-xp 00000000 103:02 1234 /opt/venv/nvidia/cu13/lib/libcudart.so.13
+7f3a20000000-7f3a20200000 r-xp 00000000 103:02 5678 /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1
+7ffd1c3de000-7ffd1c3ff000 rw-p 00000000 00:00 0    [stack]
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_drivers(tmp_path_factory) -> dict[str, Path]:
+    """Two stand-ins for ``libcuda.so.1`` built here: one whose ``cuInit`` succeeds, one whose
+    ``cuInit`` fails as the real driver does in a child forked after the parent started it."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler to build a stand-in CUDA driver")
+    out = {}
+    for name, code in (("works", 0), ("forked", 3)):  # 3: CUDA_ERROR_NOT_INITIALIZED
+        folder = tmp_path_factory.mktemp(name)
+        src = folder / "fake.c"
+        src.write_text(
+            f"int cuInit(unsigned int flags) {{ return {code}; }}\n"
+            f"int cuDeviceGetCount(int *n) {{ *n = 1; return {code}; }}\n"
+        )
+        lib = folder / "libcuda.so.1"
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        out[name] = lib
+    return out
+
+
+def test_the_cuda_driver_is_found_in_a_memory_map():
+    assert warmstart.cuda_driver(MAPS) is None  # the runtime and NVML are not the driver
+    line = (
+        "7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04\n"
+    )
+    assert warmstart.cuda_driver(MAPS + line) == "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04"
+
+
+def test_a_loaded_driver_is_probed_by_a_forked_child(tmp_path, fake_drivers):
+    maps = tmp_path / "maps"
+    maps.write_text(MAPS)
+    assert warmstart.cuda_driver_started(str(maps)) is None  # no driver loaded: forks are safe
+    for name, expected_safe in (("works", True), ("forked", False)):
+        maps.write_text(MAPS + f"7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 {fake_drivers[name]}\n")
+        why = warmstart.cuda_driver_started(str(maps))
+        assert (why is None) == expected_safe, why
+    assert "CUDA driver was started" in why and str(fake_drivers["forked"]) in why
+    maps.write_text(MAPS + "7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 /gone/libcuda.so.1\n")
+    assert warmstart.cuda_driver_started(str(maps)) is not None  # a driver that cannot load: unsafe
+
+
+def test_a_warm_process_whose_imports_started_the_driver_lets_trials_import_themselves(
+    tiny_model, fake_drivers, monkeypatch
+):
+    """The driver (a stand-in, preloaded) is mapped into the warm process and a forked child
+    cannot initialize it: the warm process says so in one line and exits; a Ray trial process
+    that connects finds nothing to fork from and runs its trial itself (``connect`` is None)."""
+    monkeypatch.setenv("LD_PRELOAD", str(fake_drivers["forked"]))
+    w = warmstart.start(tiny_model)
+    assert w is not None
+    try:
+        assert warmstart.connect(w.address) is None
+        assert w.process.wait(timeout=120) == 0
+        log = (Path(w.folder) / "log").read_text()
+        assert "the CUDA driver was started" in log and "trials will import for themselves" in log
+        assert "ready in" not in log
+    finally:
+        warmstart.stop(w)
 
 
 def test_no_address_or_no_warm_process_means_the_trial_runs_here(tmp_path):
