@@ -227,6 +227,12 @@ CASES = [
         ("model 'openai-community/gpt2': not a local folder", "Hub is unreachable", "local folder"),
         env={"HF_ENDPOINT": "https://hub.invalid", "HF_HUB_CACHE": "/nonexistent/hf-cache"},
     ),
+    Case("model-get-unknown", lambda t: ["model", "get", "smollm3"], ("unknown hpo model 'smollm3'", "list")),
+    Case(
+        "model-get-bad-dtype",
+        lambda t: ["model", "get", "tiny-gpt2", "--dtype", "bfloat16"],
+        ("--dtype bfloat16: tiny-gpt2 comes in float32",),
+    ),
     Case(
         "run-model-hub-id-offline",
         then(

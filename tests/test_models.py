@@ -212,6 +212,17 @@ def test_hf_hub_offline_is_read_when_asked(monkeypatch, value):
     assert not models.ask_hub("gpt2").reachable
 
 
+def test_resolve_turns_a_cached_hub_id_into_its_folder_so_no_trial_waits_on_the_hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    snapshot = _hf_cache(tmp_path / "hf", "org/model")
+    assert basemodel.resolve("org/model") == str(snapshot)
+    with pytest.raises(UsageError, match="model 'org/other': not a local folder"):
+        basemodel.resolve("org/other")
+
+
 def test_resolve_of_a_named_model_builds_nothing_when_cached():
     folder = _model_folder(models.named_path("smollm2-135m"))
     assert basemodel.resolve("hpo:smollm2-135m") == str(folder)
