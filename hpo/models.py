@@ -199,7 +199,7 @@ def hub_unreachable() -> str | None:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # hpo loads safetensors only
 
 
 @dataclass(frozen=True)
@@ -306,6 +306,6 @@ def _missing(files: frozenset[str]) -> str:
         lacks.append("no config.json")
     if not files & set(TOKENIZER_FILES):
         lacks.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
-    if not files & set(WEIGHT_FILES) and not any(f.endswith(".safetensors") for f in files):
-        lacks.append("no weights (model.safetensors or pytorch_model.bin)")
+    if not files & set(WEIGHT_FILES):
+        lacks.append("no safetensors weights (model.safetensors; hpo loads no pytorch_model.bin)")
     return " and ".join(lacks)

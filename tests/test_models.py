@@ -173,7 +173,7 @@ def test_sharded_weights_need_every_shard(tmp_path):
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (m / "model.safetensors.index.json").write_text(json.dumps(index))
     (m / "model-00001-of-00002.safetensors").write_bytes(b"")
-    with pytest.raises(UsageError, match="no weights"):
+    with pytest.raises(UsageError, match="no safetensors weights"):
         models.locate(str(m))
     (m / "model-00002-of-00002.safetensors").write_bytes(b"")
     assert models.locate(str(m)).kind == "folder"
