@@ -14,14 +14,11 @@ loaded here: a local folder, a named model, the local Hugging Face cache or the 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.errors import UsageError
-
-log = logging.getLogger(__name__)
 
 PREFIX = "hpo:"
 DTYPES = ("bfloat16", "float32")
@@ -117,7 +114,7 @@ def named_path(name: str, dtype: str | None = None, seed: int = 0) -> Path:
 
 
 def is_model_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` holds a finished ``from_pretrained`` folder (its config.json is written last)."""
+    """Whether ``path`` holds a model folder (hpo renames finished ones into place, so one is whole)."""
     return (Path(path) / "config.json").is_file()
 
 
