@@ -205,6 +205,22 @@ def test_a_hub_id_found_nowhere_offline_is_one_line_naming_the_model_and_the_fix
     assert "HF_HUB_OFFLINE" in msg and "point model at a local folder" in msg
 
 
+def test_what_the_hub_answers_decides_a_hub_id_not_in_the_cache(tmp_path, monkeypatch):
+    empty = str(tmp_path / "empty")
+    files = frozenset({"config.json", "tokenizer.json", "model.safetensors"})
+    monkeypatch.setattr(models, "ask_hub", lambda repo, timeout: models.HubAnswer(True, files=files))
+    found = models.locate("org/model", hf_cache=empty)
+    assert found.kind == "hub" and found.path is None and "first run downloads it" in found.note
+    only_gguf = models.HubAnswer(True, files=frozenset({"README.md", "m.gguf"}))
+    monkeypatch.setattr(models, "ask_hub", lambda repo, timeout: only_gguf)
+    with pytest.raises(UsageError, match="the Hub repo has no config.json and no tokenizer files"):
+        models.locate("org/model", hf_cache=empty)
+    refused = models.HubAnswer(True, why="not found on the Hub (check the id; ...)")
+    monkeypatch.setattr(models, "ask_hub", lambda repo, timeout: refused)
+    with pytest.raises(UsageError, match="model 'org/typo': not found on the Hub"):
+        models.locate("org/typo", hf_cache=empty)
+
+
 @pytest.mark.parametrize("value", ["1", "ON", "yes", "true"])
 def test_hf_hub_offline_is_read_when_asked(monkeypatch, value):
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
