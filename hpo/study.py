@@ -35,7 +35,7 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
     """
     study_spec = spec_mod.load(spec_path, name=name)
     try:  # the model is found now (a folder, the Hugging Face cache, the Hub), not after Ray starts
-        log.info(models.locate(study_spec.model).note)
+        found = models.locate(study_spec.model)
     except UsageError as e:
         raise SpecError(str(spec_path), [str(e)]) from e
     searched = "dropout" in study_spec.space.searched()
@@ -44,6 +44,7 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
     storage_mod.create(study_spec, storage, data_report=report)
+    log.info(found.note)
     return study_spec
 
 
