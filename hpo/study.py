@@ -39,7 +39,7 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
     except UsageError as e:
         raise SpecError(str(spec_path), [str(e)]) from e
     searched = "dropout" in study_spec.space.searched()
-    problem = checkpoint.dropout_problem(checkpoint.local_config(study_spec.model), searched)
+    problem = checkpoint.dropout_problem(checkpoint.local_config(found.path or study_spec.model), searched)
     if problem:  # a searched dimension that changes nothing: refused before anything is written
         raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write

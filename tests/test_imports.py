@@ -120,8 +120,9 @@ def test_study_create_finds_a_hub_model_in_the_local_cache_without_torch(tmp_pat
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
-    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+    for name in ("tokenizer.json", "model.safetensors"):
         (snapshot / name).write_text("{}")
+    (snapshot / "config.json").write_text('{"attention_dropout": 0.0}')  # the spec searches dropout
     spec = small_spec(tmp_path, model="org/model")
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     code = (
