@@ -5,26 +5,26 @@ The tiny model is a GPT-2 of 1.35M parameters (4 layers, 4 heads, width 128, 256
 with its own byte-level BPE tokenizer (4,096 tokens), pretrained for a fixed number of steps on
 the English text Python ships (``pydoc_data.topics``). It is deterministic from its seed, built
 once (about a minute on 2 cores) into ``$HPO_CACHE_DIR/models/`` (default ``~/.cache/hpo``),
-saved with ``save_pretrained`` and always used through ``from_pretrained``.
+saved with ``save_pretrained`` and always used through ``from_pretrained``. The other named models
+(``hpo.models.NAMED``) are fetched or built by ``hpo.modelbuild``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from hpo import models
+from hpo.models import cache_dir
 from hpo.spec import TINY_MODEL
 
 log = logging.getLogger(__name__)
 
-RECIPE = "v1"  # bump when anything below changes the built model
+RECIPE = "v1"  # bump here and in models.NAMED's folder when anything below changes the built model
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 # defaults in one block (nanoGPT style)
 VOCAB = 4096  # byte-level BPE vocabulary
@@ -44,24 +44,42 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def cache_dir() -> Path:
-    """Where hpo caches built models and prepared data (``$HPO_CACHE_DIR`` or ``~/.cache/hpo``)."""
-    return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "hpo")
+__all__ = ["cache_dir", "get_named", "quiet_transformers", "resolve", "tiny_gpt2"]
 
 
 def resolve(model: str, seed: int = 0) -> str:
-    """What ``from_pretrained`` should load for a spec's ``model``: a directory or a hub id.
+    """What ``from_pretrained`` should load for a spec's ``model``: a folder or a Hub id.
 
-    ``hpo:tiny-gpt2`` is built on first use; a local directory or hub id is returned as is.
+    A named model (``hpo:NAME``) is built or fetched on first use; a Hub id that the Hub cannot
+    serve now but the local Hugging Face cache holds becomes that cached folder (so no trial waits
+    on the Hub); one found nowhere fails at once.
+
+    Raises:
+        UsageError: one line naming the model and the fix (see ``hpo.models.locate``).
     """
-    if model == TINY_MODEL:
-        return str(tiny_gpt2(seed))
-    return model
+    if model.startswith(models.PREFIX):
+        return str(get_named(model, seed=seed))
+    found = models.locate(model)
+    return found.path or model
+
+
+def get_named(model: str, dtype: str | None = None, seed: int = 0) -> Path:
+    """The folder of a named model (``hpo:NAME`` or NAME), getting it first if it is not cached.
+
+    Raises:
+        UsageError: an unknown name or a dtype it does not come in.
+    """
+    name, _, dtype = models.lookup(model, dtype)
+    if name == TINY_MODEL.removeprefix(models.PREFIX):
+        return tiny_gpt2(seed)
+    from hpo import modelbuild
+
+    return modelbuild.fetch(name, dtype)
 
 
 def tiny_gpt2(seed: int = 0) -> Path:
     """The directory of the tiny pretrained GPT-2, building it first if it is not cached."""
-    out = cache_dir() / "models" / f"tiny-gpt2-{RECIPE}-seed{seed}"
+    out = models.named_path(TINY_MODEL.removeprefix(models.PREFIX), seed=seed)
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,13 +189,11 @@ def _build(out: Path, seed: int) -> None:
 
 def _save(out: Path, model, tok, info: dict) -> None:
     """Write into a temporary sibling, then rename: a crash never leaves a half-built model."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    from hpo.modelbuild import save_atomically
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "hpo_build.json").write_text(json.dumps(info, indent=1))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    save_atomically(out, write, info)
     log.info("built %s: %s", TINY_MODEL, info)

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpo import placement
+from hpo import models, placement
 from hpo.errors import SpecError
 from hpo.params import (
     ADAPTER_SEARCHABLE,
@@ -274,7 +274,9 @@ class StudySpec(Frozen):
     """A whole study: what to tune, on what, and how to search."""
 
     name: str = Field(description="study name: letters, digits, '_', '.', '-'")
-    model: str = Field(default=TINY_MODEL, description="hpo:tiny-gpt2, a local directory or a hub id")
+    model: str = Field(
+        default=TINY_MODEL, description="hpo:NAME (`hpo model list`), a local directory or a hub id"
+    )
     data: DataSpec
     objective: ObjectiveSpec = ObjectiveSpec()
     space: SpaceSpec = SpaceSpec()
@@ -368,9 +370,9 @@ class StudySpec(Frozen):
     def _model_path(cls, v: str, info: ValidationInfo) -> str:
         if (info.context or {}).get("stored"):
             return v
-        if v.startswith("hpo:"):
-            if v != TINY_MODEL:
-                raise ValueError(f"unknown built-in model {v!r}; the built-in model is {TINY_MODEL!r}")
+        if v.startswith(models.PREFIX):
+            if problem := models.unknown_name(v):
+                raise ValueError(problem)
             return v
         return _local_model_or_hub_id(v, info)
 

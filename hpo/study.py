@@ -8,15 +8,18 @@ export_best("exports/demo-best", study="demo")
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpo import checkpoint
+from hpo import checkpoint, models
 from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
 from hpo.errors import SpecError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 def create_study(spec_path: str | Path, name: str | None = None, storage: str | None = None):
@@ -26,17 +29,22 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         The validated ``StudySpec`` (the study is in the storage).
 
     Raises:
-        SpecError: the spec is invalid (nothing is written).
+        SpecError: the spec is invalid, or its model cannot be found here (nothing is written).
         UsageError: a study of that name exists.
         StorageError: the storage cannot be reached.
     """
     study_spec = spec_mod.load(spec_path, name=name)
+    try:  # the model is found now (a folder, the Hugging Face cache, the Hub), not after Ray starts
+        found = models.locate(study_spec.model)
+    except UsageError as e:
+        raise SpecError(str(spec_path), [str(e)]) from e
     searched = "dropout" in study_spec.space.searched()
-    problem = checkpoint.dropout_problem(checkpoint.local_config(study_spec.model), searched)
+    problem = checkpoint.dropout_problem(checkpoint.local_config(found.path or study_spec.model), searched)
     if problem:  # a searched dimension that changes nothing: refused before anything is written
         raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
     storage_mod.create(study_spec, storage, data_report=report)
+    log.info(found.note)
     return study_spec
 
 

@@ -20,6 +20,9 @@ from hpo import spec as spec_mod
 from tests.conftest import run_cli, small_spec
 
 SECRET = "s3cret-pw"
+# a Hub id found nowhere: no Hub (HF_HUB_OFFLINE) and an empty Hugging Face cache
+NO_HUB = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/hf-cache"}
+HUB_MISS = ("model 'gpt2': not a local folder, not in the Hugging Face cache, and the Hub is unreachable",)
 GOOD_ROW = {"prompt": "where is my order?", "completion": "It ships tomorrow."}
 
 
@@ -75,10 +78,10 @@ def jsonl(*rows) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
 
-def existing(tmp: Path, trials: int = 0, checkpoint: bool = True) -> str:
+def existing(tmp: Path, trials: int = 0, checkpoint: bool = True, **overrides) -> str:
     """Study "small" already in ``tmp/hpo.db``; with ``trials`` COMPLETE ones (fake checkpoints)."""
     url = db(tmp)
-    spec = spec_mod.load(small_spec(tmp, rows=40))
+    spec = spec_mod.load(small_spec(tmp, rows=40, **overrides))
     storage.create(spec, url)
     study = storage.load("small", url)
     for n in range(trials):
@@ -202,7 +205,43 @@ CASES = [
         then(lambda t: (t / "m").mkdir(), with_spec(model="m")),
         ("model:", "has no config.json", "save_pretrained"),
     ),
-    Case("model-unknown-builtin", with_spec(model="hpo:huge"), ("unknown built-in model 'hpo:huge'",)),
+    Case(
+        "model-unknown-builtin",
+        with_spec(model="hpo:huge"),
+        ("unknown hpo model 'hpo:huge'", "hpo model list"),
+    ),
+    Case(
+        "model-folder-without-tokenizer",
+        then(lambda t: (t / "m").mkdir() or (t / "m" / "config.json").write_text("{}"), with_spec(model="m")),
+        ("model folder", "no tokenizer files", "save_pretrained"),
+    ),
+    Case(
+        "model-hub-id-offline",
+        with_spec(model="gpt2"),
+        (*HUB_MISS, "HF_HUB_OFFLINE is set"),
+        env=NO_HUB,
+    ),
+    Case(
+        "model-hub-unresolvable",
+        with_spec(model="openai-community/gpt2"),
+        ("model 'openai-community/gpt2': not a local folder", "Hub is unreachable", "local folder"),
+        env={"HF_ENDPOINT": "https://hub.invalid", "HF_HUB_CACHE": "/nonexistent/hf-cache"},
+    ),
+    Case("model-get-unknown", lambda t: ["model", "get", "smollm3"], ("unknown hpo model 'smollm3'", "list")),
+    Case(
+        "model-get-bad-dtype",
+        lambda t: ["model", "get", "tiny-gpt2", "--dtype", "bfloat16"],
+        ("--dtype bfloat16: tiny-gpt2 comes in float32",),
+    ),
+    Case(
+        "run-model-hub-id-offline",
+        then(
+            lambda t: existing(t, model="gpt2"),
+            lambda t: ["run", "--study", "small", "--trials", "1", "--storage", db(t)],
+        ),
+        HUB_MISS,
+        env=NO_HUB,
+    ),
     # -- data content: found by the dry run at create time
     Case(
         "jsonl-line-not-json",

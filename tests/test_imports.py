@@ -4,6 +4,7 @@ cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ LIGHT = (
     "hpo.gcpause",
     "hpo.rayworker",
     "hpo.memory",
+    "hpo.models",
+    "hpo.modelbuild",
 )
 
 # the module map of DESIGN.md as layers: a module imports from its own layer or below
@@ -35,6 +38,7 @@ LAYERS = {
     "errors": 0,
     "gcpause": 0,
     "rayworker": 0,
+    "models": 1,
     "spec": 1,
     "params": 1,
     "space": 1,
@@ -44,6 +48,7 @@ LAYERS = {
     "cudafault": 1,
     "memory": 1,
     "basemodel": 2,
+    "modelbuild": 2,
     "data": 2,
     "formats": 2,
     "lmhead": 2,
@@ -70,6 +75,7 @@ TORCH_ALLOWED = {
     "hpo/lmhead.py",
     "hpo/dropout.py",
     "hpo/basemodel.py",
+    "hpo/modelbuild.py",
     "hpo/distributed.py",
     "hpo/warmstart.py",
     "hpo/export.py",  # only to cast weights to another dtype (hpo export --dtype), inside the function
@@ -110,6 +116,30 @@ def test_study_create_loads_neither_torch_nor_ray(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "created study 'small'" in r.stdout
     assert "HEAVY []" in r.stdout
+
+
+def test_study_create_finds_a_hub_model_in_the_local_cache_without_torch(tmp_path):
+    """A Hub id is looked up in the Hugging Face cache (huggingface_hub, light), not loaded."""
+    snapshot = tmp_path / "hf" / "models--org--model" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    for name in ("tokenizer.json", "model.safetensors"):
+        (snapshot / name).write_text("{}")
+    (snapshot / "config.json").write_text('{"attention_dropout": 0.0}')  # the spec searches dropout
+    spec = small_spec(tmp_path, model="org/model")
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+        "from hpo.cli import main\n"
+        f"main(['study', 'create', {str(spec)!r}, '--storage', {url!r}])\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout
+    assert f"model org/model: in the Hugging Face cache ({snapshot})" in r.stderr
 
 
 # ---------------------------------------------------------------- the module map, from the source

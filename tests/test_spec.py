@@ -146,7 +146,7 @@ def _one_problem(tmp_path, change: dict, needle: str) -> None:
         ({"data": {"path": "."}}, "is a folder"),
         ({"model": "./no-such-model"}, "model directory not found"),
         ({"model": "a/b/c"}, "model directory not found"),
-        ({"model": "hpo:big"}, "unknown built-in model"),
+        ({"model": "hpo:big"}, "unknown hpo model"),
         ({"name": "a b"}, "name: use 1-100 letters"),
         ({"resources": {"concurrency": 0}}, "resources.concurrency"),
         ({"keep_top_k": 0}, "keep_top_k"),
