@@ -253,7 +253,7 @@ def _start_ray(opts: RunOptions) -> bool:
     ray_env()
     import ray
 
-    from hpo import localray, placement
+    from hpo import placement
 
     for name in ("ray", "ray.tune", "ray.train"):  # hpo reports progress and errors itself
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -277,16 +277,15 @@ def _start_ray(opts: RunOptions) -> bool:
             ray.init(address=address, **common)
         else:
             _loopback_only()
-            with localray.quick_start():  # a local run needs no dashboard, monitors or 1 s waits
-                ray.init(
-                    _node_ip_address="127.0.0.1",
-                    # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
-                    _system_config={"prestart_worker_first_driver": False},
-                    include_dashboard=False,
-                    _temp_dir=_temp_dir(opts.runs_dir),
-                    configure_logging=True,
-                    **common,
-                )
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
+                _system_config={"prestart_worker_first_driver": False},
+                include_dashboard=False,
+                _temp_dir=_temp_dir(opts.runs_dir),
+                configure_logging=True,
+                **common,
+            )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
         raise RunError(
             f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}"
@@ -312,28 +311,17 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 def _loopback_only() -> None:
-    """Keep a Ray that hpo starts on 127.0.0.1, even if ray was imported before ``ray_env()`` ran
-    or ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1: the driver reads Ray's flag at each
-    address lookup, and the processes Ray spawns read the variable."""
-    from ray._private import ray_constants
-
+    """Keep the processes of a Ray that hpo starts on 127.0.0.1, even if
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1: they read the variable when they start.
+    The driver itself binds nothing beyond what ``_node_ip_address="127.0.0.1"`` names
+    (tests/test_cluster.py checks every listening socket, with ray imported first)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _stop_ray() -> None:
-    """Stop the Ray hpo started. Its autoscaler monitor ignores the SIGTERM ``ray.shutdown`` sends
-    and is killed after a 1 s grace: a second of every run (measured: 1.33 -> 0.08 s). Nothing of it
-    is needed on a local Ray, so it is killed first (Ray's private process table; skipped if that
-    moves)."""
+    """Stop the Ray hpo started (or disconnect from the cluster it joined)."""
     import ray
 
-    try:
-        node: Any = ray._private.worker._global_node
-        for info in node.all_processes.get("monitor", []):
-            info.process.kill()
-    except Exception:  # noqa: BLE001 - only a speed-up: shutdown kills it anyway
-        log.debug("could not stop Ray's monitor early", exc_info=True)
     ray.shutdown()
 
 
@@ -396,8 +384,7 @@ def _cluster_notes(study, opts: RunOptions) -> list[str]:
     from hpo import basemodel, placement
     from hpo import storage as storage_mod
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    url = str(getattr(backend, "url", ""))
+    url = str(storage_mod.backend(study).url)
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     shared = [str(opts.runs_dir.resolve()), str(basemodel.cache_dir().resolve())]
     return placement.cluster_notes(

@@ -26,14 +26,12 @@ LIGHT = (
     "hpo.summary",
     "hpo.study",
     "hpo.gcpause",
-    "hpo.rayworker",
 )
 
 # the module map of DESIGN.md as layers: a module imports from its own layer or below
 LAYERS = {
     "errors": 0,
     "gcpause": 0,
-    "rayworker": 0,
     "spec": 1,
     "params": 1,
     "space": 1,
@@ -50,7 +48,6 @@ LAYERS = {
     "trial": 2,
     "warmstart": 2,
     "searcher": 2,
-    "localray": 2,
     "runner": 3,
     "study": 4,
     "export": 4,
@@ -58,7 +55,7 @@ LAYERS = {
     "dashboards": 4,
     "cli": 5,
 }
-RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py", "hpo/localray.py"}
+RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py"}
 TORCH_ALLOWED = {
     "hpo/data.py",
     "hpo/formats.py",
@@ -179,7 +176,7 @@ def test_only_runner_and_searcher_import_ray():
         for mod, line in _imports(p)
         if mod.split(".")[0] == "ray"
     ]
-    assert not bad, f"ray belongs to runner.py, searcher.py and localray.py: {bad}"
+    assert not bad, f"ray belongs to runner.py and searcher.py: {bad}"
 
 
 def test_torch_and_transformers_only_where_models_are_touched():
