@@ -10,6 +10,7 @@ source of truth, so each ``hpo run`` is a fresh Tune run that continues the stud
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -311,11 +312,28 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 def _loopback_only() -> None:
-    """Keep the processes of a Ray that hpo starts on 127.0.0.1, even if
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1: they read the variable when they start.
-    The driver itself binds nothing beyond what ``_node_ip_address="127.0.0.1"`` names
-    (tests/test_cluster.py checks every listening socket, with ray imported first)."""
+    """Keep a Ray that hpo starts on 127.0.0.1, even if ray was imported before ``ray_env()`` ran
+    or ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1. The processes Ray spawns read the
+    variable. The driver read it once, at ``import ray``, into a private constant that turns even
+    ``_node_ip_address="127.0.0.1"`` into the outward address (measured: without the rebind a Ray
+    started after ``import ray`` listens on 0.0.0.0); Ray has no public switch, so the constant is
+    set here: the one private Ray name hpo uses (docs/dependencies.md; tests/test_private_apis.py).
+
+    Raises:
+        RunError: this Ray moved the constant (a newer Ray than hpo was tested with).
+    """
+    import ray
+
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants: Any = None
+    with contextlib.suppress(ImportError):
+        from ray._private import ray_constants as constants
+    if not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        raise RunError(
+            f"ray {ray.__version__} moved ray._private.ray_constants.ENABLE_RAY_CLUSTER, which hpo sets "
+            "to keep its Ray on 127.0.0.1; install the ray version in constraints.txt"
+        )
+    constants.ENABLE_RAY_CLUSTER = False
 
 
 def _stop_ray() -> None:

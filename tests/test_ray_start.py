@@ -36,6 +36,8 @@ try:
     for ppid, pid, args in rows:
         if int(pid) in mine:
             print("PROC", args[:200])
+            if "dashboard/dashboard.py" in args:
+                print("DASHBOARD", "minimal" if "--minimal" in args else "full")
 finally:
     runner._stop_ray()
 def alive(pid):
@@ -57,6 +59,6 @@ print("STARTED", len(mine), "LEFT", left)
     assert any(line.startswith("CPUS ") and float(line.split()[1]) >= 1 for line in lines)
     procs = " ".join(line for line in lines if line.startswith("PROC"))
     assert "gcs_server" in procs and "raylet" in procs
-    assert "dashboard/dashboard.py " not in procs or "--minimal" in procs  # no full dashboard
+    assert "DASHBOARD full" not in lines  # include_dashboard=False: at most Ray's minimal one
     stopped = next(line for line in lines if line.startswith("STARTED "))
     assert int(stopped.split()[1]) >= 2 and stopped.endswith("LEFT []"), stopped  # ray.shutdown ended them
