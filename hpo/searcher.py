@@ -395,17 +395,21 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
 def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
     except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
-    ones until the trial re-queued from them has finished."""
+    ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
+    from them has finished."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
     resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
+    pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
     out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
         if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
             continue
-        if t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed:
+        if t.number in pending or (
+            t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
+        ):
             continue  # its re-queued trial will resume from this checkpoint
         out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
     return out

@@ -73,6 +73,11 @@ def test_checkpoint_gc_keeps_the_top_k_complete_and_running(tmp_path: Path):
         trials.append(t)
     doomed = checkpoints_to_delete(trials, keep=2, direction=optuna.study.StudyDirection.MINIMIZE)
     assert sorted(Path(p).parent.name for p in doomed) == ["2", "3", "5"]
+    # a queued trial re-queued from 5 (failed for a stale heartbeat: no fail_reason) will resume there
+    queued, _ = _frozen(6, TrialState.WAITING, None, tmp_path / "6")
+    queued.number, queued.user_attrs["requeued_from"] = 6, 5
+    doomed = checkpoints_to_delete([*trials, queued], keep=2, direction=optuna.study.StudyDirection.MINIMIZE)
+    assert sorted(Path(p).parent.name for p in doomed) == ["2", "3"]
 
 
 def _bridge(tmp_path: Path, target: int = 3, threads=None):
