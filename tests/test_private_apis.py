@@ -50,6 +50,21 @@ def test_tokenizers_bpe_still_wraps_the_tokenizer_basemodel_hands_to_transformer
     )
 
 
+def test_transformers_still_has_the_sdpa_helpers_hpo_dropout_builds_on():
+    import transformers
+    from transformers import AttentionInterface
+    from transformers.integrations import sdpa_attention
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from hpo import dropout
+
+    where = "fix hpo/dropout.py (attention, _register) and its TESTED_TRANSFORMERS"
+    assert int(transformers.__version__.split(".")[0]) in dropout.TESTED_TRANSFORMERS, where
+    assert callable(sdpa_attention.repeat_kv) and callable(sdpa_attention.sdpa_attention_forward), where
+    assert callable(sdpa_mask) and AttentionInterface and AttentionMaskInterface, where
+    assert dropout._register(), where
+
+
 def test_a_ray_that_moved_the_constant_stops_the_run_with_one_line(monkeypatch):
     import pytest
     from ray._private import ray_constants
