@@ -78,7 +78,9 @@ def _outcome(trial: FrozenTrial, metric: str, spec: StudySpec | None) -> str:
 
 
 def save_trial_note(study: optuna.Study, trial: FrozenTrial, body: str) -> None:
-    """Store ``body`` as the trial's note (optuna-dashboard keeps notes in study system attrs)."""
+    """Store ``body`` as the trial's note (optuna-dashboard keeps notes in study system attrs).
+    ``save_note`` takes a live ``optuna.trial.Trial``, built from the frozen trial's storage id:
+    the one private Optuna name hpo uses (hpo/storage.py lists it; tests/test_private_apis.py)."""
     import optuna
     import optuna_dashboard
 
@@ -105,7 +107,7 @@ class NoteWriter:
         self.study, self.forward, self.storage_url = study, forward, storage_url
         self.artifact_dir = Path(artifact_dir) if artifact_dir else None
         self.spec = facts.spec_or_none(study)
-        self._kept: dict[int, tuple[int, str]] = {}  # number -> (trial id, checkpoint) of notes saying kept
+        self._kept: dict[int, str] = {}  # number -> checkpoint, of the notes that say it is kept
         self.noted: set[int] = set()  # trials with a note from this writer
         self._guard(self._name_objective, "naming the objective")
         self._guard(self._watch_earlier, "reading earlier trials")
@@ -116,7 +118,7 @@ class NoteWriter:
 
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if facts.checkpoint_status(t) == "kept":
-                self._kept[t.number] = (t._trial_id, t.user_attrs["checkpoint"])
+                self._kept[t.number] = t.user_attrs["checkpoint"]
 
     def _name_objective(self) -> None:
         """Show the objective as ``eval_loss`` (not "Objective 0") in the dashboard's plots."""
@@ -137,9 +139,11 @@ class NoteWriter:
 
     def note(self, number: int) -> None:
         """Write (or rewrite) trial ``number``'s note."""
-        storage: Any = self.study._storage  # optuna has no public "trial by number" read
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        self._write(storage.get_trial(trial_id))
+        self._write(self._trial(number))
+
+    def _trial(self, number: int) -> FrozenTrial:
+        """Trial ``number`` as stored now (Optuna's cache re-reads only the unfinished ones)."""
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
 
     def _write(self, trial: FrozenTrial) -> None:
         save_trial_note(
@@ -147,15 +151,15 @@ class NoteWriter:
         )
         self.noted.add(trial.number)
         if facts.checkpoint_status(trial) == "kept":
-            self._kept[trial.number] = (trial._trial_id, trial.user_attrs["checkpoint"])
+            self._kept[trial.number] = trial.user_attrs["checkpoint"]
         else:
             self._kept.pop(trial.number, None)
 
     def _refresh(self) -> None:
         """Rewrite the notes whose checkpoint the clean-up has deleted since they were written."""
-        for trial_id, path in list(self._kept.values()):
+        for number, path in list(self._kept.items()):
             if not os.path.isdir(path):
-                self._write(self.study._storage.get_trial(trial_id))
+                self._write(self._trial(number))
 
     def finish(self) -> None:
         """After the run: catch the last clean-up, then attach the best trial's model card."""

@@ -74,9 +74,9 @@ def import_model_code(model_path: str) -> None:
     """Import the modeling code ``load_model`` will use for ``model_path`` (its config only: no
     weights are read); a path that does not load is left for ``load_model`` to report."""
     try:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
-        AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(model_path))]
+        MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(model_path))]  # imports lazily
     except Exception:  # noqa: BLE001 - the trial's own load says what is wrong
         log.debug("could not import the model code of %s", model_path, exc_info=True)
 

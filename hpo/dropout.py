@@ -16,12 +16,21 @@ Used where a model drops out on CPU: its ``nn.Dropout`` modules are swapped for 
 and when it runs transformers' ``sdpa`` attention (on CPU, SDPA with dropout falls back to its
 math kernel anyway) it runs ``attention``, which is that math kernel with this mask. Anything
 else (a GPU, no dropout, position biases, soft-capping) goes the usual way.
+
+Why it stays although it uses transformers' internal helpers (``repeat_kv``,
+``sdpa_attention_forward``): on SmolLM2-135M (batch 8 x 256, dropout 0.1, bf16 autocast, 2 cores)
+the attention with dropout costs 405 ms a layer forward and backward through sdpa and 237 ms
+here, ~5 s of a ~55 s step (~9%). docs/dependencies.md lists it; tests/test_private_apis.py fails
+when transformers moves the helpers, and a transformers of another major version keeps sdpa.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "hpo_sdpa"  # the transformers attention implementation name registered here
 LEVELS = 1 << 16  # mask resolution: p is rounded to a multiple of 1/65,536
@@ -85,13 +94,31 @@ def speed_up(model) -> int:
     return changed
 
 
+#: transformers major versions whose internal sdpa helpers ``attention`` was written against
+TESTED_TRANSFORMERS = (5,)
+
+
 @functools.cache
 def _register() -> bool:
-    """Make ``ATTENTION`` a transformers attention implementation with sdpa's masks."""
+    """Make ``ATTENTION`` a transformers attention implementation with sdpa's masks, on a
+    transformers of a tested major version (else sdpa stays, with a warning)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
     try:
         from transformers import AttentionInterface
+        from transformers.integrations import sdpa_attention
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-    except ImportError:  # another transformers layout: keep sdpa
+
+        helpers: tuple = (sdpa_attention.repeat_kv, sdpa_attention.sdpa_attention_forward)
+    except (ImportError, AttributeError):
+        helpers = ()
+    if major not in TESTED_TRANSFORMERS or len(helpers) != 2:
+        log.warning(
+            "transformers %s: hpo.dropout's CPU attention not used (written for %s.x); trials use sdpa",
+            transformers.__version__,
+            "/".join(map(str, TESTED_TRANSFORMERS)),
+        )
         return False
     AttentionInterface.register(ATTENTION, attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)

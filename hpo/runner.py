@@ -10,6 +10,7 @@ source of truth, so each ``hpo run`` is a fresh Tune run that continues the stud
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -282,7 +283,7 @@ def _start_ray(opts: RunOptions) -> bool:
     ray_env()
     import ray
 
-    from hpo import localray, placement
+    from hpo import placement
 
     for name in ("ray", "ray.tune", "ray.train"):  # hpo reports progress and errors itself
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -306,16 +307,15 @@ def _start_ray(opts: RunOptions) -> bool:
             ray.init(address=address, **common)
         else:
             _loopback_only()
-            with localray.quick_start():  # a local run needs no dashboard, monitors or 1 s waits
-                ray.init(
-                    _node_ip_address="127.0.0.1",
-                    # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
-                    _system_config={"prestart_worker_first_driver": False},
-                    include_dashboard=False,
-                    _temp_dir=_temp_dir(opts.runs_dir),
-                    configure_logging=True,
-                    **common,
-                )
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
+                _system_config={"prestart_worker_first_driver": False},
+                include_dashboard=False,
+                _temp_dir=_temp_dir(opts.runs_dir),
+                configure_logging=True,
+                **common,
+            )
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
         raise RunError(
             f"cannot start Ray{' at ' + address if address else ''}: {str(e).splitlines()[0]}"
@@ -342,27 +342,33 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 def _loopback_only() -> None:
     """Keep a Ray that hpo starts on 127.0.0.1, even if ray was imported before ``ray_env()`` ran
-    or ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1: the driver reads Ray's flag at each
-    address lookup, and the processes Ray spawns read the variable."""
-    from ray._private import ray_constants
+    or ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` was set to 1. The processes Ray spawns read the
+    variable. The driver read it once, at ``import ray``, into a private constant that turns even
+    ``_node_ip_address="127.0.0.1"`` into the outward address (measured: without the rebind a Ray
+    started after ``import ray`` listens on 0.0.0.0); Ray has no public switch, so the constant is
+    set here: the one private Ray name hpo uses (docs/dependencies.md; tests/test_private_apis.py).
+
+    Raises:
+        RunError: this Ray moved the constant (a newer Ray than hpo was tested with).
+    """
+    import ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    constants: Any = None
+    with contextlib.suppress(ImportError):
+        from ray._private import ray_constants as constants
+    if not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        raise RunError(
+            f"ray {ray.__version__} moved ray._private.ray_constants.ENABLE_RAY_CLUSTER, which hpo sets "
+            "to keep its Ray on 127.0.0.1; install the ray version in constraints.txt"
+        )
+    constants.ENABLE_RAY_CLUSTER = False
 
 
 def _stop_ray() -> None:
-    """Stop the Ray hpo started. Its autoscaler monitor ignores the SIGTERM ``ray.shutdown`` sends
-    and is killed after a 1 s grace: a second of every run (measured: 1.33 -> 0.08 s). Nothing of it
-    is needed on a local Ray, so it is killed first (Ray's private process table; skipped if that
-    moves)."""
+    """Stop the Ray hpo started (or disconnect from the cluster it joined)."""
     import ray
 
-    try:
-        node: Any = ray._private.worker._global_node
-        for info in node.all_processes.get("monitor", []):
-            info.process.kill()
-    except Exception:  # noqa: BLE001 - only a speed-up: shutdown kills it anyway
-        log.debug("could not stop Ray's monitor early", exc_info=True)
     ray.shutdown()
 
 
@@ -517,8 +523,7 @@ def _cluster_notes(study, opts: RunOptions) -> list[str]:
     from hpo import basemodel, placement
     from hpo import storage as storage_mod
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    url = str(getattr(backend, "url", ""))
+    url = str(storage_mod.backend(study).url)
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     shared = [str(opts.runs_dir.resolve()), str(basemodel.cache_dir().resolve())]
     return placement.cluster_notes(

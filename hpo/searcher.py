@@ -36,8 +36,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from hpo import placement, space
+from hpo import storage as storage_mod
 from hpo.spec import StudySpec
-from hpo.storage import HEARTBEAT_S
+from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,14 @@ class OptunaBridge(Searcher):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
         self._study, self._spec, self._target = study, spec, target
-        self._storage: Any = study._storage
+        self._storage = storage_mod.backend(study)
+        self._study_id = storage_mod.study_id(study)
         self._make_config, self._trials_dir, self._run_id = make_config, trials_dir, run_id
         self._on_event = on_event or (lambda e: None)
         self._max_failures = max_failures
         self._threads, self._threads_said = threads, 0
         self._live: dict[str, optuna.trial.Trial] = {}
+        self._ids: dict[str, int] = {}  # Ray trial id -> the storage's trial id (for heartbeats)
         self._params: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._failures: list[str] = []
@@ -118,7 +121,7 @@ class OptunaBridge(Searcher):
         if finished + running >= self._target:
             return None  # other trials may still fail; ask again later
         trial = self._study.ask()
-        if self._over_target(trial.number):
+        if self._over_target(trial):
             return None
         params = space.suggest(trial, self._spec.space)
         folder = self._trials_dir / f"{trial.number:05d}"
@@ -134,9 +137,11 @@ class OptunaBridge(Searcher):
             attrs["resumed_from"] = resume
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        self._heartbeat(trial._trial_id)
+        storage_trial_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+        self._heartbeat(storage_trial_id)
         with self._lock:
             self._live[trial_id], self._params[trial_id] = trial, params
+            self._ids[trial_id] = storage_trial_id
         self._counts_cache = (0.0, 0, 0)
         self._on_event(
             Event("start", trial.number, params, message="resumed" if "resumed_from" in attrs else "")
@@ -151,7 +156,7 @@ class OptunaBridge(Searcher):
         trial = self._live.get(trial_id)
         if trial is not None:
             self._record(trial_id, trial, result)
-            self._heartbeat(trial._trial_id)
+            self._heartbeat(self._ids[trial_id])
 
     def _record(self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any]) -> None:
         """Write one evaluation: intermediate value, epoch, and the checkpoint when it moved."""
@@ -172,6 +177,7 @@ class OptunaBridge(Searcher):
         with self._lock:
             trial = self._live.pop(trial_id, None)
             params = self._params.pop(trial_id, {})
+            self._ids.pop(trial_id, None)
         if trial is None:
             return
         if result:  # Tune hands a trial's final result (a STOP or its end) here, not to on_trial_result
@@ -239,6 +245,7 @@ class OptunaBridge(Searcher):
         with self._lock:
             live = list(self._live.items())
             self._live.clear()
+            self._ids.clear()
         for trial_id, trial in live:
             self._interrupt(trial, self._params.pop(trial_id, {}))
         self._beat_stop.set()
@@ -268,32 +275,28 @@ class OptunaBridge(Searcher):
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
 
-    def _over_target(self, number: int) -> bool:
+    def _over_target(self, trial: optuna.trial.Trial) -> bool:
         """Whether another run took the last slots of the target between our count and our ask.
         Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
         alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        rank = sum(t.number <= number for t in self._study.get_trials(deepcopy=False, states=alive))
+        rank = sum(t.number <= trial.number for t in self._study.get_trials(deepcopy=False, states=alive))
         if rank <= self._target:
             return False
-        self._storage.set_trial_user_attr(
-            self._study._storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number),
-            "fail_reason",
-            "not needed: other runs hold the last trials of the target",
-        )
-        self._study.tell(number, state=TrialState.FAIL)
+        trial.set_user_attr("fail_reason", "not needed: other runs hold the last trials of the target")
+        self._study.tell(trial, state=TrialState.FAIL)
         self._counts_cache = (0.0, 0, 0)
         return True
 
-    def _heartbeat(self, optuna_trial_id: int) -> None:
-        if hasattr(self._storage, "record_heartbeat") and self._storage.get_heartbeat_interval():
-            self._storage.record_heartbeat(optuna_trial_id)
+    def _heartbeat(self, storage_trial_id: int) -> None:
+        if self._storage.get_heartbeat_interval():
+            self._storage.record_heartbeat(storage_trial_id)
 
     def _heartbeat_loop(self) -> None:
         """Every ``HEARTBEAT_S``: beat for this run's trials, and recover trials of runs that died
         since this one started (their slots would otherwise count as running for ever)."""
         while not self._beat_stop.wait(HEARTBEAT_S):
             with self._lock:
-                ids = [t._trial_id for t in self._live.values()]
+                ids = list(self._ids.values())
             for tid in ids:
                 try:
                     self._heartbeat(tid)
@@ -406,17 +409,21 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
 def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
     except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
-    ones until the trial re-queued from them has finished."""
+    ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
+    from them has finished."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
     resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
+    pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
     out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
         if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
             continue
-        if t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed:
+        if t.number in pending or (
+            t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
+        ):
             continue  # its re-queued trial will resume from this checkpoint
         out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
     return out
@@ -436,7 +443,7 @@ def requeue(
     checkpoint = best_checkpoint(trial_dir) if trial_dir else None
     if checkpoint is not None:
         attrs["resume_checkpoint"] = str(checkpoint)
-    study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
+    storage_mod.enqueue(study, searched, **attrs)
 
 
 def read_error(folder: Path) -> dict[str, str] | None:
@@ -466,32 +473,35 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
     ``running_here``: the caller is a live run re-checking (its own process's trials are alive);
     otherwise trials of this very process are leftovers of an earlier run in it (a notebook).
     """
-    storage: Any = study._storage
+    storage = storage_mod.backend(study)
+    study_id = storage_mod.study_id(study)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = set(_dead_here(running, running_here)) | set(_orphans(running))
-    if hasattr(storage, "_get_stale_trial_ids") and storage.get_heartbeat_interval():
-        stale.update(storage._get_stale_trial_ids(study._study_id))
+    dead = set(_dead_here(running, running_here)) | set(_orphans(running))
     recovered = []
-    for trial_id in sorted(stale):
-        frozen = storage.get_trial(trial_id)
+    for frozen in (t for t in running if t.number in dead):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
             if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another run recovered it first
+        recovered.append(frozen)
+    # any host: heartbeats older than the grace period (Optuna fails them; it has no reason to note)
+    recovered += storage_mod.fail_stale(study)
+    for frozen in recovered:
         # killed before its parameters were written: the ones it was enqueued with, if any
-        params = frozen.params or dict(frozen.system_attrs.get("fixed_params") or {})
+        params = frozen.params or dict(frozen.user_attrs.get(ENQUEUED_ATTR) or {})
         requeue(study, frozen.number, params, spec, frozen.user_attrs.get("trial_dir"))
-        recovered.append(frozen.number)
-    return recovered
+    return sorted(t.number for t in recovered)
 
 
 def _orphans(running: list) -> list[int]:
-    """RUNNING trials that no run claimed (no ``pid``), created more than ``ORPHAN_S`` ago."""
+    """Numbers of the RUNNING trials that no run claimed (no ``pid``), created more than
+    ``ORPHAN_S`` ago."""
     now = datetime.datetime.now()  # Optuna stamps trials with naive local time
     return [
-        t._trial_id
+        t.number
         for t in running
         if "pid" not in t.user_attrs
         and t.datetime_start is not None
@@ -500,8 +510,8 @@ def _orphans(running: list) -> list[int]:
 
 
 def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
-    """RUNNING trials started by a process of this host that no longer exists (or by this process,
-    unless ``this_process_alive``: its trials are then its own live ones)."""
+    """Numbers of the RUNNING trials started by a process of this host that no longer exists (or by
+    this process, unless ``this_process_alive``: its trials are then its own live ones)."""
     host = socket.gethostname()
     out = []
     for t in running:
@@ -511,7 +521,7 @@ def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
             and isinstance(pid, int)
             and (not this_process_alive if pid == os.getpid() else not _alive(pid))
         ):
-            out.append(t._trial_id)
+            out.append(t.number)
     return out
 
 

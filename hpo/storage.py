@@ -7,17 +7,24 @@ A malformed URL is bad input (``UsageError``, checked before anything is opened)
 that cannot be reached or refuses an operation is a ``StorageError``. Messages name the URL
 with its password masked. Only ``create`` makes a new SQLite file: reading commands refuse a
 missing one instead of leaving an empty database behind.
+
+Optuna is reached through its public API (``create_study``, ``load_study``, ``Study``, the
+``RDBStorage`` opened here, ``optuna.storages.fail_stale_trials``). Optuna keeps a study's storage
+behind a private attribute, so ``backend(study)`` returns the one hpo opened it on. The parameters
+a queued trial will take are kept in its user attribute ``ENQUEUED_ATTR`` (Optuna's own copy is a
+private system attribute). docs/dependencies.md lists every private name hpo still uses.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///hpo.db"
 SPEC_ATTR = "hpo_spec"
 DATA_REPORT_ATTR = "hpo_data_report"
+#: The searched parameters a queued trial will be asked with (warm start or re-queue).
+ENQUEUED_ATTR = "enqueued_params"
 #: Seconds between trial heartbeats, and how old a heartbeat may get before its trial is stale.
 HEARTBEAT_S = 10
 GRACE_S = 60
@@ -218,7 +227,9 @@ def _storage_kwargs(url: str, heartbeat: bool) -> dict[str, Any]:
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     if heartbeat:
-        kwargs.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        kwargs.update(
+            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=_note_stale
+        )
     return kwargs
 
 
@@ -228,6 +239,60 @@ def _enable_wal(storage: optuna.storages.RDBStorage) -> None:
 
     with storage.engine.connect() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))
+
+
+_BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_STALE: contextvars.ContextVar[list[optuna.trial.FrozenTrial] | None] = contextvars.ContextVar(
+    "hpo_stale", default=None
+)
+
+
+def backend(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The storage hpo opened ``study`` on (``create`` or ``load``).
+
+    Raises:
+        UsageError: the study was not opened through this module.
+    """
+    try:
+        return _BACKENDS[study]
+    except KeyError:
+        raise UsageError(f"study {study.study_name!r} was not opened with hpo.storage.load") from None
+
+
+def _opened(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Study:
+    _BACKENDS[study] = storage
+    return study
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of ``study`` (the key of the storage's trial methods)."""
+    return backend(study).get_study_id_from_name(study.study_name)
+
+
+def fail_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail the RUNNING trials whose heartbeat is older than ``GRACE_S`` (Optuna's
+    ``fail_stale_trials``); returns the ones this call failed (another process that failed one
+    first gets it instead), as they were when failed. A no-op on a storage without heartbeats."""
+    import optuna
+
+    failed: list[optuna.trial.FrozenTrial] = []
+    token = _STALE.set(failed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    finally:
+        _STALE.reset(token)
+    return failed
+
+
+def _note_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage's ``heartbeat_stale_trial_callback``: Optuna calls it for each trial it failed."""
+    failed = _STALE.get()
+    if failed is None:  # failed by something other than ``fail_stale``: nobody will re-queue it
+        log.warning("trial %d failed for a stale heartbeat outside hpo's recovery", trial.number)
+        return
+    failed.append(trial)
 
 
 def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
@@ -290,11 +355,18 @@ def _create_study(
             if report is not None:
                 study.set_user_attr(DATA_REPORT_ATTR, report)
             for i, params in enumerate(study_spec.enqueue):  # warm start: tried first, in order
-                study.enqueue_trial(params, user_attrs={"enqueued": i}, skip_if_exists=False)
+                enqueue(study, params, enqueued=i)
         except BaseException:
             optuna.delete_study(study_name=name, storage=storage)
             raise
-    return study
+    return _opened(study, storage)
+
+
+def enqueue(study: optuna.Study, params: dict[str, Any], **attrs: Any) -> None:
+    """Queue a trial with ``params`` (asked before any new sample), carrying ``attrs`` and the
+    parameters themselves as user attributes (``ENQUEUED_ATTR``: what a trial killed before it
+    wrote its parameters is re-queued with)."""
+    study.enqueue_trial(params, user_attrs={**attrs, ENQUEUED_ATTR: dict(params)}, skip_if_exists=False)
 
 
 def load(
@@ -327,50 +399,7 @@ def load(
             f"no study {name!r} in {where} (studies there: {known}); check the name with `hpo study list`"
         )
     with _db_errors(url, "loading the study"):
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-
-
-@dataclass(frozen=True)
-class QuickSummary:
-    """A study's trials by state and its best COMPLETE trial, read without loading every trial."""
-
-    counts: dict[str, int]  # trials by state name
-    best_trial_id: int | None  # storage id of the best COMPLETE trial (finite value; ties: lowest number)
-    best_value: float | None
-
-
-_COUNTS_SQL = "SELECT state, COUNT(*) FROM trials WHERE study_id = :study GROUP BY state"
-_BEST_SQL = (
-    "SELECT t.trial_id, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
-    "WHERE t.study_id = :study AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value_type = 'FINITE' "
-    "ORDER BY v.value {order}, t.number ASC LIMIT 1"
-)
-
-
-def quick_summary(storage: Any, study_id: int, maximize: bool) -> QuickSummary | None:
-    """Counts and the best trial by two queries on Optuna's ``trials`` and ``trial_values`` tables:
-    loading all 2,000 trials of a study (values, parameters, attributes, intermediate values) to
-    count them took 1.9 s. The same answer as ``summary.state_counts`` and ``summary.best_complete``
-    over the frozen trials; None when the queries cannot run (a storage that is not Optuna's
-    RDBStorage, or another schema): callers then load the trials."""
-    from sqlalchemy import text
-
-    backend = getattr(storage, "_backend", storage)  # optuna.load_study wraps it in a cache
-    engine = getattr(backend, "engine", None)
-    if engine is None:
-        return None
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text(_COUNTS_SQL), {"study": study_id}).all()
-            order = "DESC" if maximize else "ASC"
-            best = conn.execute(text(_BEST_SQL.format(order=order)), {"study": study_id}).first()
-    except Exception:  # noqa: BLE001 - any failure: the slow path answers instead
-        log.debug("quick summary failed; loading every trial", exc_info=True)
-        return None
-    counts = {str(state): int(n) for state, n in rows}
-    if best is None:
-        return QuickSummary(counts, None, None)
-    return QuickSummary(counts, int(best[0]), float(best[1]))
+        return _opened(optuna.load_study(study_name=name, storage=storage, sampler=sampler), storage)
 
 
 def spec_of(study: optuna.Study) -> StudySpec:
@@ -403,4 +432,4 @@ def delete(name: str, url: str | None = None) -> None:
     url = resolve_url(url)
     study = load(name, url)
     with _db_errors(url, "deleting the study"):
-        optuna.delete_study(study_name=study.study_name, storage=study._storage)
+        optuna.delete_study(study_name=study.study_name, storage=backend(study))

@@ -84,21 +84,12 @@ def run_study(
 
 def show_study(study: str | None = None, storage: str | None = None, trials: bool = False) -> dict[str, Any]:
     """A study's summary: trials by state, the best trial, its params and checkpoint."""
-    from optuna.study import StudyDirection
-
     from hpo.summary import best_complete, state_counts, summarize, trial_row
 
     loaded = storage_mod.load(study, storage)
-    maximize = loaded.direction == StudyDirection.MAXIMIZE
-    quick = None if trials else storage_mod.quick_summary(loaded._storage, loaded._study_id, maximize)
-    rows = None
-    if quick is not None:  # a summary alone needs no trial but the best
-        counts = quick.counts
-        best = None if quick.best_trial_id is None else loaded._storage.get_trial(quick.best_trial_id)
-    else:
-        frozen = loaded.get_trials(deepcopy=False)
-        counts, best = state_counts(frozen), best_complete(frozen, loaded.direction)
-        rows = [trial_row(t) for t in frozen] if trials else None
+    frozen = loaded.get_trials(deepcopy=False)
+    counts, best = state_counts(frozen), best_complete(frozen, loaded.direction)
+    rows = [trial_row(t) for t in frozen] if trials else None
     out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), counts, best)
     if rows is not None:
         out["trials"] = rows
@@ -109,22 +100,16 @@ def show_study(study: str | None = None, storage: str | None = None, trials: boo
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """Every study in the storage with its trial count and best value."""
-    from optuna.study import StudyDirection
-
-    from hpo.summary import all_states, best_complete, state_counts
+    from hpo.summary import best_complete, state_counts
 
     st = storage_mod.open_storage(storage)
     out = []
     for s in st.get_all_studies():
-        quick = storage_mod.quick_summary(st, s._study_id, s.direction == StudyDirection.MAXIMIZE)
-        if quick is not None:
-            counts, best_value = all_states(quick.counts), quick.best_value
-        else:
-            trials = st.get_all_trials(s._study_id, deepcopy=False)
-            best = best_complete(trials, s.direction)
-            counts, best_value = state_counts(trials), best.value if best else None
+        trials = st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
+        best = best_complete(trials, s.direction)
+        counts = state_counts(trials)
         row = {"study": s.study_name, "trials": sum(counts.values()), "counts": counts}
-        out.append({**row, "best_value": best_value})
+        out.append({**row, "best_value": best.value if best else None})
     return out
 
 

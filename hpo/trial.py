@@ -487,13 +487,12 @@ def _precision(config: dict[str, Any], device) -> str:
 
 
 def _cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products."""
-    import torch
+    """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products, as
+    /proc/cpuinfo lists them (torch's own probes are private; no /proc/cpuinfo: assume none)."""
+    from hpo import placement
 
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probe: assume none
-        return False
+    flags = placement.cpu_flags()
+    return bool(flags and flags & placement.BF16_CPU_FLAGS)
 
 
 def _autocast(device, precision: str = "fp32"):

@@ -1,5 +1,10 @@
 """Shared fixtures: the tiny base model, small studies, and one storage fixture over SQLite and
-PostgreSQL (the local server at 127.0.0.1:5432, a fresh database per test)."""
+PostgreSQL (a fresh database per test on the server at ``$HPO_TEST_PG``, default 127.0.0.1:5432;
+when none answers there, on a throwaway server started for the session (tests/pgserver.py); when
+none can start, the PostgreSQL tests skip with one line saying how to enable them).
+
+Markers are set here where they follow from a test's fixtures: every test on PostgreSQL is
+``postgres`` (``-m "not postgres"`` leaves them out)."""
 
 from __future__ import annotations
 
@@ -114,11 +119,11 @@ def spec_file(tmp_path: Path) -> Path:
     return small_spec(tmp_path)
 
 
-def _pg_available() -> bool:
+def _pg_available(url: str) -> bool:
     try:
         import sqlalchemy
 
-        eng = sqlalchemy.create_engine(PG_ADMIN)
+        eng = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
         with eng.connect():
             pass
         eng.dispose()
@@ -127,24 +132,48 @@ def _pg_available() -> bool:
         return False
 
 
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An admin URL of a PostgreSQL server for the session: ``$HPO_TEST_PG`` when it answers,
+    else a throwaway server (stopped and deleted at the end); the tests skip when neither."""
+    from tests import pgserver
+
+    if os.environ.get("HPO_SKIP_POSTGRES"):
+        pytest.skip("PostgreSQL tests skipped: HPO_SKIP_POSTGRES is set")
+    if _pg_available(PG_ADMIN):
+        yield PG_ADMIN
+        return
+    server, why = pgserver.start()
+    if server is None:
+        pytest.skip(f"PostgreSQL tests skipped: nothing answers at {PG_ADMIN} and {why}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+def pg_url(pg_admin):
+    """A fresh PostgreSQL database, dropped afterwards."""
     import sqlalchemy
 
-    if not _pg_available():
-        if os.environ.get("HPO_SKIP_POSTGRES"):
-            pytest.skip("PostgreSQL at 127.0.0.1:5432 not reachable and HPO_SKIP_POSTGRES is set")
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN}; start it or set HPO_SKIP_POSTGRES=1")
     name = f"hpo_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = sqlalchemy.create_engine(pg_admin, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    url = pg_admin.rsplit("/", 1)[0] + "/" + name
     yield url
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs on PostgreSQL ``postgres``."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pg_url" in getattr(item, "fixturenames", ()) or params.get("storage_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

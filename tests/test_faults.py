@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.storage import ENQUEUED_ATTR
 from tests.conftest import run_cli, small_spec
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +62,7 @@ def _check_finished(url, name):
     for t in interrupted:
         # its parameters were re-queued and ran again (exactly once); a trial killed before it had
         # written them is re-queued with those it was enqueued with, and without any is not
-        drawn = t.params or t.system_attrs.get("fixed_params") or {}
+        drawn = t.params or t.user_attrs.get(ENQUEUED_ATTR) or {}
         again = [u for u in trials if u.user_attrs.get("requeued_from") == t.number]
         assert len(again) == (1 if drawn else 0)
         assert all(u.params == drawn for u in again)

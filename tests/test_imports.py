@@ -27,7 +27,6 @@ LIGHT = (
     "hpo.summary",
     "hpo.study",
     "hpo.gcpause",
-    "hpo.rayworker",
     "hpo.memory",
     "hpo.models",
     "hpo.modelbuild",
@@ -37,7 +36,6 @@ LIGHT = (
 LAYERS = {
     "errors": 0,
     "gcpause": 0,
-    "rayworker": 0,
     "models": 1,
     "spec": 1,
     "params": 1,
@@ -58,7 +56,6 @@ LAYERS = {
     "trial": 2,
     "warmstart": 2,
     "searcher": 2,
-    "localray": 2,
     "runner": 3,
     "study": 4,
     "export": 4,
@@ -66,7 +63,7 @@ LAYERS = {
     "dashboards": 4,
     "cli": 5,
 }
-RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py", "hpo/localray.py"}
+RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py"}
 TORCH_ALLOWED = {
     "hpo/data.py",
     "hpo/formats.py",
@@ -213,7 +210,7 @@ def test_only_runner_and_searcher_import_ray():
         for mod, line in _imports(p)
         if mod.split(".")[0] == "ray"
     ]
-    assert not bad, f"ray belongs to runner.py, searcher.py and localray.py: {bad}"
+    assert not bad, f"ray belongs to runner.py and searcher.py: {bad}"
 
 
 def test_torch_and_transformers_only_where_models_are_touched():

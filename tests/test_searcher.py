@@ -4,13 +4,14 @@ real Optuna storage (no Ray cluster needed: Tune calls these same hooks)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import searcher
+from hpo import searcher, space
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
 from hpo.searcher import (
@@ -72,6 +73,11 @@ def test_checkpoint_gc_keeps_the_top_k_complete_and_running(tmp_path: Path):
         trials.append(t)
     doomed = checkpoints_to_delete(trials, keep=2, direction=optuna.study.StudyDirection.MINIMIZE)
     assert sorted(Path(p).parent.name for p in doomed) == ["2", "3", "5"]
+    # a queued trial re-queued from 5 (failed for a stale heartbeat: no fail_reason) will resume there
+    queued, _ = _frozen(6, TrialState.WAITING, None, tmp_path / "6")
+    queued.number, queued.user_attrs["requeued_from"] = 6, 5
+    doomed = checkpoints_to_delete([*trials, queued], keep=2, direction=optuna.study.StudyDirection.MINIMIZE)
+    assert sorted(Path(p).parent.name for p in doomed) == ["2", "3"]
 
 
 def _bridge(tmp_path: Path, target: int = 3, threads=None):
@@ -140,8 +146,10 @@ def test_interrupted_trials_are_failed_and_requeued(tmp_path: Path):
         assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"] == "interrupted"
         assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["requeued_from"] == 0
         # the re-queued trial will be asked with exactly the interrupted trial's searched parameters
-        assert trials[1].system_attrs["fixed_params"] == trials[0].params
+        assert trials[1].user_attrs[storage_mod.ENQUEUED_ATTR] == trials[0].params
         assert trials[0].params == {k: config["params"][k] for k in trials[0].params}
+        again = space.suggest(study.ask(), storage_mod.spec_of(study).space)
+        assert {k: again[k] for k in trials[0].params} == trials[0].params
     finally:
         bridge.close()
 
@@ -159,13 +167,14 @@ def test_a_trial_no_run_claimed_is_recovered_after_the_orphan_grace(tmp_path: Pa
     # it drew no parameters: nothing to put back in the queue (a new trial samples afresh)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
     # one taken from the queue, killed before it wrote its parameters: the queued ones go back
-    study.enqueue_trial({"learning_rate": 1e-3})
+    storage_mod.enqueue(study, {"learning_rate": 1e-3})
     study.ask()
     assert recover_stale(study, spec) == [1]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
-    assert trials[2].system_attrs["fixed_params"] == {"learning_rate": 1e-3}
+    assert trials[2].user_attrs[storage_mod.ENQUEUED_ATTR] == {"learning_rate": 1e-3}
     assert trials[2].user_attrs["requeued_from"] == 1
+    assert study.ask().suggest_float("learning_rate", 1e-4, 1e-2, log=True) == 1e-3  # asked as queued
 
 
 def test_a_live_run_rechecking_keeps_its_own_trials(tmp_path: Path):
@@ -184,12 +193,38 @@ def test_dead_run_trials_are_recovered_once(tmp_path: Path):
     bridge.suggest("ray0")
     bridge.close()
     # pretend the trial's driver died: a pid that cannot exist on this host
-    study._storage.set_trial_user_attr(study.get_trials()[0]._trial_id, "pid", 2**22 + 1)
+    storage = storage_mod.backend(study)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage_mod.study_id(study), 0)
+    storage.set_trial_user_attr(trial_id, "pid", 2**22 + 1)
     spec = storage_mod.spec_of(study)
     assert recover_stale(study, spec) == [0]
     assert recover_stale(study, spec) == []
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_run_whose_heartbeat_stopped_on_another_host_is_recovered_once(tmp_path: Path, monkeypatch):
+    """Optuna's ``fail_stale_trials`` fails a trial whose heartbeat is older than the grace period;
+    hpo re-queues its parameters, exactly once however many runs look."""
+    monkeypatch.setattr(storage_mod, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(storage_mod, "GRACE_S", 5)
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    config = bridge.suggest("ray0")
+    bridge.close()
+    storage = storage_mod.backend(study)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage_mod.study_id(study), 0)
+    storage.set_trial_user_attr(trial_id, "host", "elsewhere")  # not this host's to check by pid
+    spec = storage_mod.spec_of(study)
+    assert recover_stale(study, spec) == []  # beating a moment ago
+    time.sleep(6)
+    other = storage_mod.load(spec.name, f"sqlite:///{tmp_path / 'hpo.db'}", heartbeat=True)
+    assert recover_stale(other, spec) == [0]
+    assert recover_stale(study, spec) == []
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["requeued_from"] == 0
+    assert trials[1].user_attrs[storage_mod.ENQUEUED_ATTR] == trials[0].params
+    assert trials[0].params == {k: config["params"][k] for k in trials[0].params}
 
 
 def test_at_the_tail_the_running_trials_are_told_to_take_the_idle_cores(tmp_path: Path):

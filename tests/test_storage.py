@@ -233,20 +233,22 @@ def test_exit_codes_bad_url_is_input_unreachable_is_runtime():
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
-def test_quick_summary_matches_the_trials(storage_url, direction):
-    """``study show`` / ``study list`` count states and find the best trial by two queries; the
-    answer must be what the frozen trials give (ties go to the lower number, infinities are never
-    best, other studies in the storage do not count)."""
+def test_show_and_list_count_states_and_find_the_best(storage_url, spec, direction):
+    """``study show`` / ``study list``: ties go to the lower number, infinities are never best,
+    other studies in the storage do not count."""
     from optuna.trial import TrialState, create_trial
 
-    from hpo.summary import best_complete, state_counts
+    from hpo.study import list_studies, show_study
 
-    st = storage.open_storage(storage_url, create=True)
-    other = optuna.create_study(storage=st, study_name="other", direction=direction)
-    other.add_trial(create_trial(state=TrialState.COMPLETE, value=-100.0 if direction == "minimize" else 1e2))
-    study = optuna.create_study(storage=st, study_name="s", direction=direction)
-    empty = storage.quick_summary(study._storage, study._study_id, direction == "maximize")
-    assert empty == storage.QuickSummary({}, None, None)
+    metric = "eval_loss" if direction == "minimize" else "token_accuracy"
+    spec = spec.model_copy(update={"objective": spec_mod.ObjectiveSpec(metric=metric, direction=direction)})
+    storage.create(spec.model_copy(update={"name": "other"}), storage_url)
+    storage.load("other", storage_url).add_trial(
+        create_trial(state=TrialState.COMPLETE, value=-100.0 if direction == "minimize" else 1e2)
+    )
+    storage.create(spec, storage_url)
+    study = storage.load("small", storage_url)
+    assert show_study("small", storage_url)["best"] is None
     inf = float("-inf") if direction == "minimize" else float("inf")
     for state, value in [
         (TrialState.PRUNED, None),
@@ -260,16 +262,16 @@ def test_quick_summary_matches_the_trials(storage_url, direction):
     ]:
         study.add_trial(create_trial(state=state, value=value))
     study.ask()  # one RUNNING
-    for reader in (study, storage.load("s", storage_url)):
-        quick = storage.quick_summary(reader._storage, reader._study_id, direction == "maximize")
-        trials = reader.get_trials(deepcopy=False)
-        best = best_complete(trials, reader.direction)
-        assert quick is not None and best is not None
-        assert {**dict.fromkeys(state_counts(trials), 0), **quick.counts} == state_counts(trials)
-        assert quick.best_trial_id == best._trial_id and quick.best_value == best.value
-        assert reader._storage.get_trial(quick.best_trial_id).number == (4 if direction == "minimize" else 5)
+    shown = show_study("small", storage_url)
+    counts = {"COMPLETE": 5, "PRUNED": 2, "FAIL": 1, "RUNNING": 1, "WAITING": 0}
+    assert shown["counts"] == counts
+    assert shown["best"]["trial"] == (4 if direction == "minimize" else 5)
+    listed = {row["study"]: row for row in list_studies(storage_url)}
+    assert listed["small"]["counts"] == counts and listed["small"]["trials"] == 9
+    assert listed["small"]["best_value"] == (1.5 if direction == "minimize" else 3.5)
+    assert listed["other"]["trials"] == 1
 
 
-def test_quick_summary_steps_aside_where_it_cannot_query():
-    study = optuna.create_study()  # in memory: no tables to query
-    assert storage.quick_summary(study._storage, study._study_id, False) is None
+def test_studies_opened_elsewhere_have_no_hpo_backend():
+    with pytest.raises(UsageError, match="was not opened with hpo.storage.load"):
+        storage.backend(optuna.create_study())
