@@ -58,6 +58,7 @@ class _KilledForMemory(Exception):
     raylets run the monitor): the live trials are FAIL OutOfMemory, and a fresh Tune run goes on."""
 
 
+OBJECT_STORE_BYTES = 2**30  # a local Ray's object store (reports and configs only)
 RESTARTS = 3  # fresh Tune runs after Ray killed trials for memory, before the run gives up
 
 
@@ -312,6 +313,9 @@ def _start_ray(opts: RunOptions) -> bool:
                 # Ray's prestarted workers never serve Tune's trials (those carry a runtime env)
                 _system_config={"prestart_worker_first_driver": False},
                 include_dashboard=False,
+                # trials pass nothing large through Ray's object store: its default (30% of the
+                # machine's memory) would come off the memory Ray lets trials reserve
+                object_store_memory=OBJECT_STORE_BYTES,
                 _temp_dir=_temp_dir(opts.runs_dir),
                 configure_logging=True,
                 **common,
