@@ -40,17 +40,16 @@ import itertools
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 import time
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpo import formats
+from hpo.cleaning import Cleaner, CleanReport, clean, n_validation, split, validation_indices
 from hpo.errors import DataError
 from hpo.formats import read_rows
 from hpo.packing import IGNORE, NpyWriter, Packed, Packer, pack, split_long
@@ -59,6 +58,7 @@ from hpo.spec import DataSpec
 __all__ = [
     "IGNORE",
     "Packed",
+    "Packer",
     "Prepared",
     "check",
     "clean",
@@ -98,16 +98,6 @@ def _reporter(progress: Progress | None) -> Progress:
 
 
 @dataclass
-class CleanReport:
-    """What cleaning did to the rows of one file."""
-
-    read: int = 0
-    empty: int = 0
-    duplicate: int = 0
-    kept: int = 0
-
-
-@dataclass
 class Prepared:
     """A prepared dataset on disk: where it is and what it holds."""
 
@@ -131,153 +121,6 @@ class Prepared:
     def load(cls, path: str) -> Prepared:
         with open(os.path.join(path, "meta.json")) as f:
             return cls(**json.load(f))
-
-
-# ---------------------------------------------------------------- cleaning and splitting (pure)
-
-
-class Cleaner:
-    """Cleans rows one at a time: strip, drop empty rows and exact duplicates (after whitespace
-    normalisation), counting each in ``report``. Remembers a 64-bit hash of each kept example,
-    not the example.
-
-    Args:
-        keys: the fields that make one example, in order.
-        source: the file name, for errors.
-        settings: the spec settings naming ``keys`` (default: prompt/completion or text field).
-    """
-
-    def __init__(self, keys: list[str], source: str, settings: list[str] | None = None):
-        self.keys, self.source, self.settings = keys, source, settings
-        self.report = CleanReport()
-        self._seen: set[int] = set()
-
-    def __call__(self, row: dict[str, Any]) -> tuple | None:
-        """The row's example (tuple of stripped strings; a chat's messages as one tuple of
-        (role, content) pairs), or None when it is empty or a duplicate.
-
-        Raises:
-            DataError: the row lacks a field.
-        """
-        self.report.read += 1
-        keys = self.keys
-        missing = [k for k in keys if k not in row]
-        if missing:
-            where = f"{self.source}:{row.get('_line', '?')}"
-            fields = ", ".join(k for k in row if k != "_line") or "none"
-            raise DataError(
-                f"{where}: no field {missing[0]!r} (fields: {fields}); "
-                f"add it, or set data.{_setting(keys, missing[0], self.settings)} in the spec"
-            )
-        example = tuple(_stripped(row[k], f"{self.source}:{row.get('_line', '?')}", k) for k in keys)
-        if not all(_usable(x) for x in example):
-            self.report.empty += 1
-            return None
-        digest = hashlib.blake2b(repr(tuple(_normal(x) for x in example)).encode(), digest_size=8).digest()
-        key = int.from_bytes(digest, "little")
-        if key in self._seen:
-            self.report.duplicate += 1
-            return None
-        self._seen.add(key)
-        self.report.kept += 1
-        return example
-
-    def kept(self, rows: Iterable[dict[str, Any]]) -> Iterator[tuple]:
-        """The examples of ``rows`` that cleaning keeps, in order."""
-        for row in rows:
-            if (example := self(row)) is not None:
-                yield example
-
-    def finish(self) -> CleanReport:
-        """The counts, once every row went through.
-
-        Raises:
-            DataError: nothing is left.
-        """
-        r = self.report
-        if not r.kept:
-            raise DataError(
-                f"{self.source}: no usable rows after cleaning (read {r.read}: {r.empty} empty, "
-                f"{r.duplicate} duplicate); every example needs non-empty {' and '.join(self.keys)}"
-            )
-        return r
-
-
-def clean(
-    rows: list[dict[str, Any]], keys: list[str], source: str, settings: list[str] | None = None
-) -> tuple[list[tuple], CleanReport]:
-    """Clean a list of rows (see ``Cleaner``).
-
-    Args:
-        rows: dicts as read (``hpo.formats.read_rows``).
-        keys: the fields that make one example, in order.
-        source: the file name, for errors.
-        settings: the spec settings naming ``keys`` (default: prompt/completion or text field).
-
-    Returns:
-        The kept examples and the counts.
-
-    Raises:
-        DataError: a row lacks a field, or nothing is left.
-    """
-    cleaner = Cleaner(keys, source, settings)
-    kept = list(cleaner.kept(rows))
-    return kept, cleaner.finish()
-
-
-def _stripped(value: Any, where: str, key: str) -> Any:
-    if isinstance(value, tuple):  # a chat's messages: strip each content
-        return tuple((role, content.strip()) for role, content in value)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {key!r} holds a {type(value).__name__}; expected text")
-    return value.strip()
-
-
-def _usable(value: Any) -> bool:
-    return formats.chat_has_reply(value) if isinstance(value, tuple) else bool(value)
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple((role, " ".join(content.split())) for role, content in value)
-    return " ".join(value.split())
-
-
-def _setting(keys: list[str], key: str, settings: list[str] | None) -> str:
-    if settings is None:
-        settings = ["prompt_field", "completion_field"] if len(keys) == 2 else ["text_field"]
-    return settings[keys.index(key)]
-
-
-def n_validation(n: int, fraction: float) -> int:
-    """How many of ``n`` examples a ``fraction`` split puts in validation (at least one of each).
-
-    Raises:
-        DataError: fewer than 2 examples.
-    """
-    if n < 2:
-        raise DataError(
-            f"need at least 2 examples to split off a validation set, got {n}; "
-            "add data or set data.validation_path"
-        )
-    return min(n - 1, max(1, round(n * fraction)))
-
-
-def validation_indices(n: int, fraction: float, seed: int) -> array:
-    """The indices of the examples a seeded split of ``n`` puts in validation (unsorted), held
-    in 4 bytes each: the shuffle is ``random.Random(seed).shuffle`` of ``range(n)``."""
-    n_val = n_validation(n, fraction)
-    order = array("I", range(n))  # shuffles exactly as the list would, in a tenth of the memory
-    random.Random(seed).shuffle(order)
-    return order[:n_val]
-
-
-def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """A seeded train/validation split of examples (at least one of each), each in input order."""
-    val = set(validation_indices(len(examples), fraction, seed))
-    return [e for i, e in enumerate(examples) if i not in val], [
-        e for i, e in enumerate(examples) if i in val
-    ]
 
 
 # ---------------------------------------------------------------- fingerprint and tokenizer
@@ -469,10 +312,10 @@ def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chu
     cut = {"train": 0, "val": 0}
     encode = _encoder(tok, data, plan.kind, eos)
     done = 0
-    for path, split, dest in plan.sources:
+    for path, part, dest in plan.sources:
         cleaner = Cleaner(plan.keys, path, plan.settings)
         start = 0  # the index of the chunk's first kept example
-        for chunk in _chunks(cleaner.kept(formats.iter_rows(data, path, split)), chunk_rows):
+        for chunk in _chunks(cleaner.kept(formats.iter_rows(data, path, part)), chunk_rows):
             parts: dict[str, list] = {"train": [], "val": []}
             for i, example in enumerate(chunk, start):
                 parts[dest or ("val" if plan.val is not None and plan.val[i] else "train")].append(example)
