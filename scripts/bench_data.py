@@ -104,6 +104,43 @@ def child(case: dict) -> dict:
     }
 
 
+def child_datasets(case: dict) -> dict:
+    """The ``datasets`` alternative, for comparison: load the pairs into Arrow (cached on disk,
+    memory-mapped) and tokenize them with ``Dataset.map`` in batches of 1,024, the way the
+    design card sketched; no cleaning, split or packing, so a lower bound on its cost."""
+    import datasets
+
+    from hpo import data
+
+    datasets.disable_progress_bars()
+    tok = data.load_tokenizer(case["tokenizer"])
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    ds = datasets.Dataset.from_json(case["path"], cache_dir=case["cache"])
+
+    def encode(batch: dict) -> dict:
+        kw = {"add_special_tokens": False, "return_attention_mask": False}
+        p = tok([x + "\n" for x in batch["prompt"]], **kw)["input_ids"]
+        c = tok(batch["completion"], **kw)["input_ids"]
+        return {"ids": [a + b + [tok.eos_token_id] for a, b in zip(p, c, strict=True)]}
+
+    ds = ds.map(encode, batched=True, batch_size=1024, remove_columns=ds.column_names)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens = sum(len(x) for x in ds.with_format("numpy")["ids"][:1000])
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak),
+        "rss_before_mb": round(before),
+        "growth_mb": round(peak - before),
+        "train_blocks": 0,
+        "val_blocks": 0,
+        "train_tokens": tokens,
+        "sha256": "-",
+        "hpo": "datasets.map",
+    }
+
+
 def run_case(case: dict, hpo_dir: Path) -> dict:
     env = dict(
         os.environ, PYTHONPATH=str(hpo_dir), PYTHONDONTWRITEBYTECODE="1", TOKENIZERS_PARALLELISM="false"
@@ -123,10 +160,14 @@ def main() -> None:
     ap.add_argument("--hpo", type=Path, default=ROOT, help="the checkout whose hpo to measure")
     ap.add_argument("--kinds", default="pairs,chat,text", help="comma-separated: pairs, chat, text")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--datasets", action="store_true", help="also time datasets' from_json + map on the pairs"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        case = json.loads(args.child)
+        print(json.dumps(child_datasets(case) if case.get("datasets") else child(case)))
         return
     from hpo import basemodel
 
@@ -151,6 +192,16 @@ def main() -> None:
                     f"+{r['val_blocks']}  sha256 {r['sha256']}",
                     flush=True,
                 )
+        if args.datasets:
+            case = {"name": "datasets.map", "path": str(paths["pairs"]), "tokenizer": str(toks["tiny"])}
+            case.update(cache=str(t / "cache-datasets"), datasets=True)
+            r = run_case(case, args.hpo.resolve())
+            results["cases"].append({"case": "tiny/pairs datasets.map (tokenize only)", **r})
+            print(
+                f"tiny/pairs datasets.map (tokenize only) {r['wall_s']:>7.1f} s  peak RSS "
+                f"{r['peak_rss_mb']:>6} MB (+{r['growth_mb']} MB over {r['rss_before_mb']})",
+                flush=True,
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
