@@ -486,3 +486,32 @@ def test_twenty_thousand_rows_prepare_in_bounded_memory(tmp_path, tiny_model):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["blocks"] > 5000 and out["growth"] < 64 * 2**20, out
+
+
+def test_the_cli_draws_data_progress_on_a_terminal_only():
+    """``hpo run``'s live view shows a bar while data is prepared and drops it once done;
+    ``hpo study create``'s bar is drawn on a terminal and is None (quiet) elsewhere."""
+    import io
+
+    from rich.console import Console
+
+    from hpo import display
+
+    live = display.LiveProgress(target=4, t0=0.0, console=Console(file=io.StringIO()))
+    live.data_progress("tokenizing", 1024, 200_000)
+    view = Console(file=io.StringIO(), width=160)
+    view.print(live)
+    live.data_progress("tokenizing", 200_000, 200_000)
+    done = Console(file=io.StringIO(), width=160)
+    done.print(live)
+    assert (
+        "preparing data: tokenizing" in view.file.getvalue() and "1,024/200,000 rows" in view.file.getvalue()
+    )
+    assert "preparing data" not in done.file.getvalue() and "0/4 finished" in done.file.getvalue()
+    with display.data_progress(Console(file=io.StringIO())) as quiet:
+        assert quiet is None
+    out = io.StringIO()
+    with display.data_progress(Console(file=out, force_terminal=True, width=120)) as bar:
+        assert bar is not None
+        bar("reading", 5000, None)
+    assert "preparing data: reading" in out.getvalue() and "5,000 rows" in out.getvalue()
