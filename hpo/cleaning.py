@@ -33,7 +33,8 @@ class CleanReport:
 class Cleaner:
     """Cleans rows one at a time: strip, drop empty rows and exact duplicates (after whitespace
     normalisation), counting each in ``report``. Remembers a 64-bit hash of each kept example,
-    not the example.
+    not the example, and one byte a row: whether it was kept, so ``replay`` can give the same
+    examples again from a second read of the same rows without hashing them.
 
     Args:
         keys: the fields that make one example, in order.
@@ -45,6 +46,7 @@ class Cleaner:
         self.keys, self.source, self.settings = keys, source, settings
         self.report = CleanReport()
         self._seen: set[int] = set()
+        self.flags = bytearray()  # 1 for each row read that was kept
 
     def __call__(self, row: dict[str, Any]) -> tuple | None:
         """The row's example (tuple of stripped strings; a chat's messages as one tuple of
@@ -54,6 +56,7 @@ class Cleaner:
             DataError: the row lacks a field.
         """
         self.report.read += 1
+        self.flags.append(0)
         keys = self.keys
         missing = [k for k in keys if k not in row]
         if missing:
@@ -74,6 +77,7 @@ class Cleaner:
             return None
         self._seen.add(key)
         self.report.kept += 1
+        self.flags[-1] = 1
         return example
 
     def kept(self, rows: Iterable[dict[str, Any]]) -> Iterator[tuple]:
@@ -82,12 +86,26 @@ class Cleaner:
             if (example := self(row)) is not None:
                 yield example
 
+    def replay(self, rows: Iterable[dict[str, Any]]) -> Iterator[tuple]:
+        """The kept examples again, from the same rows read a second time.
+
+        Raises:
+            DataError: the rows are not those cleaned (the file changed in between).
+        """
+        try:
+            for row, keep in zip(rows, self.flags, strict=True):
+                if keep:
+                    yield tuple(_stripped(row[k], self.source, k) for k in self.keys)
+        except ValueError as e:  # zip: more or fewer rows than the first time
+            raise DataError(f"{self.source}: changed while being prepared; run again") from e
+
     def finish(self) -> CleanReport:
-        """The counts, once every row went through.
+        """The counts, once every row went through; forgets the hashes.
 
         Raises:
             DataError: nothing is left.
         """
+        self._seen = set()
         r = self.report
         if not r.kept:
             raise DataError(

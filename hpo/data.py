@@ -57,6 +57,8 @@ from hpo.spec import DataSpec
 
 __all__ = [
     "IGNORE",
+    "CleanReport",
+    "Cleaner",
     "Packed",
     "Packer",
     "Prepared",
@@ -246,22 +248,27 @@ class _Plan:
     settings: list[str]
     cleaning: dict[str, Any]
     sources: list[tuple[str, str | None, str | None]]  # (path, split, "train" | "val" | None: by mask)
+    cleaners: list[Cleaner] = field(default_factory=list)  # each source's, which rows it kept
     val: bytearray | None = None  # a fraction split: 1 for each kept example that goes to validation
-    rows: int = 0  # rows read from every source
+    examples: int = 0  # examples kept from every source
 
 
 def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Plan:
-    kind, train = _scan(data, data.path, None, None, report, 0)
-    plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], rows=train.read)
+    kind, cleaner = _scan(data, data.path, None, None, report, 0)
+    train = cleaner.report
+    plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], [cleaner])
     plan.cleaning = {"train": asdict(train), "kind": kind, "pairs": kind == "pairs"}
+    plan.examples = train.kept
     if data.validation_path or data.validation_split:
         source = data.validation_path or data.path
-        val_kind, val = _scan(data, source, data.validation_split, kind, report, plan.rows)
+        val_kind, val_cleaner = _scan(data, source, data.validation_split, kind, report, train.read)
         if val_kind != kind:
             raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {kind}")
+        val = val_cleaner.report
         plan.cleaning["validation"] = asdict(val)
-        plan.rows += val.read
+        plan.examples += val.kept
         plan.sources = [(data.path, None, "train"), (source, data.validation_split, "val")]
+        plan.cleaners.append(val_cleaner)
         n_val = val.kept
     else:
         plan.sources = [(data.path, None, None)]
@@ -277,20 +284,22 @@ def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Pla
 
 def _scan(
     data: DataSpec, source: str, split: str | None, kind: str | None, report: Progress, done: int
-) -> tuple[str, CleanReport]:
-    """Read and clean one source, keeping nothing but the counts; returns the rows' kind too."""
+) -> tuple[str, Cleaner]:
+    """Read and clean one source, keeping the counts and which rows were kept; returns the rows'
+    kind too."""
     rows = formats.iter_rows(data, source, split)
     first = next(rows, None)
     row_kind = formats.kind(data, [first] if first is not None else [])
-    if kind is not None and row_kind != kind:
-        return row_kind, CleanReport()
     cleaner = Cleaner(formats.keys(data, row_kind), source, formats.FIELD_SETTINGS[row_kind])
+    if kind is not None and row_kind != kind:
+        return row_kind, cleaner
     all_rows = itertools.chain([first], rows) if first is not None else rows
     for n, _ in enumerate(cleaner.kept(all_rows)):
         if n % CHUNK_ROWS == 0:
             report("reading", done + cleaner.report.read, None)
     report("reading", done + cleaner.report.read, None)
-    return row_kind, cleaner.finish()
+    cleaner.finish()
+    return row_kind, cleaner
 
 
 # ---------------------------------------------------------------- pass 2: tokenize, pack, write
@@ -311,11 +320,10 @@ def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chu
     packers = {n: Packer(block, pad, data.overlong, _sink(writers[n])) for n in writers}
     cut = {"train": 0, "val": 0}
     encode = _encoder(tok, data, plan.kind, eos)
-    done = 0
-    for path, part, dest in plan.sources:
-        cleaner = Cleaner(plan.keys, path, plan.settings)
+    done = 0  # examples tokenized
+    for (path, part, dest), cleaner in zip(plan.sources, plan.cleaners, strict=True):
         start = 0  # the index of the chunk's first kept example
-        for chunk in _chunks(cleaner.kept(formats.iter_rows(data, path, part)), chunk_rows):
+        for chunk in _chunks(cleaner.replay(formats.iter_rows(data, path, part)), chunk_rows):
             parts: dict[str, list] = {"train": [], "val": []}
             for i, example in enumerate(chunk, start):
                 parts[dest or ("val" if plan.val is not None and plan.val[i] else "train")].append(example)
@@ -326,8 +334,8 @@ def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chu
                     cut[name] += n_cut
                     for ids, labels in encoded:
                         packers[name].add(ids, labels)
-            report("tokenizing", done + cleaner.report.read, plan.rows)
-        done += cleaner.report.read
+            done += len(chunk)
+            report("tokenizing", done, plan.examples)
     for name, packer in packers.items():
         packer.close()
         for w in writers[name]:

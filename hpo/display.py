@@ -265,12 +265,13 @@ class LiveProgress:
 
 
 def data_bar_line(stage: str, done: int, total: int | None) -> Any:
-    """One line of data preparation progress: ``preparing data: tokenizing [bar] 1,024/200,000 rows``."""
+    """One line of data preparation progress: ``preparing data: tokenizing [bar] 1,024/200,000 examples``."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
 
     line = Table.grid(padding=(0, 1))
-    count = f"{done:,}/{total:,} rows" if total else f"{done:,} rows"
+    count = f"{done:,}/{total:,}" if total else f"{done:,}"
+    count += " rows" if stage == "reading" else " examples"
     line.add_row(f"preparing data: {stage}", ProgressBar(total=total, completed=done, width=30), count)
     return line
 

@@ -121,6 +121,17 @@ def test_clean_counts_on_hand_made_rows():
     assert (report.read, report.empty, report.duplicate, report.kept) == (7, 2, 2, 3)
 
 
+def test_cleaner_replays_the_kept_examples_from_a_second_read():
+    rows = [{"t": " a "}, {"t": "b"}, {"t": "a"}, {"t": ""}, {"t": "c "}]
+    cleaner = data.Cleaner(["t"], "f.txt")
+    kept = list(cleaner.kept(rows))
+    assert kept == [("a",), ("b",), ("c",)] and cleaner.finish().duplicate == 1
+    assert list(cleaner.replay(iter(rows))) == kept  # no hashing: by the flags of the first read
+    for changed in (rows[:4], [*rows, {"t": "d"}]):
+        with pytest.raises(DataError, match=r"f\.txt: changed while being prepared"):
+            list(cleaner.replay(iter(changed)))
+
+
 def test_clean_nothing_left():
     with pytest.raises(
         DataError, match=r"f\.txt: no usable rows after cleaning \(read 2: 2 empty, 0 duplicate\)"
@@ -432,7 +443,8 @@ def test_prepare_reports_progress_through_a_callback_or_the_context(tmp_path, ti
         and seen.index(reading[-1]) < seen.index(tokenizing[0])
     )
     assert [s[1] for s in tokenizing] == sorted(s[1] for s in tokenizing) and len(tokenizing) >= 3
-    assert tokenizing[-1] == ("tokenizing", 300, 300)
+    kept = data.check(d)["train"]["kept"]
+    assert kept < 300 and tokenizing[-1] == ("tokenizing", kept, kept)  # examples, after cleaning
     context: list[tuple] = []
     with data.progress_to(lambda *a: context.append(a)):
         data.check(d)
@@ -505,7 +517,8 @@ def test_the_cli_draws_data_progress_on_a_terminal_only():
     done = Console(file=io.StringIO(), width=160)
     done.print(live)
     assert (
-        "preparing data: tokenizing" in view.file.getvalue() and "1,024/200,000 rows" in view.file.getvalue()
+        "preparing data: tokenizing" in view.file.getvalue()
+        and "1,024/200,000 examples" in view.file.getvalue()
     )
     assert "preparing data" not in done.file.getvalue() and "0/4 finished" in done.file.getvalue()
     with display.data_progress(Console(file=io.StringIO())) as quiet:
