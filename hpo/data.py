@@ -269,15 +269,15 @@ def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Pla
         plan.examples += val.kept
         plan.sources = [(data.path, None, "train"), (source, data.validation_split, "val")]
         plan.cleaners.append(val_cleaner)
-        n_val = val.kept
+        n_train, n_val = train.kept, val.kept
     else:
         plan.sources = [(data.path, None, None)]
         n_val = n_validation(train.kept, data.validation_fraction)
+        n_train = train.kept - n_val
         if with_split:
             plan.val = bytearray(train.kept)
             for i in validation_indices(train.kept, data.validation_fraction, seed):
                 plan.val[i] = 1
-    n_train = train.kept - (0 if data.validation_path or data.validation_split else n_val)
     plan.cleaning["examples"] = {"train": n_train, "validation": n_val}
     return plan
 
