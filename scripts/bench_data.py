@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -66,9 +65,11 @@ def tokenizer_copy(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(key: str = "VmRSS") -> float:
+    """VmRSS or VmHWM (the peak) of this process, in MB. Not getrusage's ru_maxrss: that keeps
+    the RSS of the parent that forked it across exec (harmless here: this parent is small)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
 def child(case: dict) -> dict:
@@ -83,11 +84,11 @@ def child(case: dict) -> dict:
         context={"stored": True},
     )
     data.load_tokenizer(case["tokenizer"])  # imports and the tokenizer count as the baseline
-    before = _rss_mb()
+    before = _status_mb()
     t0 = time.perf_counter()
     p = data.prepare(spec, case["tokenizer"], 0, Path(case["cache"]))
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     digest = hashlib.sha256()
     for name, a in sorted(p.arrays().items()):
         digest.update(name.encode() + np.ascontiguousarray(a).tobytes())
@@ -114,7 +115,7 @@ def child_datasets(case: dict) -> dict:
 
     datasets.disable_progress_bars()
     tok = data.load_tokenizer(case["tokenizer"])
-    before = _rss_mb()
+    before = _status_mb()
     t0 = time.perf_counter()
     ds = datasets.Dataset.from_json(case["path"], cache_dir=case["cache"])
 
@@ -126,7 +127,7 @@ def child_datasets(case: dict) -> dict:
 
     ds = ds.map(encode, batched=True, batch_size=1024, remove_columns=ds.column_names)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     tokens = sum(len(x) for x in ds.with_format("numpy")["ids"][:1000])
     return {
         "wall_s": round(wall, 2),
