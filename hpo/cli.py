@@ -71,9 +71,11 @@ def study_create(
     """
     from hpo import data as data_mod
     from hpo import storage as storage_mod
+    from hpo.display import data_progress
     from hpo.study import create_study
 
-    s = create_study(spec, name=name, storage=storage)
+    with data_progress() as bar, data_mod.progress_to(bar):  # reading 200,000 rows takes seconds
+        s = create_study(spec, name=name, storage=storage)
     where = storage_mod.mask(storage_mod.resolve_url(storage))
     searched = ", ".join(s.space.searched()) or "nothing (all fixed)"
     _echo(f"created study {s.name!r} in {where}: model {s.model}, data {s.data.path}")
@@ -217,6 +219,7 @@ def run_cmd(
     Example: hpo run --study demo --trials 50
     """
     from dashboards.notes import NoteWriter
+    from hpo import data as data_mod
     from hpo import storage as storage_mod
     from hpo.display import make_progress, print_run_summary
     from hpo.study import run_study
@@ -224,7 +227,10 @@ def run_cmd(
     # the live display and the dashboard notes read the study alongside the run
     loaded = storage_mod.load(study, storage)
     artifacts = (runs_dir.parent if runs_dir else Path("runs")) / "artifacts"
-    with make_progress(_echo, time.time(), trials, study=loaded) as progress:
+    with (
+        make_progress(_echo, time.time(), trials, study=loaded) as progress,
+        data_mod.progress_to(getattr(progress, "data_progress", None)),  # a bar on a terminal only
+    ):
         notes = NoteWriter(loaded, progress, storage_mod.resolve_url(storage), artifacts)
         summary = run_study(
             study,

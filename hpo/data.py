@@ -1,4 +1,4 @@
-"""Data preparation, once per study: load, clean, split, tokenize, pack, cache.
+"""Data preparation, once per study: read, clean, split, tokenize, pack, cache — streamed.
 
 Examples and their loss:
 
@@ -21,43 +21,82 @@ the packed loss equals the sum of the per-example losses (``tests/test_packing.p
 examples, before packing, so no example is in both sets. The result is six int32 arrays on disk
 (ids, labels, positions for train and validation) that trials memory-map: trials never tokenize.
 The cache is keyed by a fingerprint of the data files, the tokenizer and the settings.
+
+Memory does not grow with the data's tokens (``docs/data.md`` has the figures). Two streaming
+passes over the rows: the first reads and cleans them to count the examples (duplicates are
+found by a 64-bit hash of each kept example: ~60 bytes a row), which fixes the seeded split (a
+4-byte-a-row shuffle, then one byte a row); the second reads and cleans them again, tokenizes
+``CHUNK_ROWS`` examples per batch call of the tokenizer and packs them (``hpo.packing``) into
+``.npy`` files written a slab of blocks at a time. Progress goes to a callback (``progress`` or
+``progress_to``): only the CLI draws it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import itertools
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpo import formats
+from hpo.cleaning import Cleaner, CleanReport, clean, n_validation, split, validation_indices
 from hpo.errors import DataError
 from hpo.formats import read_rows
+from hpo.packing import IGNORE, NpyWriter, Packed, Packer, pack, split_long
 from hpo.spec import DataSpec
 
-__all__ = ["Prepared", "check", "clean", "describe", "pack", "prepare", "read_rows", "split"]
+__all__ = [
+    "IGNORE",
+    "CleanReport",
+    "Cleaner",
+    "Packed",
+    "Packer",
+    "Prepared",
+    "check",
+    "clean",
+    "describe",
+    "pack",
+    "prepare",
+    "progress_to",
+    "read_rows",
+    "split",
+    "split_long",
+]
 
 log = logging.getLogger(__name__)
 
 PREP_VERSION = "2"  # bump when the prepared layout or the formatting changes
-IGNORE = -100  # label of tokens that carry no loss
 ARRAYS = ("train_ids", "train_labels", "train_pos", "val_ids", "val_labels", "val_pos")
+CHUNK_ROWS = 1024  # examples per batch call of the tokenizer
+
+#: Told how far preparation is: (stage: "reading" | "tokenizing", rows done, rows in all or None).
+Progress = Callable[[str, int, "int | None"], None]
+_progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("hpo_data_progress", default=None)
 
 
-@dataclass
-class CleanReport:
-    """What cleaning did to the rows of one file."""
+@contextlib.contextmanager
+def progress_to(callback: Progress | None) -> Iterator[None]:
+    """Send the progress of ``prepare`` and ``check`` run in this context to ``callback`` (the
+    CLI's progress bar), unless a call passes its own."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
-    read: int = 0
-    empty: int = 0
-    duplicate: int = 0
-    kept: int = 0
+
+def _reporter(progress: Progress | None) -> Progress:
+    return progress or _progress.get() or (lambda stage, done, total: None)
 
 
 @dataclass
@@ -86,162 +125,7 @@ class Prepared:
             return cls(**json.load(f))
 
 
-# ---------------------------------------------------------------- reading and cleaning (pure)
-
-
-def clean(
-    rows: list[dict[str, Any]], keys: list[str], source: str, settings: list[str] | None = None
-) -> tuple[list[tuple], CleanReport]:
-    """Strip, drop empty rows and exact duplicates (after whitespace normalisation).
-
-    Args:
-        rows: dicts as read (``hpo.formats.read_rows``).
-        keys: the fields that make one example, in order.
-        source: the file name, for errors.
-        settings: the spec settings naming ``keys`` (default: prompt/completion or text field).
-
-    Returns:
-        The kept examples (tuples of stripped strings; a chat's messages as one tuple of
-        (role, content) pairs) and the counts.
-
-    Raises:
-        DataError: a row lacks a field, or nothing is left.
-    """
-    report = CleanReport(read=len(rows))
-    seen: set[tuple] = set()
-    kept = []
-    for row in rows:
-        missing = [k for k in keys if k not in row]
-        if missing:
-            where = f"{source}:{row.get('_line', '?')}"
-            fields = ", ".join(k for k in row if k != "_line") or "none"
-            raise DataError(
-                f"{where}: no field {missing[0]!r} (fields: {fields}); "
-                f"add it, or set data.{_setting(keys, missing[0], settings)} in the spec"
-            )
-        example = tuple(_stripped(row[k], f"{source}:{row.get('_line', '?')}", k) for k in keys)
-        if not all(_usable(x) for x in example):
-            report.empty += 1
-            continue
-        norm = tuple(_normal(x) for x in example)
-        if norm in seen:
-            report.duplicate += 1
-            continue
-        seen.add(norm)
-        kept.append(example)
-    report.kept = len(kept)
-    if not kept:
-        raise DataError(
-            f"{source}: no usable rows after cleaning (read {report.read}: {report.empty} empty, "
-            f"{report.duplicate} duplicate); every example needs non-empty {' and '.join(keys)}"
-        )
-    return kept, report
-
-
-def _stripped(value: Any, where: str, key: str) -> Any:
-    if isinstance(value, tuple):  # a chat's messages: strip each content
-        return tuple((role, content.strip()) for role, content in value)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {key!r} holds a {type(value).__name__}; expected text")
-    return value.strip()
-
-
-def _usable(value: Any) -> bool:
-    return formats.chat_has_reply(value) if isinstance(value, tuple) else bool(value)
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple((role, " ".join(content.split())) for role, content in value)
-    return " ".join(value.split())
-
-
-def _setting(keys: list[str], key: str, settings: list[str] | None) -> str:
-    if settings is None:
-        settings = ["prompt_field", "completion_field"] if len(keys) == 2 else ["text_field"]
-    return settings[keys.index(key)]
-
-
-def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """A seeded train/validation split of examples (at least one of each)."""
-    if len(examples) < 2:
-        raise DataError(
-            f"need at least 2 examples to split off a validation set, got {len(examples)}; "
-            "add data or set data.validation_path"
-        )
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return [examples[i] for i in train], [examples[i] for i in val]
-
-
-# ---------------------------------------------------------------- packing (pure)
-
-
-@dataclass
-class Packed:
-    """Blocks of token ids, labels (-100: no loss) and positions (0 at each example's start)."""
-
-    ids: list[list[int]] = field(default_factory=list)
-    labels: list[list[int]] = field(default_factory=list)
-    pos: list[list[int]] = field(default_factory=list)
-    truncated: int = 0  # examples cut to one block (overlong: truncate)
-    dropped: int = 0  # examples left out for their length (overlong: drop)
-
-
-def pack(
-    examples: list[tuple[list[int], list[int]]], block: int, pad_id: int, overlong: str = "truncate"
-) -> Packed:
-    """Pack (ids, labels) examples whole into blocks of ``block`` tokens, padding the tails.
-
-    Each example's positions count from 0, so the model masks attention block-diagonally and
-    sees each example as if alone; its first token carries no loss (alone, nothing predicts it;
-    packed, the previous example's last token would). An example longer than a block is cut to its first block
-    (``overlong="truncate"``) or left out (``"drop"``).
-    """
-    out = Packed()
-    cur_ids: list[int] = []
-    cur_lab: list[int] = []
-    cur_pos: list[int] = []
-    for ids, labels in examples:
-        if len(ids) > block:
-            if overlong == "drop":
-                out.dropped += 1
-                continue
-            ids, labels, out.truncated = ids[:block], labels[:block], out.truncated + 1
-        if len(cur_ids) + len(ids) > block:
-            _close(out, cur_ids, cur_lab, cur_pos, block, pad_id)
-            cur_ids, cur_lab, cur_pos = [], [], []
-        cur_ids += ids
-        cur_lab += [IGNORE, *labels[1:]]  # nothing before an example predicts its first token
-        cur_pos += range(len(ids))
-    if cur_ids:
-        _close(out, cur_ids, cur_lab, cur_pos, block, pad_id)
-    return out
-
-
-def _close(out: Packed, ids: list[int], labels: list[int], pos: list[int], block: int, pad_id: int) -> None:
-    pad = block - len(ids)
-    out.ids.append(ids + [pad_id] * pad)
-    out.labels.append(labels + [IGNORE] * pad)
-    out.pos.append(pos + list(range(pad)))  # the padding is a segment of its own
-
-
-def split_long(docs: list[list[int]], block: int) -> tuple[list[list[int]], int]:
-    """Cut token sequences longer than ``block`` into block-sized pieces; returns the pieces and
-    how many sequences were cut."""
-    pieces: list[list[int]] = []
-    cut = 0
-    for d in docs:
-        if len(d) > block:
-            cut += 1
-        pieces += [d[i : i + block] for i in range(0, len(d), block)]
-    return pieces, cut
-
-
-# ---------------------------------------------------------------- tokenizing and caching
+# ---------------------------------------------------------------- fingerprint and tokenizer
 
 
 def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
@@ -287,8 +171,23 @@ def load_tokenizer(model_path: str):
         raise DataError(f"cannot load the tokenizer of model {model_path!r}: {str(e).splitlines()[0]}") from e
 
 
-def prepare(data: DataSpec, model_path: str, seed: int, cache_root: Path) -> Prepared:
+def prepare(
+    data: DataSpec,
+    model_path: str,
+    seed: int,
+    cache_root: Path,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Prepared:
     """Prepare (or reuse) the packed train/validation arrays for a study.
+
+    Args:
+        data: the data spec.
+        model_path: the model whose tokenizer (and chat template) to use.
+        seed: the study's seed (the split).
+        cache_root: prepared data goes to ``cache_root/data/<fingerprint>``.
+        progress: told how far it is (default: the ``progress_to`` context's, else nobody).
+        chunk_rows: examples per batch call of the tokenizer (the output does not depend on it).
 
     Raises:
         DataError: the data cannot be read, has no usable rows, or the tokenizer cannot load.
@@ -297,35 +196,29 @@ def prepare(data: DataSpec, model_path: str, seed: int, cache_root: Path) -> Pre
     out = cache_root / "data" / fp
     if (out / "meta.json").is_file():
         return Prepared.load(str(out))
+    t0 = time.perf_counter()
+    report = _reporter(progress)
     tok = load_tokenizer(model_path)
-    train_ex, val_ex, cleaning = _examples(data, seed)
-    prepared = _tokenize_and_pack(tok, data, train_ex, val_ex, cleaning)
-    return _save(prepared, out, fp)
+    plan = _plan(data, seed, report, with_split=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
+    try:
+        meta = _write(tok, data, plan, tmp, report, chunk_rows)
+        meta.update(path=str(out), fingerprint=fp)
+        (tmp / "meta.json").write_text(json.dumps(asdict(Prepared(**meta)), indent=1))
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process prepared the same data first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.debug("prepared %s in %.1f s: %s", out, time.perf_counter() - t0, describe(plan.cleaning))
+    return Prepared.load(str(out))
 
 
-def _examples(data: DataSpec, seed: int) -> tuple[list, list, dict[str, Any]]:
-    rows = read_rows(data, data.path)
-    row_kind = formats.kind(data, rows)
-    keys = formats.keys(data, row_kind)
-    settings = formats.FIELD_SETTINGS[row_kind]
-    examples, report = clean(rows, keys, data.path, settings)
-    cleaning: dict[str, Any] = {"train": asdict(report), "kind": row_kind, "pairs": row_kind == "pairs"}
-    if data.validation_path or data.validation_split:
-        source = data.validation_path or data.path
-        val_rows = read_rows(data, source, data.validation_split)
-        if (val_kind := formats.kind(data, val_rows)) != row_kind:
-            raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {row_kind}")
-        val, val_report = clean(val_rows, keys, source, settings)
-        cleaning["validation"] = asdict(val_report)
-        train = examples
-    else:
-        train, val = split(examples, data.validation_fraction, seed)
-    cleaning["examples"] = {"train": len(train), "validation": len(val)}
-    return train, val, cleaning
-
-
-def check(data: DataSpec, seed: int = 0) -> dict[str, Any]:
-    """A dry run of data preparation up to tokenizing: read, clean and split, in pure Python.
+def check(data: DataSpec, seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+    """A dry run of data preparation up to tokenizing: read, clean and count the split.
 
     ``hpo study create`` runs it so bad data fails before anything is stored. It loads no
     tokenizer, so length problems (truncated or dropped examples, less than one block of
@@ -340,7 +233,165 @@ def check(data: DataSpec, seed: int = 0) -> dict[str, Any]:
     Raises:
         DataError: naming the file (and line) and the fix.
     """
-    return _examples(data, seed)[2]
+    return _plan(data, seed, _reporter(progress), with_split=False).cleaning
+
+
+# ---------------------------------------------------------------- pass 1: read, clean, count
+
+
+@dataclass
+class _Plan:
+    """What the first pass found: the kind of rows, the counts, and where each example goes."""
+
+    kind: str
+    keys: list[str]
+    settings: list[str]
+    cleaning: dict[str, Any]
+    sources: list[tuple[str, str | None, str | None]]  # (path, split, "train" | "val" | None: by mask)
+    cleaners: list[Cleaner] = field(default_factory=list)  # each source's, which rows it kept
+    val: bytearray | None = None  # a fraction split: 1 for each kept example that goes to validation
+    examples: int = 0  # examples kept from every source
+
+
+def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Plan:
+    kind, cleaner = _scan(data, data.path, None, None, report, 0)
+    train = cleaner.report
+    plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], [cleaner])
+    plan.cleaning = {"train": asdict(train), "kind": kind, "pairs": kind == "pairs"}
+    plan.examples = train.kept
+    if data.validation_path or data.validation_split:
+        source = data.validation_path or data.path
+        val_kind, val_cleaner = _scan(data, source, data.validation_split, kind, report, train.read)
+        if val_kind != kind:
+            raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {kind}")
+        val = val_cleaner.report
+        plan.cleaning["validation"] = asdict(val)
+        plan.examples += val.kept
+        plan.sources = [(data.path, None, "train"), (source, data.validation_split, "val")]
+        plan.cleaners.append(val_cleaner)
+        n_train, n_val = train.kept, val.kept
+    else:
+        plan.sources = [(data.path, None, None)]
+        n_val = n_validation(train.kept, data.validation_fraction)
+        n_train = train.kept - n_val
+        if with_split:
+            plan.val = bytearray(train.kept)
+            for i in validation_indices(train.kept, data.validation_fraction, seed):
+                plan.val[i] = 1
+    plan.cleaning["examples"] = {"train": n_train, "validation": n_val}
+    return plan
+
+
+def _scan(
+    data: DataSpec, source: str, split: str | None, kind: str | None, report: Progress, done: int
+) -> tuple[str, Cleaner]:
+    """Read and clean one source, keeping the counts and which rows were kept; returns the rows'
+    kind too."""
+    rows = formats.iter_rows(data, source, split)
+    first = next(rows, None)
+    row_kind = formats.kind(data, [first] if first is not None else [])
+    cleaner = Cleaner(formats.keys(data, row_kind), source, formats.FIELD_SETTINGS[row_kind])
+    if kind is not None and row_kind != kind:
+        return row_kind, cleaner
+    all_rows = itertools.chain([first], rows) if first is not None else rows
+    for n, _ in enumerate(cleaner.kept(all_rows)):
+        if n % CHUNK_ROWS == 0:
+            report("reading", done + cleaner.report.read, None)
+    report("reading", done + cleaner.report.read, None)
+    cleaner.finish()
+    return row_kind, cleaner
+
+
+# ---------------------------------------------------------------- pass 2: tokenize, pack, write
+
+
+def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chunk_rows: int) -> dict:
+    """Tokenize and pack every kept example into the six ``.npy`` files in ``folder``; returns
+    the ``Prepared`` fields but its path and fingerprint."""
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    if eos is None:
+        raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
+    block = data.block_size
+    writers = {
+        n: [NpyWriter(folder / f"{n}_{a}.npy", block) for a in ("ids", "labels", "pos")]
+        for n in ("train", "val")
+    }
+    packers = {n: Packer(block, pad, data.overlong, _sink(writers[n])) for n in writers}
+    cut = {"train": 0, "val": 0}
+    encode = _encoder(tok, data, plan.kind, eos)
+    done = 0  # examples tokenized
+    for (path, part, dest), cleaner in zip(plan.sources, plan.cleaners, strict=True):
+        start = 0  # the index of the chunk's first kept example
+        for chunk in _chunks(cleaner.replay(formats.iter_rows(data, path, part)), chunk_rows):
+            parts: dict[str, list] = {"train": [], "val": []}
+            for i, example in enumerate(chunk, start):
+                parts[dest or ("val" if plan.val is not None and plan.val[i] else "train")].append(example)
+            start += len(chunk)
+            for name, examples in parts.items():
+                if examples:
+                    encoded, n_cut = encode(examples)
+                    cut[name] += n_cut
+                    for ids, labels in encoded:
+                        packers[name].add(ids, labels)
+            done += len(chunk)
+            report("tokenizing", done, plan.examples)
+    for name, packer in packers.items():
+        packer.close()
+        for w in writers[name]:
+            w.close()
+    return _meta(data, plan, packers, cut, pad)
+
+
+def _sink(writers: list[NpyWriter]) -> Callable[[Any, Any, Any], None]:
+    def write(ids: Any, labels: Any, pos: Any) -> None:
+        for w, a in zip(writers, (ids, labels, pos), strict=True):
+            w.write(a)
+
+    return write
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _encoder(tok, data: DataSpec, kind: str, eos: int) -> Callable[[list], tuple[list, int]]:
+    """Examples -> ((ids, labels) examples, how many texts were cut into pieces)."""
+    if kind == "pairs":
+        return lambda examples: (formats.encode_pairs(tok, examples, eos, IGNORE), 0)
+    if kind == "chat":
+        return lambda examples: (
+            formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE),
+            0,
+        )
+    return lambda examples: formats.encode_texts(tok, [e[0] for e in examples], eos, data.block_size)
+
+
+def _meta(data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str, int], pad: int) -> dict:
+    length = plan.cleaning.setdefault("length", {})
+    for name, p in packers.items():
+        length[name] = {"truncated": p.truncated, "dropped": p.dropped, "split": cut[name]}
+    for name, p in packers.items():
+        if not p.blocks:
+            raise DataError(
+                f"{data.path}: no {name} example fits a block of {data.block_size} tokens "
+                f"({p.dropped} dropped as too long); raise data.block_size or set "
+                "data.overlong: truncate"
+            )
+    return {
+        "train_blocks": packers["train"].blocks,
+        "val_blocks": packers["val"].blocks,
+        "train_tokens": packers["train"].loss_tokens,
+        "val_tokens": packers["val"].loss_tokens,
+        "block_size": data.block_size,
+        "pad_id": int(pad),
+        "cleaning": plan.cleaning,
+    }
+
+
+# ---------------------------------------------------------------- reports
 
 
 _KINDS = {"pairs": "prompt/completion pairs", "text": "texts", "chat": "chats"}
@@ -366,62 +417,3 @@ def describe(report: dict[str, Any]) -> str:
         said = [f"{v} {k}" for k, v in total.items() if v]
         line += f"; longer than a block: {', '.join(said) or 'none'}"
     return line
-
-
-def _tokenize_and_pack(tok, data: DataSpec, train_ex: list, val_ex: list, cleaning: dict) -> dict[str, Any]:
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    if eos is None:
-        raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
-    out: dict[str, Any] = {"pad_id": pad, "cleaning": cleaning}
-    length = cleaning.setdefault("length", {})
-    for name, examples in (("train", train_ex), ("val", val_ex)):
-        cut = 0
-        if cleaning["kind"] == "pairs":
-            enc = formats.encode_pairs(tok, examples, eos, IGNORE)
-        elif cleaning["kind"] == "chat":
-            enc = formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE)
-        else:
-            docs = tok([e[0] for e in examples], add_special_tokens=False)["input_ids"]
-            pieces, cut = split_long([d + [eos] for d in docs], data.block_size)
-            enc = [(d, list(d)) for d in pieces]
-        packed = pack(enc, data.block_size, pad, data.overlong)
-        length[name] = {"truncated": packed.truncated, "dropped": packed.dropped, "split": cut}
-        if not packed.ids:
-            raise DataError(
-                f"{data.path}: no {name} example fits a block of {data.block_size} tokens "
-                f"({packed.dropped} dropped as too long); raise data.block_size or set "
-                "data.overlong: truncate"
-            )
-        out[f"{name}_ids"], out[f"{name}_labels"], out[f"{name}_pos"] = packed.ids, packed.labels, packed.pos
-    return out
-
-
-def _save(p: dict[str, Any], out: Path, fp: str) -> Prepared:
-    import numpy as np
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
-    try:
-        for name in ARRAYS:
-            np.save(tmp / f"{name}.npy", np.asarray(p[name], dtype=np.int32))
-        meta = Prepared(
-            path=str(out),
-            fingerprint=fp,
-            block_size=len(p["train_ids"][0]),
-            pad_id=int(p["pad_id"]),
-            train_blocks=len(p["train_ids"]),
-            val_blocks=len(p["val_ids"]),
-            train_tokens=int((np.asarray(p["train_labels"]) != IGNORE).sum()),
-            val_tokens=int((np.asarray(p["val_labels"]) != IGNORE).sum()),
-            cleaning=p["cleaning"],
-        )
-        (tmp / "meta.json").write_text(json.dumps(asdict(meta), indent=1))
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process prepared the same data first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Prepared.load(str(out))

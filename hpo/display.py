@@ -3,10 +3,11 @@ otherwise) and study summaries."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class LiveProgress:
         self._polled = 0.0
         self._lock = threading.Lock()
         self._live: Any = None
+        self.data: tuple[str, int, int | None] | None = None  # data preparation: stage, done, total
         if study is not None:
             self._seed(study)
 
@@ -196,6 +198,12 @@ class LiveProgress:
                 self.counts[e.kind] += 1
             self.best = new_best(self.best, e, self.maximize)
         self.console.print(f"{fmt_duration(time.time() - self.t0):>7}  {EventPrinter._end_line(e)}")
+
+    def data_progress(self, stage: str, done: int, total: int | None) -> None:
+        """The data preparation's progress (``hpo.data.progress_to``): a bar under the table."""
+        self.data = (
+            None if stage == "tokenizing" and total is not None and done >= total else (stage, done, total)
+        )
 
     def _poll(self) -> None:
         """The running trials' latest epoch and eval loss, from the storage."""
@@ -235,6 +243,9 @@ class LiveProgress:
                 f"{value:.4f}" if value is not None else "-",
                 fmt_duration(now - started),
             )
+        data = self.data
+        if data is not None:
+            return Group(table, data_bar_line(*data), self.status_line(now))
         return Group(table, self.status_line(now))
 
     def status_line(self, now: float) -> str:
@@ -251,6 +262,33 @@ class LiveProgress:
             f"· {c['fail']} failed · {len(self.running)} running · {best} "
             f"· elapsed {fmt_duration(elapsed)} · {left}"
         )
+
+
+def data_bar_line(stage: str, done: int, total: int | None) -> Any:
+    """One line of data preparation progress: ``preparing data: tokenizing [bar] 1,024/200,000 examples``."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    line = Table.grid(padding=(0, 1))
+    count = f"{done:,}/{total:,}" if total else f"{done:,}"
+    count += " rows" if stage == "reading" else " examples"
+    line.add_row(f"preparing data: {stage}", ProgressBar(total=total, completed=done, width=30), count)
+    return line
+
+
+@contextlib.contextmanager
+def data_progress(console: Any = None) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    """A progress callback for data preparation that draws a bar on a terminal (transient: it
+    goes when done); None (quiet) elsewhere."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console(highlight=False, stderr=True)
+    if not console.is_terminal or console.is_dumb_terminal:
+        yield None
+        return
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        yield lambda stage, done, total: live.update(data_bar_line(stage, done, total))
 
 
 def print_run_summary(s, echo: Callable[[str], None]) -> None:

@@ -18,9 +18,10 @@ A row is a dict of field -> string (chat: ``messages`` -> tuple of (role, conten
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,17 @@ ASSISTANT = "assistant"
 
 
 def read_rows(data: DataSpec, path: str, split: str | None = None) -> list[Row]:
-    """Read the rows of one data source.
+    """Read the rows of one data source into a list (``iter_rows`` reads them one at a time).
+
+    Raises:
+        DataError: as ``iter_rows``.
+    """
+    return list(iter_rows(data, path, split))
+
+
+def iter_rows(data: DataSpec, path: str, split: str | None = None) -> Iterator[Row]:
+    """The rows of one data source, read as they are consumed (memory: one row, or one
+    document of a text folder; ``datasets``/``hub`` rows come from the memory-mapped table).
 
     Args:
         data: the data spec (format and field names).
@@ -46,24 +57,37 @@ def read_rows(data: DataSpec, path: str, split: str | None = None) -> list[Row]:
             column, a malformed chat, or a dataset that cannot load.
     """
     try:
-        if data.format in ("datasets", "hub"):
-            rows = _read_dataset(data, path, split or data.split)
-        elif data.format in ("jsonl", "chat"):
-            rows = _read_jsonl(path)
-        elif data.format == "csv":
-            rows = _read_csv(path, data)
-        elif os.path.isdir(path):
-            rows = _read_text_folder(path, data.text_field)
-        else:
-            with open(path, encoding="utf-8-sig") as f:
-                rows = [{data.text_field: line, "_line": str(n)} for n, line in enumerate(f, 1)]
+        rows = _source_rows(data, path, split)
+        first = next(rows, None)
+        if first is None:
+            return
+        chat = kind(data, [first]) == "chat"
+        for row in itertools.chain([first], rows):
+            yield _chat_row(row, data, path) if chat else row
     except UnicodeDecodeError as e:
         raise DataError(
             f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8"
         ) from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}); check the file and its permissions") from e
-    return _chat_rows(rows, data, path) if kind(data, rows) == "chat" else rows
+
+
+def _source_rows(data: DataSpec, path: str, split: str | None) -> Iterator[Row]:
+    if data.format in ("datasets", "hub"):
+        return _read_dataset(data, path, split or data.split)
+    if data.format in ("jsonl", "chat"):
+        return _read_jsonl(path)
+    if data.format == "csv":
+        return _read_csv(path, data)
+    if os.path.isdir(path):
+        return _read_text_folder(path, data.text_field)
+    return _read_lines(path, data.text_field)
+
+
+def _read_lines(path: str, field: str) -> Iterator[Row]:
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            yield {field: line, "_line": str(n)}
 
 
 def kind(data: DataSpec, rows: Sequence[Row]) -> str:
@@ -95,8 +119,7 @@ def keys(data: DataSpec, row_kind: str) -> list[str]:
     }[row_kind]
 
 
-def _read_jsonl(path: str) -> list[Row]:
-    rows = []
+def _read_jsonl(path: str) -> Iterator[Row]:
     with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of line 1
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -112,8 +135,7 @@ def _read_jsonl(path: str) -> list[Row]:
                     f"{path}:{n}: expected a JSON object, got {type(row).__name__}; "
                     'each line must be one object such as {"prompt": ..., "completion": ...}'
                 )
-            rows.append({k: _value(v) for k, v in row.items()} | {"_line": str(n)})
-    return rows
+            yield {k: _value(v) for k, v in row.items()} | {"_line": str(n)}
 
 
 def _value(v: Any) -> Any:
@@ -123,16 +145,14 @@ def _value(v: Any) -> Any:
     return "" if v is None else str(v)
 
 
-def _read_csv(path: str, data: DataSpec) -> list[Row]:
+def _read_csv(path: str, data: DataSpec) -> Iterator[Row]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         try:
             header = list(reader.fieldnames or [])
             check_columns(path, header, data)
-            return [
-                {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(reader.line_num)}
-                for row in reader
-            ]
+            for row in reader:
+                yield {k: v or "" for k, v in row.items() if k is not None} | {"_line": str(reader.line_num)}
         except csv.Error as e:
             where = f"{path}:{reader.line_num + 1}"  # csv counts the line it failed on only after
             raise DataError(f"{where}: not valid CSV ({e}); fix or remove that line") from e
@@ -151,7 +171,7 @@ def check_columns(path: str, header: list[str], data: DataSpec) -> None:
     )
 
 
-def _read_text_folder(path: str, field: str) -> list[Row]:
+def _read_text_folder(path: str, field: str) -> Iterator[Row]:
     root = Path(path)
     files = sorted(
         p
@@ -160,16 +180,16 @@ def _read_text_folder(path: str, field: str) -> list[Row]:
     )
     if not files:
         raise DataError(f"{path}: the folder holds no files; put one document per file in it")
-    return [{field: f.read_text(encoding="utf-8-sig"), "_line": str(f.relative_to(root))} for f in files]
+    for f in files:
+        yield {field: f.read_text(encoding="utf-8-sig"), "_line": str(f.relative_to(root))}
 
 
-def _read_dataset(data: DataSpec, path: str, split: str) -> list[Row]:
+def _read_dataset(data: DataSpec, path: str, split: str) -> Iterator[Row]:
     """Rows of a ``save_to_disk`` folder or a hub dataset (one split), numbered from 1."""
     table = _load_dataset(data.format, path, split)
     check_columns(f"{path} [{split}]", list(table.column_names), data)
-    return [
-        {k: _value(v) for k, v in row.items()} | {"_line": f"record {n}"} for n, row in enumerate(table, 1)
-    ]
+    for n, row in enumerate(table, 1):
+        yield {k: _value(v) for k, v in row.items()} | {"_line": f"record {n}"}
 
 
 def _load_dataset(fmt: str, path: str, split: str):
@@ -227,13 +247,12 @@ def _unreachable_hub() -> str | None:
 # ---------------------------------------------------------------- chat
 
 
-def _chat_rows(rows: list[Row], data: DataSpec, source: str) -> list[Row]:
-    """Check each row's messages and turn them into (role, content) pairs, naming bad rows."""
+def _chat_row(row: Row, data: DataSpec, source: str) -> Row:
+    """Check a row's messages and turn them into (role, content) pairs, naming a bad row."""
     field = data.messages_field
-    for row in rows:
-        if field in row:
-            row[field] = _messages(row[field], f"{source}:{row.get('_line', '?')}", field)
-    return rows
+    if field in row:
+        row[field] = _messages(row[field], f"{source}:{row.get('_line', '?')}", field)
+    return row
 
 
 def _messages(value: Any, where: str, field: str) -> Messages:
@@ -301,12 +320,19 @@ def _extension(prev: str, now: str) -> str:
 # ---------------------------------------------------------------- tokenizing examples
 
 
+def _ids(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text: one batch call of the (fast) tokenizer, no special tokens added."""
+    if not texts:
+        return []
+    return tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
 def encode_pairs(
     tok, examples: list[tuple[str, str]], eos: int, ignore: int = -100
 ) -> list[tuple[list[int], list[int]]]:
     """``prompt + "\n"`` (no loss) then ``completion + EOS`` (loss), as (ids, labels)."""
-    prompts = tok([p + "\n" for p, _ in examples], add_special_tokens=False)["input_ids"]
-    completions = tok([c for _, c in examples], add_special_tokens=False)["input_ids"]
+    prompts = _ids(tok, [p + "\n" for p, _ in examples])
+    completions = _ids(tok, [c for _, c in examples])
     enc = []
     for p, c in zip(prompts, completions, strict=True):
         c = c + [eos]
@@ -314,25 +340,44 @@ def encode_pairs(
     return enc
 
 
+def encode_texts(
+    tok, texts: list[str], eos: int, block: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Each text + EOS as (ids, labels), the loss on every token; a text longer than ``block``
+    is cut into block-sized pieces, each its own example. Returns the examples and how many
+    texts were cut."""
+    enc = []
+    cut = 0
+    for d in _ids(tok, texts):
+        d.append(eos)
+        cut += len(d) > block
+        enc += [(d[i : i + block], d[i : i + block]) for i in range(0, len(d), block)]
+    return enc, cut
+
+
 def encode_chats(
     tok, chats: list, eos: int, template: str = "auto", ignore: int = -100
 ) -> list[tuple[list[int], list[int]]]:
     """Each chat rendered (its tokenizer's template, or hpo's simple one) as (ids, labels): the
-    loss on assistant replies; EOS ends the example (with loss when the chat ends on a reply)."""
+    loss on assistant replies; EOS ends the example (with loss when the chat ends on a reply).
+    Every segment of every chat is tokenized in one batch call."""
     render = _renderer(tok, template)
-    enc = []
+    segmented = []
     for messages in chats:
         try:
-            segments = chat_segments(messages, render)
+            segmented.append(chat_segments(messages, render))
         except Exception as e:  # noqa: BLE001 - a template may fail in many ways (jinja, ValueError)
             raise DataError(
                 f"cannot render a chat with the tokenizer's chat template ({str(e).splitlines()[0]}); "
                 "set data.chat_template: simple"
             ) from e
+    pieces = iter(_ids(tok, [text for segments in segmented for text, _ in segments]))
+    enc = []
+    for messages, segments in zip(chats, segmented, strict=True):
         ids: list[int] = []
         labels: list[int] = []
-        for text, carries_loss in segments:
-            piece = tok(text, add_special_tokens=False)["input_ids"]
+        for _, carries_loss in segments:
+            piece = next(pieces)
             ids += piece
             labels += piece if carries_loss else [ignore] * len(piece)
         if not ids or ids[-1] != eos:

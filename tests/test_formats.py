@@ -197,3 +197,35 @@ def test_overlong_truncate_or_drop_is_counted(tmp_path, tiny_model):
     assert n_trunc == n_drop >= 1 and sum(v["truncated"] for v in dropped.cleaning["length"].values()) == 0
     assert f"longer than a block: {n_drop} dropped" in data.describe(dropped.cleaning)
     assert dropped.train_tokens < kept.train_tokens
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def test_rows_are_read_as_they_are_consumed(tmp_path):
+    """iter_rows holds one row at a time: the rows before a bad line come out before its error."""
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{oops\n')
+    rows = formats.iter_rows(_spec(p), str(p))
+    assert [next(rows)["prompt"], next(rows)["prompt"]] == ["a", "c"]
+    with pytest.raises(DataError, match=r"d\.jsonl:3: not valid JSON"):
+        next(rows)
+    chat = _chat_file(tmp_path / "chat.jsonl", 3)
+    first = next(formats.iter_rows(_spec(chat, format="chat"), str(chat)))
+    assert first["messages"][0] == ("system", "You are the support desk.")  # messages checked row by row
+
+
+def test_chats_of_a_batch_encode_as_each_alone(tiny_model):
+    """encode_chats tokenizes every segment of a batch of chats in one call: the same ids as
+    one chat at a time."""
+    tok = data.load_tokenizer(tiny_model)
+    tok.chat_template = CHATML
+    chats = [
+        (("system", "Be brief."),) * (i % 2)  # every other chat opens with a system turn
+        + (("user", r["prompt"]), ("assistant", r["completion"]), ("user", "Thanks!"))
+        for i, r in enumerate(_support(12))
+    ]
+    for template in ("auto", "simple"):
+        together = formats.encode_chats(tok, chats, tok.eos_token_id, template)
+        alone = [formats.encode_chats(tok, [c], tok.eos_token_id, template)[0] for c in chats]
+        assert together == alone and all(ids[-1] == tok.eos_token_id for ids, _ in together)

@@ -82,3 +82,59 @@ def test_chat_and_text_blocks_pack_the_same_way(model_and_tok):
     loss, _, n = _packed_totals(model, packed)
     assert n == sum(a[2] for a in alone)
     assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-5, abs=1e-4)
+
+
+# ---------------------------------------------------------------- streaming: buffers and the .npy writer
+
+EXAMPLES = [
+    ([1, 2, 3], [-100, 2, 3]),
+    ([4, 5], [-100, 5]),
+    (list(range(10, 19)), list(range(10, 19))),  # longer than a block of 5: truncated
+    ([6, 7, 8, 9, 10], [6, 7, 8, 9, 10]),  # exactly a block
+    ([11], [11]),
+    ([12, 13, 14, 15], [-100, -100, 14, 15]),
+]
+
+
+@pytest.mark.parametrize("flush_blocks", [1, 2, 3, 64])
+def test_packer_buffers_give_the_same_blocks_as_packing_in_memory(flush_blocks):
+    import numpy as np
+
+    whole = data.pack(EXAMPLES, block=5, pad_id=0)
+    slabs: list[tuple] = []
+    packer = data.Packer(5, 0, "truncate", lambda *a: slabs.append(tuple(x.copy() for x in a)), flush_blocks)
+    for ids, labels in EXAMPLES:
+        packer.add(ids, labels)
+    packer.close()
+    assert all(len(s[0]) <= flush_blocks for s in slabs) and len(slabs) == -(-len(whole.ids) // flush_blocks)
+    for k, name in enumerate(("ids", "labels", "pos")):
+        assert np.concatenate([s[k] for s in slabs]).tolist() == getattr(whole, name)
+    assert (packer.blocks, packer.truncated, whole.truncated) == (len(whole.ids), 1, 1)
+    assert packer.loss_tokens == sum(y != -100 for row in whole.labels for y in row)
+
+
+def test_npy_writer_appends_slabs_and_writes_the_header_last(tmp_path):
+    import numpy as np
+
+    from hpo import packing
+
+    rows = np.arange(7 * 3, dtype=np.int32).reshape(7, 3)
+    w = packing.NpyWriter(tmp_path / "a.npy", 3)
+    for start, stop in ((0, 1), (1, 4), (4, 4), (4, 7)):  # one row, three rows, none, the rest
+        w.write(rows[start:stop])
+    assert w.close() == 7
+    assert np.array_equal(np.load(tmp_path / "a.npy", mmap_mode="r"), rows)
+    empty = packing.NpyWriter(tmp_path / "e.npy", 3)
+    assert empty.close() == 0 and np.load(tmp_path / "e.npy").shape == (0, 3)
+    # the header's room is reserved before the row count is known: its size never changes
+    sizes = {len(packing.npy_header(n, width)) for n in (0, 1, 10**6, 10**12, 10**29) for width in (8, 32768)}
+    assert sizes == {128}
+
+
+def test_texts_longer_than_a_block_are_cut_into_pieces(model_and_tok):
+    _, tok = model_and_tok
+    texts = ["A short text.", "A much longer text that will not fit into one small block of tokens at all."]
+    enc, cut = formats.encode_texts(tok, texts, tok.eos_token_id, block=8)
+    docs = [d + [tok.eos_token_id] for d in tok(texts, add_special_tokens=False)["input_ids"]]
+    pieces, want_cut = data.split_long(docs, 8)
+    assert cut == want_cut == 1 and [ids for ids, _ in enc] == pieces and all(a == b for a, b in enc)
