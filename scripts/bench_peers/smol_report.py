@@ -7,6 +7,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench_peers.report import cell, met, ratios_table
+
+__all__ = ["ratios", "ratios_table", "reference", "system", "table"]
+
 SYSTEMS = ("hpo", "hf_ray", "tune_optuna")
 PEERS = ("hf_ray", "tune_optuna")
 
@@ -115,14 +119,7 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
             rows[f"  wall hpo / {peer}"] = (_ratio(hpo.get("wall_s"), systems[peer]["wall_s"]), "")
             a, b = hpo.get("best_eval_loss"), systems[peer].get("best_eval_loss")
             rows[f"  best eval loss hpo - {peer}"] = (round(a - b, 4) if None not in (a, b) else None, "")
-    return {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in rows.items()}
-
-
-def _met(value: float | None, target: str) -> bool | None:
-    if value is None or not target:
-        return None
-    op, _, bound = target.partition(" ")
-    return value <= float(bound) if op == "<=" else value >= float(bound)
+    return {k: {"value": v, "target": t, "met": met(v, t)} for k, (v, t) in rows.items()}
 
 
 _COLUMNS = (
@@ -144,26 +141,13 @@ def table(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None) -> str
     lines = ["| system | " + " | ".join(c[1] for c in _COLUMNS) + " |", "|" + " --- |" * (len(_COLUMNS) + 1)]
     for name in SYSTEMS:
         if name in systems:
-            cells = [_cell(systems[name].get(k), f) for k, _, f in _COLUMNS]
+            cells = [cell(systems[name].get(k), f) for k, _, f in _COLUMNS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if ref:
         row = {
             "trial_tokens_per_s_median": ref["tokens_per_s_median"],
             "trial_rss_peak_mb": ref["rss_peak_mb"],
         }
-        cells = [_cell(row.get(k), f) for k, _, f in _COLUMNS]
+        cells = [cell(row.get(k), f) for k, _, f in _COLUMNS]
         lines.append(f"| plain Trainer x{ref['runs']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def ratios_table(rows: dict[str, dict[str, Any]]) -> str:
-    lines = ["| target | value | wanted | met |", "| --- | --- | --- | --- |"]
-    for name, r in rows.items():
-        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
-        value = "-" if r["value"] is None else f"{r['value']:g}"
-        lines.append(f"| {name} | {value} | {r['target']} | {met} |")
     return "\n".join(lines)
