@@ -67,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="tiny: hpo:tiny-gpt2 on pydoc topics (default); smollm2: SmolLM2-135M on support pairs",
     )
     p.add_argument("--model", help="smollm2: the model folder (default: hpo:smollm2-135m where hpo has it)")
-    p.add_argument("--examples", type=int, help="smollm2: support pairs used (default 1600)")
+    p.add_argument("--examples", type=int, help="smollm2: support pairs used (default 400)")
     return p.parse_args(argv)
 
 

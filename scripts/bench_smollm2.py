@@ -36,7 +36,7 @@ from bench_peers.settings import Settings
 
 MODEL_NAME = "hpo:smollm2-135m"
 DATA = ROOT / "studies" / "data" / "support.jsonl"  # prompt/completion pairs of a support desk
-DEFAULT_EXAMPLES = 1600  # pairs of DATA: ~380 blocks of 256 tokens (~3 min a full trial here)
+DEFAULT_EXAMPLES = 400  # pairs of DATA: ~88 blocks of 256, a full trial ~3.5 min at ~55 loss tokens/s
 #: hpo's micro-batch. When ``max_micro_batch: auto`` is on main, set MAX_MICRO_BATCH = "auto" (the
 #: peers then keep MICRO_BATCH, the largest that fits two SmolLM2 trials in this machine's memory).
 MICRO_BATCH = 8
