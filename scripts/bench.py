@@ -10,6 +10,7 @@ its own fresh process and temp folder; a thread here samples its disk use and dr
     scripts/bench --with-hf-optuna                  # also the sequential HF + Optuna peer
     scripts/bench --profile                         # where hpo's time goes, per trial
     scripts/bench --trials 3 --max-epochs 1 --systems hpo,tune_optuna --no-micro   # a smoke run
+    scripts/bench --workload smollm2 --model DIR    # the realistic one (scripts/bench_smollm2.py)
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="profile hpo alone (timing probes), then stop")
     p.add_argument("--max-epochs", type=int, default=3, help="top of the epochs range (smoke runs: 1)")
     p.add_argument("--keep", action="store_true", help="keep the temp folders (printed at the end)")
+    p.add_argument(
+        "--workload",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: hpo:tiny-gpt2 on pydoc topics (default); smollm2: SmolLM2-135M on support pairs",
+    )
+    p.add_argument("--model", help="smollm2: the model folder (default: hpo:smollm2-135m where hpo has it)")
+    p.add_argument("--examples", type=int, help="smollm2: support pairs used (default 400)")
     return p.parse_args(argv)
 
 
@@ -112,14 +121,19 @@ def write_spec(folder: Path, s: Settings, model_path: str, train: Path, val: Pat
 
 def prepare(folder: Path, s: Settings, model_path: str, train: Path, val: Path) -> tuple[Path, str]:
     """The spec for this seed and hpo's prepared blocks (the cache ``hpo run`` will find)."""
+    spec_path = write_spec(folder, s, model_path, train, val)
+    return spec_path, prepare_spec(spec_path, s, model_path)
+
+
+def prepare_spec(spec_path: Path, s: Settings, model_path: str) -> str:
+    """hpo's prepared blocks for a spec (the cache ``hpo run`` will find); fills in ``s``'s counts."""
     from hpo import basemodel, data, spec
 
-    spec_path = write_spec(folder, s, model_path, train, val)
     loaded = spec.load(spec_path)
     prepared = data.prepare(loaded.data, model_path, loaded.seed, basemodel.cache_dir())
     s.n_train, s.n_val, s.train_tokens = prepared.train_blocks, prepared.val_blocks, prepared.train_tokens
     s.derive_peer_units()
-    return spec_path, prepared.path
+    return prepared.path
 
 
 def snapshot_hpo(root: Path) -> dict[str, Any]:
@@ -309,6 +323,10 @@ def _cpu_model() -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.workload == "smollm2":
+        import bench_smollm2
+
+        return bench_smollm2.main(args, argv)
     systems, trials, seeds = plan(args)
     info = meta(argv)
     print(f"bench: {', '.join(systems)}; {trials} trials x {seeds} seed(s); load {info['loadavg_before']}")

@@ -39,10 +39,11 @@ def hf_datasets(data_path: str):
     return build("train"), build("val")
 
 
-def search_args(work: str, eval_steps: int, n_val: int, seed: int):
+def search_args(work: str, eval_steps: int, n_val: int, seed: int, s=None):
     """The TrainingArguments both HF ``hyperparameter_search`` peers share: evaluate and save every
     ``eval_steps`` (the best trial's checkpoint must exist to export it), the whole validation set
-    in one batch (so eval_loss is token-weighted, as hpo's), on the CPU."""
+    in one batch (so eval_loss is token-weighted, as hpo's) unless ``s.peer_eval_batch``, on the CPU.
+    ``s`` (the bench Settings) adds the realistic workload's precision, micro-batch and warmup."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -52,23 +53,50 @@ def search_args(work: str, eval_steps: int, n_val: int, seed: int):
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=eval_steps,
-        per_device_eval_batch_size=n_val,
+        per_device_eval_batch_size=(s and s.peer_eval_batch) or n_val,
         logging_steps=eval_steps,
         report_to=[],
         seed=seed,
         use_cpu=True,
         disable_tqdm=True,
+        **workload_args(s),
     )
 
 
+def workload_args(s) -> dict[str, Any]:
+    """TrainingArguments the realistic workload sets for every HF run (none for the tiny one):
+    bf16 autocast, the per-device micro-batch, warmup, and a bound on the Trainer's own checkpoints."""
+    if s is None or s.workload == "tiny":
+        return {}
+    out: dict[str, Any] = {"bf16": s.bf16, "warmup_steps": s.warmup_ratio}  # a float < 1: a ratio
+    if s.micro_batch:
+        out["per_device_train_batch_size"] = s.micro_batch
+    if s.keep_checkpoints:
+        out["save_total_limit"] = s.keep_checkpoints
+    return out
+
+
+def batch_choices(s) -> tuple[str, list[int]]:
+    """The peers' searched batch parameter: the batch itself, or with a micro-batch the number of
+    micro-batches accumulated per step (effective batch = micro-batch x accumulation)."""
+    if s.micro_batch:
+        return "gradient_accumulation_steps", [s.accumulation(b) for b in s.batch_sizes]
+    return "per_device_train_batch_size", list(s.batch_sizes)
+
+
 def make_model(model_path: str, dropout: float | None = None):
-    """The base model with the three GPT-2 dropout probabilities set to ``dropout``."""
-    from transformers import AutoModelForCausalLM
+    """The base model in fp32 (a bf16-saved model trains with fp32 master weights, as in hpo) with
+    every dropout probability of its config (GPT-2's three, Llama's ``attention_dropout``, ...) set
+    to ``dropout``: the fields hpo's own loader sets."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hpo.checkpoint import dropout_fields
 
     kw = {}
     if dropout is not None:
-        kw = {"resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
-    return AutoModelForCausalLM.from_pretrained(model_path, **kw)
+        kw = dict.fromkeys(dropout_fields(AutoConfig.from_pretrained(model_path).to_dict()), dropout)
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, **kw)
 
 
 class ModelInit:
@@ -103,6 +131,7 @@ class TimingCallback(TrainerCallback):
     A step is ``on_step_begin`` -> ``on_step_end``; an evaluation is the last ``on_step_end`` ->
     ``on_evaluate`` (HF evaluates right after a step). Checkpoint writes, reporting to Ray or
     Optuna, model and trainer set-up all fall outside both, as in hpo's ``train_s``/``eval_s``.
+    Checkpoint writes are ``save_s``, timed by the peer around its saves and passed to ``saved``.
     A line is written at every evaluation, so a trial the scheduler kills keeps its figures.
     """
 
@@ -117,13 +146,19 @@ class TimingCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.run = uuid.uuid4().hex[:10]
-        self.train_s = self.eval_s = 0.0
+        self.train_s = self.eval_s = self.save_s = 0.0
         self._t0: float | None = None
         self._last: float | None = None
-        self._write(ev="begin", bs=args.per_device_train_batch_size, max_steps=state.max_steps)
+        bs = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self._write(ev="begin", bs=bs, max_steps=state.max_steps)
 
     def on_step_begin(self, args, state, control, **kw):
         self._t0 = time.perf_counter()
+
+    def saved(self, seconds: float, step: int) -> None:
+        """Count ``seconds`` of checkpoint writing (a line now: ASHA may stop the trial next)."""
+        self.save_s += seconds
+        self._write(ev="save", step=step, **self._totals())
 
     def on_step_end(self, args, state, control, **kw):
         now = time.perf_counter()
@@ -136,12 +171,13 @@ class TimingCallback(TrainerCallback):
             self.eval_s += time.perf_counter() - self._last
             self._last = None
         loss = (metrics or {}).get("eval_loss")
-        self._write(
-            ev="eval", step=state.global_step, eval_loss=loss, train_s=self.train_s, eval_s=self.eval_s
-        )
+        self._write(ev="eval", step=state.global_step, eval_loss=loss, **self._totals())
 
     def on_train_end(self, args, state, control, **kw):
-        self._write(ev="end", step=state.global_step, train_s=self.train_s, eval_s=self.eval_s)
+        self._write(ev="end", step=state.global_step, **self._totals())
+
+    def _totals(self) -> dict[str, float]:
+        return {"train_s": self.train_s, "eval_s": self.eval_s, "save_s": self.save_s}
 
 
 def summarize_timing(path: str, n_train: int, tokens_per_epoch: int) -> dict[str, dict[str, Any]]:
@@ -154,9 +190,10 @@ def summarize_timing(path: str, n_train: int, tokens_per_epoch: int) -> dict[str
             r = json.loads(line)
             d = runs.setdefault(r["run"], {"ended": False, "evals": [], "train_s": 0.0, "eval_s": 0.0})
             if r["ev"] == "begin":
-                d.update(bs=r["bs"], max_steps=r["max_steps"], begin=r["t"], step=0)
+                d.update(bs=r["bs"], max_steps=r["max_steps"], begin=r["t"], step=0, pid=r["pid"])
                 continue
             d.update(step=r["step"], train_s=r["train_s"], eval_s=r["eval_s"], last=r["t"])
+            d["save_s"] = r.get("save_s", 0.0)
             if r["ev"] == "eval" and r.get("eval_loss") is not None:
                 d["evals"].append(r["eval_loss"])
             if r["ev"] == "end":
@@ -187,6 +224,21 @@ def peer_figures(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "train_tokens": sum(d["tokens"] for d in runs.values()),
         "evaluations": len(evals),
         "min_eval_loss_seen": min(evals) if evals else None,
+        **per_trial(runs),
+    }
+
+
+def per_trial(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-trial lists for the realistic workload: tokens/s inside steps, trial seconds (from
+    ``on_train_begin`` to its last event), checkpoint-write seconds, the trial's process id."""
+    done = [d for d in runs.values() if d.get("train_s")]
+    return {
+        "trial_tokens_per_s": [round(d["tokens"] / d["train_s"], 1) for d in done],
+        "trial_batch": [d.get("bs") for d in done],
+        "trial_s": [round(d.get("last", d["begin"]) - d["begin"], 2) for d in done],
+        "trial_save_s": [round(d.get("save_s", 0.0), 2) for d in done],
+        "trial_pids": [d.get("pid") for d in done],
+        "save_s": round(sum(d.get("save_s", 0.0) for d in runs.values()), 2),
     }
 
 

@@ -38,6 +38,8 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     figures = trial_figures(trials, TrialState)
     figures["idle_slot_s"] = idle_slot_s(trials, t0, t1, s.concurrency)
+    if cfg.get("probe_path"):  # the realistic workload times hpo's checkpoint writes with a probe
+        figures.update(checkpoint_writes(cfg["probe_path"], trials))
     best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
     return {
         "wall_s": round(t1 - t0, 2),
@@ -47,8 +49,18 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "best_eval_loss_note": "the study's best COMPLETE trial (what `hpo export` writes)",
         "best_params": best.params if best else None,
         "hpo_disk_peak_mb": summary.disk_peak_mb,
+        "checkpoint_mb": checkpoint_mb(os.path.join(work, "runs")),
+        "precisions": sorted({str(t.user_attrs.get("precision")) for t in trials}),
         "hpo_summary_wall_s": round(summary.wall_s, 2),
     }
+
+
+def checkpoint_mb(runs_dir: str) -> float | None:
+    """The size of one of hpo's checkpoint folders (the largest kept ``step-*`` folder), in MB."""
+    from bench_peers.monitor import du_bytes
+
+    sizes = [du_bytes(str(p)) for p in Path(runs_dir).rglob("step-*") if p.is_dir()]
+    return round(max(sizes) / 1e6, 2) if sizes else None
 
 
 def _spec(name: str, spec_path: str, work: str) -> str:
@@ -97,4 +109,27 @@ def trial_figures(trials: list, TrialState) -> dict[str, Any]:
             if t.datetime_complete and t.datetime_start
         ],
         "trial_s": [round(t.user_attrs.get("trial_s", 0.0), 2) for t in trials],
+        "trial_tokens_per_s": [
+            round(t.user_attrs["tokens_per_s"], 1) for t in trials if t.user_attrs.get("tokens_per_s")
+        ],
+        "trial_batch": [t.params.get("batch_size") for t in trials if t.user_attrs.get("tokens_per_s")],
+    }
+
+
+def checkpoint_writes(probe_path: str, trials: list) -> dict[str, Any]:
+    """Seconds inside ``hpo.trial.save_checkpoint`` (the probe's lines), in all and per trial."""
+    import json
+
+    per: dict[int, float] = {}
+    saves = 0
+    with open(probe_path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("fn") == "hpo.trial.save_checkpoint":
+                per[r.get("trial")] = per.get(r.get("trial"), 0.0) + r["dt"]
+                saves += 1
+    return {
+        "save_s": round(sum(per.values()), 2),
+        "saves": saves,
+        "trial_save_s": [round(per.get(t.number, 0.0), 2) for t in trials],
     }

@@ -26,7 +26,7 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     s = Settings.from_dict(cfg["settings"])
     out = _plain(cfg, s, name.endswith("bf16")) if name.startswith("micro_plain") else _hpo(cfg, s, name)
     out["torch_threads"] = torch.get_num_threads()
-    out["config"] = FIXED
+    out["config"] = cfg.get("fixed", FIXED)
     return out
 
 
@@ -36,15 +36,18 @@ def _plain(cfg: dict[str, Any], s: Settings, bf16: bool) -> dict[str, Any]:
     from bench_peers import common
 
     common.quiet()
+    fixed = cfg.get("fixed", FIXED)
     train, val = common.hf_datasets(cfg["data_path"])
     timing = os.path.join(cfg["work_dir"], "plain_timing.jsonl")
+    extra = {k: v for k, v in common.workload_args(s).items() if k in ("warmup_steps",)}
     args = TrainingArguments(
         output_dir=os.path.join(cfg["work_dir"], "plain_out"),
-        learning_rate=FIXED["learning_rate"],
-        per_device_train_batch_size=FIXED["batch_size"],
-        num_train_epochs=FIXED["epochs"],
-        weight_decay=FIXED["weight_decay"],
-        per_device_eval_batch_size=s.n_val,  # one batch: eval_loss is token-weighted, as hpo's
+        learning_rate=fixed["learning_rate"],
+        per_device_train_batch_size=fixed["batch_size"],
+        num_train_epochs=fixed["epochs"],
+        weight_decay=fixed["weight_decay"],
+        # tiny: one batch, so eval_loss is token-weighted as hpo's; realistic: the peers' batch
+        per_device_eval_batch_size=s.peer_eval_batch or s.n_val,
         eval_strategy="no",
         save_strategy="no",
         logging_steps=10_000,
@@ -53,9 +56,10 @@ def _plain(cfg: dict[str, Any], s: Settings, bf16: bool) -> dict[str, Any]:
         use_cpu=True,
         bf16=bf16,
         disable_tqdm=True,
+        **extra,
     )
     trainer = Trainer(
-        model=common.make_model(cfg["model_path"], FIXED["dropout"]),
+        model=common.make_model(cfg["model_path"], fixed["dropout"]),
         args=args,
         train_dataset=train,
         eval_dataset=val,

@@ -1,13 +1,16 @@
 """A background thread in the bench process sampling a running system about once a second:
 disk under its work folder (checkpoints, run folders, storage; Ray's temp folder left out), the RSS
-of its driver process and of its whole process tree, and the machine's load and CPU use.
+of its driver process and of its whole process tree, the peak RSS of each trial process (with its
+children), and the machine's load and CPU use.
 
 It lives in the parent so sampling never competes with the measured driver for its GIL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
 import threading
 import time
 from typing import Any
@@ -56,6 +59,8 @@ class Monitor(threading.Thread):
         self.load: list[float] = []
         self.cpu_busy: list[float] = []
         self.cpu_s: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds so far)
+        self.trial_rss_peak: dict[int, float] = {}  # trial process pid -> peak RSS MB (with children)
+        self._titles: dict[int, str] = {}
         self.t0 = time.time()
 
     def run(self) -> None:
@@ -76,6 +81,7 @@ class Monitor(threading.Thread):
             return
         for p in (proc, *children):
             self._note_cpu(p)
+        self._note_trials(children)
         self.rss.append((round(time.time() - self.t0, 1), rss / 1e6))
         self.tree_rss_peak = max(self.tree_rss_peak, tree / 1e6)
         self.load.append(os.getloadavg()[0])
@@ -89,6 +95,49 @@ class Monitor(threading.Thread):
             self.cpu_s[p.pid] = (title, t.user + t.system)
         except psutil.Error:
             pass
+
+    def _title(self, p: psutil.Process) -> str:
+        if p.pid not in self._titles:
+            try:
+                self._titles[p.pid] = " ".join(p.cmdline()[:4]) or p.name()
+            except psutil.Error:
+                return ""
+        return self._titles[p.pid]
+
+    def _note_trials(self, procs: list[psutil.Process]) -> None:
+        """Peak RSS of each trial process with its own children: a Ray worker (a child of the
+        raylet: a peer's trial, or hpo's thin proxy) or a trial process hpo forked from its warm
+        process (``hpo/warmstart.py``). Read from ``/proc`` via psutil at each sample."""
+        by_pid = {p.pid: p for p in procs}
+        kids: dict[int, list[int]] = {}
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                kids.setdefault(p.ppid(), []).append(p.pid)
+        for p in procs:
+            try:
+                parent = by_pid.get(p.ppid())
+            except psutil.Error:
+                continue
+            if parent is None:
+                continue
+            raylet_child = _name(parent) == "raylet"
+            forked = WARM in self._title(p) and WARM in self._title(parent)
+            if raylet_child or forked:
+                mb = sum(_rss(by_pid[q]) for q in _descendants(p.pid, kids) if q in by_pid) / 1e6
+                self.trial_rss_peak[p.pid] = max(self.trial_rss_peak.get(p.pid, 0.0), mb)
+
+    def trial_memory(self) -> dict[str, Any]:
+        """The largest trial process's peak, the median over those that trained (a peak at least
+        half the largest: Ray's idle workers and hpo's proxies are far smaller), and every peak."""
+        peaks = sorted(self.trial_rss_peak.values(), reverse=True)
+        if not peaks:
+            return {"trial_rss_peak_mb": None}
+        worked = [v for v in peaks if v >= peaks[0] / 2]
+        return {
+            "trial_rss_peak_mb": round(peaks[0], 1),
+            "trial_rss_peak_median_mb": round(statistics.median(worked), 1),
+            "trial_rss_peaks_mb": [round(v, 1) for v in worked],
+        }
 
     def cpu_split(self) -> dict[str, float]:
         """CPU seconds of the driver, of trial processes (Ray workers), and of Ray's own services."""
@@ -121,7 +170,24 @@ class Monitor(threading.Thread):
             ),
             "samples": len(self.rss),
             **self.cpu_split(),
+            **self.trial_memory(),
         }
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
+
+
+def _descendants(pid: int, kids: dict[int, list[int]]) -> list[int]:
+    out, stack = [], [pid]
+    while stack:
+        q = stack.pop()
+        out.append(q)
+        stack.extend(kids.get(q, []))
+    return out
 
 
 def _rss(p: psutil.Process) -> int:

@@ -157,7 +157,7 @@ def ratios(
         )
         rows["hpo --help s"] = (micro.get("help_median_s"), "<= 0.5")
         rows["hpo study show s, 2,000 trials"] = (micro.get("study_show_median_s"), "<= 2")
-    return {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in rows.items()}
+    return {k: {"value": v, "target": t, "met": met(v, t)} for k, (v, t) in rows.items()}
 
 
 def _variant_rows(
@@ -184,7 +184,7 @@ def _variant_rows(
 _WALL_TARGETS = {"hf_ray": "<= 0.6", "tune_optuna": "<= 0.5"}
 
 
-def _met(value: float | None, target: str) -> bool | None:
+def met(value: float | None, target: str) -> bool | None:
     if value is None or not target:
         return None
     op, _, bound = target.partition(" ")
@@ -203,7 +203,7 @@ _COLUMNS = (
 )
 
 
-def _cell(value: Any, fmt: str) -> str:
+def cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
@@ -217,10 +217,10 @@ def systems_table(systems: dict[str, dict[str, Any]]) -> str:
         s = systems[name]
         cells = []
         for key, _, fmt in _COLUMNS:
-            cell = _cell(s.get(key), fmt)
+            text = cell(s.get(key), fmt)
             if key == "best_eval_loss" and s.get("best_eval_loss_std") is not None:
-                cell += f" ± {s['best_eval_loss_std']:.4f}"
-            cells.append(cell)
+                text += f" ± {s['best_eval_loss_std']:.4f}"
+            cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -38,7 +38,21 @@ class Settings:
     n_val: int = 0  # validation blocks
     train_tokens: int = 0  # loss-carrying tokens in one epoch of the training blocks
     block: int = 128
+    # the realistic workload (scripts/bench_smollm2.py) sets these; the tiny one keeps the defaults
+    workload: str = "tiny"  # tiny | smollm2
+    micro_batch: int = 0  # peers: per-device batch, the rest accumulated (0: the whole batch at once)
+    peer_eval_batch: int = 0  # peers: evaluation batch (0: every validation block in one batch)
+    bf16: bool = False  # peers: TrainingArguments(bf16=True), CPU autocast as hpo's precision auto
+    warmup_ratio: float = 0.0  # peers: TrainingArguments(warmup_ratio=...) (HF's default 0)
+    keep_checkpoints: int = 0  # peers: checkpoints kept per trial (0: every one, Ray's default)
     peer_units: dict[str, Any] = field(default_factory=dict)
+
+    def searches_dropout(self) -> bool:
+        return self.dropout[1] > 0
+
+    def accumulation(self, batch: int) -> int:
+        """Micro-batches per optimizer step for the peers at ``batch`` (1 without ``micro_batch``)."""
+        return max(1, batch // self.micro_batch) if self.micro_batch else 1
 
     def steps_per_epoch(self, batch: int) -> int:
         return math.ceil(self.n_train / batch)

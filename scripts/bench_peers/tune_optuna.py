@@ -27,22 +27,31 @@ def trainable(config: dict[str, Any], bench: dict[str, Any]) -> None:
     torch.set_num_threads(bench["cpus"])
     train, val = common.hf_datasets(bench["data_path"])
 
+    timing = common.TimingCallback(bench["timing"])
+
     class Report(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
-            with tempfile.TemporaryDirectory() as d:
-                model.save_pretrained(d)  # weights only, no optimizer state
-                tune.report(
-                    {"eval_loss": metrics["eval_loss"], "step": state.global_step, "epoch": state.epoch},
-                    checkpoint=tune.Checkpoint.from_directory(d),
-                )
+            t0 = time.perf_counter()
+            try:  # ASHA's stop is raised inside report, after Ray copied the checkpoint
+                with tempfile.TemporaryDirectory() as d:
+                    model.save_pretrained(d)  # weights only, no optimizer state
+                    tune.report(
+                        {"eval_loss": metrics["eval_loss"], "step": state.global_step, "epoch": state.epoch},
+                        checkpoint=tune.Checkpoint.from_directory(d),
+                    )
+            finally:
+                timing.saved(time.perf_counter() - t0, state.global_step)
 
+    s = Settings.from_dict(bench["settings"])
+    batch = {
+        k: config[k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps") if k in config
+    }
     args = TrainingArguments(
         output_dir=os.path.join(bench["work_dir"], "hf_out"),
         eval_strategy="steps",
         eval_steps=bench["eval_steps"],
         save_strategy="no",
         learning_rate=config["learning_rate"],
-        per_device_train_batch_size=config["per_device_train_batch_size"],
         num_train_epochs=config["num_train_epochs"],
         weight_decay=config["weight_decay"],
         per_device_eval_batch_size=bench["eval_batch"],  # all blocks: a token-weighted eval_loss
@@ -51,14 +60,15 @@ def trainable(config: dict[str, Any], bench: dict[str, Any]) -> None:
         seed=bench["seed"],
         use_cpu=True,
         disable_tqdm=True,
+        **{**common.workload_args(s), **batch},
     )
     trainer = Trainer(
-        model=common.make_model(bench["model_path"], config["dropout"]),
+        model=common.make_model(bench["model_path"], config.get("dropout")),
         args=args,
         train_dataset=train,
         eval_dataset=val,
         data_collator=default_data_collator,
-        callbacks=[common.TimingCallback(bench["timing"]), Report()],
+        callbacks=[timing, Report()],
     )
     trainer.train()
 
@@ -71,11 +81,14 @@ class Space:
 
     def __call__(self, trial) -> None:
         s = self.s
+        from bench_peers.common import batch_choices
+
         trial.suggest_float("learning_rate", *s.lr, log=True)
-        trial.suggest_categorical("per_device_train_batch_size", list(s.batch_sizes))
+        trial.suggest_categorical(*batch_choices(s))
         trial.suggest_int("num_train_epochs", *s.epochs)
         trial.suggest_float("weight_decay", *s.weight_decay)
-        trial.suggest_float("dropout", *s.dropout)
+        if s.searches_dropout():
+            trial.suggest_float("dropout", *s.dropout)
 
 
 def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +112,8 @@ def run(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "work_dir": work,
         "timing": timing,
         "eval_steps": units["eval_steps"],
-        "eval_batch": s.n_val,
+        "eval_batch": s.peer_eval_batch or s.n_val,
+        "settings": cfg["settings"],
         "seed": s.seed,
         "cpus": s.cpus_per_trial,
     }
