@@ -383,6 +383,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "checkpoint",
         "train_s",
         "eval_s",
+        "save_s",
         "trial_s",
         "tokens",
         "tokens_per_s",

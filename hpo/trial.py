@@ -383,7 +383,7 @@ class _State:
         self.best_metrics: dict[str, float] = {}
         self.best_epoch = 0.0
         self.since_best = 0  # evaluations since the objective last improved
-        self.train_s = self.eval_s = 0.0
+        self.train_s = self.eval_s = self.save_s = 0.0
         self.tokens = 0
         self.loss_sum, self.loss_n = 0.0, 0
         self.checkpoint: str | None = None
@@ -430,7 +430,9 @@ def _evaluate_and_keep(
     )
     state.eval_s += time.perf_counter() - t0
     if state.improved(m, epoch) and dist.is_main:
+        t1 = time.perf_counter()
         state.checkpoint = save_checkpoint(model, config, step)
+        state.save_s += time.perf_counter() - t1
     return {
         **m,
         "epoch": round(epoch, 6),
@@ -444,7 +446,8 @@ def _evaluate_and_keep(
         "tokens": state.tokens,
         "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
         "train_s": state.train_s,
-        "eval_s": state.eval_s,
+        "eval_s": state.eval_s,  # the evaluations, checkpoint writes included
+        "save_s": state.save_s,  # writing checkpoints
         "trial_s": time.perf_counter() - state.started,
     }
 
