@@ -54,9 +54,11 @@ def test_dropout_problem_only_when_searched_on_a_model_without_dropout():
     assert checkpoint.dropout_problem(None, searched=True) is None  # a hub id: not known here
 
 
-def test_create_refuses_to_search_dropout_on_a_model_without_any(tmp_path):
+def test_create_refuses_to_search_dropout_on_a_model_without_any(tmp_path, tiny_model):
+    import shutil
+
     model = tmp_path / "lfm2"
-    model.mkdir()
+    shutil.copytree(tiny_model, model)  # a folder create finds: tokenizer and safetensors weights
     (model / "config.json").write_text(json.dumps({"model_type": "lfm2", "hidden_size": 64}))
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     searched = small_spec(tmp_path, name="searched", model=str(model))
