@@ -74,7 +74,9 @@ def _check_export(out, best, spec_path, tiny_model):
     info = json.loads((out / "hpo.json").read_text())
     assert info["trial"] == best.number and info["hyperparameters"]["weight_decay"] == 0.01
     card = (out / "README.md").read_text()
-    assert "hpo export" in card and f"| trained in | {best.user_attrs['precision']} on cpu |" in card
+    trained = {"bf16": "bf16 autocast, fp32 weights", "fp32": "fp32"}[best.user_attrs["precision"]]
+    assert "hpo export" in card and f"| trained in | {trained} on cpu |" in card
+    assert "| weights saved in | float32 |" in card  # the tiny model's own dtype
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("Hi, where is my order A1234567?\n", return_tensors="pt").input_ids

@@ -107,8 +107,9 @@ def test_an_out_of_memory_trial_fails_alone_and_the_study_completes(tmp_path, ti
     trials = optuna.load_study(study_name="oom", storage=url).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [1]
-    assert failed[0].user_attrs["error_class"] == "TrialError"
-    assert "out of memory" in failed[0].user_attrs["error_message"]
+    assert failed[0].user_attrs["error_class"] == "OutOfMemory"
+    message = failed[0].user_attrs["error_message"]
+    assert message.startswith("out of memory at batch_size") and "max_micro_batch: auto" in message
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
 
 
