@@ -98,7 +98,7 @@ def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_
     config = {**trial_config(prepared, tiny_model, tmp_path / "f", PARAMS), "trial_number": 7}
     with pytest.raises(warmstart.TrialProcessError, match="out of memory") as e:
         forked.run(config, lambda m: None)
-    assert e.value.error_class == "TrialError"
+    assert e.value.error_class == "OutOfMemory"
     forked.close()
 
 
