@@ -236,7 +236,15 @@ class OptunaBridge(Searcher):
         resuming from its checkpoint when it had one)."""
         trial.set_user_attr("fail_reason", "interrupted")
         self._study.tell(trial, state=TrialState.FAIL)
-        requeue(self._study, trial.number, params, self._spec, trial.user_attrs.get("trial_dir"))
+        attrs = trial.user_attrs
+        requeue(
+            self._study,
+            trial.number,
+            params,
+            self._spec,
+            attrs.get("trial_dir"),
+            attrs.get("resume_checkpoint"),
+        )
         self._on_event(Event("interrupted", trial.number, params, message="re-queued"))
 
     def abandon_live(self) -> None:
@@ -411,12 +419,15 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
     except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
     ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
-    from them has finished."""
+    from them has finished, and any checkpoint a queued or running trial is to resume from (down a
+    chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
+    resumed from)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
     resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
     pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
+    needed = {t.user_attrs.get("resume_checkpoint") for t in trials if not t.state.is_finished()}
     out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
@@ -426,15 +437,22 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
             t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
         ):
             continue  # its re-queued trial will resume from this checkpoint
-        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
+        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir() and str(p) not in needed)
     return out
 
 
 def requeue(
-    study: optuna.Study, number: int, params: dict[str, Any], spec: StudySpec, trial_dir: str | None = None
+    study: optuna.Study,
+    number: int,
+    params: dict[str, Any],
+    spec: StudySpec,
+    trial_dir: str | None = None,
+    resumed: str | None = None,
 ) -> None:
-    """Put an interrupted trial's searched parameters back in the queue, with its best checkpoint
-    (found through the trial folder's BEST pointer, which moves atomically)."""
+    """Put an interrupted trial's searched parameters back in the queue, with its latest checkpoint:
+    its own best (found through the trial folder's BEST pointer, which moves atomically), else the
+    one it was itself to resume from (``resumed``: it was re-queued, and interrupted again before
+    it wrote a checkpoint of its own, or even before it claimed a folder)."""
     from hpo.trial import best_checkpoint
 
     searched = {k: v for k, v in params.items() if k in spec.space.searched()}
@@ -442,6 +460,8 @@ def requeue(
         return
     attrs: dict[str, Any] = {"requeued_from": number}
     checkpoint = best_checkpoint(trial_dir) if trial_dir else None
+    if checkpoint is None and resumed and Path(resumed).is_dir():
+        checkpoint = Path(resumed)
     if checkpoint is not None:
         attrs["resume_checkpoint"] = str(checkpoint)
     storage_mod.enqueue(study, searched, **attrs)
@@ -493,7 +513,8 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
     for frozen in recovered:
         # killed before its parameters were written: the ones it was enqueued with, if any
         params = frozen.params or dict(frozen.user_attrs.get(ENQUEUED_ATTR) or {})
-        requeue(study, frozen.number, params, spec, frozen.user_attrs.get("trial_dir"))
+        attrs = frozen.user_attrs
+        requeue(study, frozen.number, params, spec, attrs.get("trial_dir"), attrs.get("resume_checkpoint"))
     return sorted(t.number for t in recovered)
 
 

@@ -244,3 +244,38 @@ def test_at_the_tail_the_running_trials_are_told_to_take_the_idle_cores(tmp_path
         assert share.read_text() == "2\n"  # the last trial alone: both cores
     finally:
         bridge.close()
+
+
+def test_a_trial_interrupted_before_its_own_checkpoint_passes_on_the_one_it_resumed_from(
+    tmp_path: Path, monkeypatch
+):
+    """Trial 0 wrote a checkpoint and was killed; trial 1, re-queued to resume from it, was killed
+    before it wrote one of its own (here before it even claimed a folder): its re-queue must carry
+    trial 0's checkpoint on, and the garbage collector must keep that checkpoint while a queued
+    trial is to resume from it (found by tests/test_fault_sweep.py: the chain restarted from
+    scratch)."""
+    from hpo.checkpoint import POINTER
+
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.close()
+    spec = storage_mod.spec_of(study)
+    first = tmp_path / "trials" / "00000"
+    (first / "step-0000004").mkdir(parents=True)
+    (first / POINTER).write_text("step-0000004")
+    checkpoint = str(first / "step-0000004")
+    zero = study.ask()
+    zero.set_user_attr("trial_dir", str(first))
+    zero.set_user_attr("fail_reason", "interrupted")
+    study.tell(zero, state=TrialState.FAIL)
+    storage_mod.enqueue(study, {"learning_rate": 1e-3}, requeued_from=0, resume_checkpoint=checkpoint)
+    assert study.ask().number == 1  # taken from the queue; then its driver died
+    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    assert recover_stale(study, spec) == [1]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs["requeued_from"] == 1
+    assert trials[2].user_attrs["resume_checkpoint"] == checkpoint
+    minimize = optuna.study.StudyDirection.MINIMIZE
+    assert checkpoint not in checkpoints_to_delete(trials, keep=1, direction=minimize)
+    # once no trial is to resume from it, it goes
+    assert checkpoints_to_delete(trials[:2], keep=1, direction=minimize) == [checkpoint]
