@@ -235,6 +235,7 @@ class OptunaBridge(Searcher):
         """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
         resuming from its checkpoint when it had one)."""
         trial.set_user_attr("fail_reason", "interrupted")
+        trial.set_user_attr(REQUEUER_ATTR, _this_process())
         self._study.tell(trial, state=TrialState.FAIL)
         attrs = trial.user_attrs
         requeue(
@@ -480,6 +481,10 @@ def du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
 
 
+#: On a trial failed as interrupted: the process (host, pid) that failed it and re-queues it next.
+#: Should that process die between the two writes, the next recovery sees it gone and re-queues.
+REQUEUER_ATTR = "requeued_by"
+
 #: A RUNNING trial that no run ever claimed (a driver died between creating it and writing its
 #: host and pid, a window of a few storage writes) is an orphan once it is this old.
 ORPHAN_S = 30.0
@@ -496,13 +501,16 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
     """
     storage = storage_mod.backend(study)
     study_id = storage_mod.study_id(study)
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
     dead = set(_dead_here(running, running_here)) | set(_orphans(running))
-    recovered = []
+    # failed as interrupted by a run that died before it re-queued them (a window of a few writes)
+    recovered = _unqueued(trials, set(spec.space.searched()), running_here)
     for frozen in (t for t in running if t.number in dead):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+            storage.set_trial_user_attr(trial_id, REQUEUER_ATTR, _this_process())
             if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -511,11 +519,49 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
     # any host: heartbeats older than the grace period (Optuna fails them; it has no reason to note)
     recovered += storage_mod.fail_stale(study)
     for frozen in recovered:
-        # killed before its parameters were written: the ones it was enqueued with, if any
-        params = frozen.params or dict(frozen.user_attrs.get(ENQUEUED_ATTR) or {})
         attrs = frozen.user_attrs
-        requeue(study, frozen.number, params, spec, attrs.get("trial_dir"), attrs.get("resume_checkpoint"))
+        requeue(
+            study, frozen.number, _drawn(frozen), spec, attrs.get("trial_dir"), attrs.get("resume_checkpoint")
+        )
     return sorted(t.number for t in recovered)
+
+
+def _drawn(trial) -> dict[str, Any]:
+    """A trial's parameters; killed before it wrote them: the ones it was enqueued with, if any."""
+    return trial.params or dict(trial.user_attrs.get(ENQUEUED_ATTR) or {})
+
+
+def _unqueued(trials: list, searched: set[str], this_process_alive: bool = False) -> list:
+    """The trials failed as interrupted whose searched parameters no trial was re-queued with,
+    because the process that failed them died before it re-queued them: on this host, that process
+    is gone (or is this one, unless ``this_process_alive``); on another, the failure is older
+    than the storage's grace period."""
+    requeued = {t.user_attrs.get("requeued_from") for t in trials}
+    now = datetime.datetime.now()  # Optuna stamps trials with naive local time
+    out = []
+    for t in trials:
+        by = t.user_attrs.get(REQUEUER_ATTR)
+        if (
+            t.state != TrialState.FAIL
+            or not isinstance(by, dict)
+            or t.number in requeued
+            or not searched.intersection(_drawn(t))
+        ):
+            continue
+        if by.get("host") == socket.gethostname():
+            gone = _gone(by.get("pid"), this_process_alive)
+        else:
+            gone = (
+                t.datetime_complete is not None
+                and (now - t.datetime_complete).total_seconds() > storage_mod.GRACE_S
+            )
+        if gone:
+            out.append(t)
+    return out
+
+
+def _this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _orphans(running: list) -> list[int]:
@@ -535,16 +581,19 @@ def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
     """Numbers of the RUNNING trials started by a process of this host that no longer exists (or by
     this process, unless ``this_process_alive``: its trials are then its own live ones)."""
     host = socket.gethostname()
-    out = []
-    for t in running:
-        pid = t.user_attrs.get("pid")
-        if (
-            t.user_attrs.get("host") == host
-            and isinstance(pid, int)
-            and (not this_process_alive if pid == os.getpid() else not _alive(pid))
-        ):
-            out.append(t.number)
-    return out
+    return [
+        t.number
+        for t in running
+        if t.user_attrs.get("host") == host and _gone(t.user_attrs.get("pid"), this_process_alive)
+    ]
+
+
+def _gone(pid: Any, this_process_alive: bool) -> bool:
+    """Whether the process ``pid`` of this host no longer runs (this process counts as gone
+    unless ``this_process_alive``: its own earlier run's leftovers)."""
+    if not isinstance(pid, int):
+        return False
+    return not this_process_alive if pid == os.getpid() else not _alive(pid)
 
 
 def _alive(pid: int) -> bool:

@@ -351,6 +351,8 @@ def _strike(w: Watch, moment: Moment) -> Kill:
     _crash(w.proc)
     w.poll()  # what the kill left behind
     running = w.new(TrialState.RUNNING)  # older RUNNING trials were left by an earlier kill
+    if _unqueued(w):
+        note = f"left trials {_unqueued(w)} failed and not yet re-queued"
     return Kill(
         moment.name, moment.landed(w), at, [t.number for t in running], _checkpoints(w, running), note
     )

@@ -4,6 +4,8 @@ real Optuna storage (no Ray cluster needed: Tune calls these same hooks)."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -279,3 +281,42 @@ def test_a_trial_interrupted_before_its_own_checkpoint_passes_on_the_one_it_resu
     assert checkpoint not in checkpoints_to_delete(trials, keep=1, direction=minimize)
     # once no trial is to resume from it, it goes
     assert checkpoints_to_delete(trials[:2], keep=1, direction=minimize) == [checkpoint]
+
+
+def test_a_trial_failed_by_a_run_that_died_before_re_queuing_it_is_re_queued_once(tmp_path: Path):
+    """The recovery fails a dead run's trial, then re-queues its parameters: a rerun killed between
+    those writes left the trial FAIL and its parameters in no queue, lost for good (found by
+    tests/test_fault_sweep.py). The failing run names itself on the trial; once it is gone, the
+    next recovery re-queues the trial, once."""
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.suggest("ray0")
+    bridge.suggest("ray1")
+    bridge.close()
+    storage = storage_mod.backend(study)
+    ids = [storage.get_trial_id_from_study_id_trial_number(storage_mod.study_id(study), n) for n in (0, 1)]
+    # a rerun failed both (their run had died), then died itself before it re-queued trial 0;
+    # trial 1's recoverer is alive (re-queuing it right now): it is left to that process
+    for trial_id, pid in zip(ids, (2**22 + 1, os.getppid()), strict=True):
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+        storage.set_trial_user_attr(
+            trial_id, searcher.REQUEUER_ATTR, {"host": socket.gethostname(), "pid": pid}
+        )
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    spec = storage_mod.spec_of(study)
+    assert recover_stale(study, spec) == [0]
+    assert recover_stale(study, spec) == []
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs["requeued_from"] == 0
+    assert trials[2].user_attrs[storage_mod.ENQUEUED_ATTR] == trials[0].params
+
+
+def test_a_run_names_itself_on_the_trials_it_fails_as_interrupted(tmp_path: Path):
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    try:
+        bridge.suggest("ray0")
+        bridge.abandon_live()
+        by = study.get_trials()[0].user_attrs[searcher.REQUEUER_ATTR]
+        assert by == {"host": socket.gethostname(), "pid": os.getpid()}
+    finally:
+        bridge.close()
