@@ -527,8 +527,10 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
 
 
 def _drawn(trial) -> dict[str, Any]:
-    """A trial's parameters; killed before it wrote them: the ones it was enqueued with, if any."""
-    return trial.params or dict(trial.user_attrs.get(ENQUEUED_ATTR) or {})
+    """A trial's parameters: those it was enqueued with (if any), and those it wrote. A trial killed
+    while it wrote them (one storage write each) has written only some: the rest are the queued ones
+    (a re-queued trial), or are sampled afresh when it is re-queued (a new trial: it never trained)."""
+    return {**(trial.user_attrs.get(ENQUEUED_ATTR) or {}), **trial.params}
 
 
 def _unqueued(trials: list, searched: set[str], this_process_alive: bool = False) -> list:

@@ -396,14 +396,14 @@ def _problems(trials: list[FrozenTrial], kill: Kill) -> list[str]:
     out = []
     for number in kill.interrupted:
         t = by_number[number]
-        drawn = t.params or t.user_attrs.get(ENQUEUED_ATTR) or {}
+        # killed while writing its parameters, a trial taken from the queue holds only some
+        drawn = {**(t.user_attrs.get(ENQUEUED_ATTR) or {}), **t.params}
         again = successors.get(number, [])
         if t.user_attrs.get("fail_reason") != "interrupted":
             out.append(f"trial {number} is {t.state.name}, not FAIL interrupted")
-        if len(again) != (1 if drawn else 0) or any(u.params != drawn for u in again):
-            out.append(
-                f"trial {number} (params {drawn}) was re-queued as {[(u.number, u.params) for u in again]}"
-            )
+        if len(again) != (1 if drawn else 0) or any(u.user_attrs[ENQUEUED_ATTR] != drawn for u in again):
+            queued = [(u.number, u.user_attrs.get(ENQUEUED_ATTR)) for u in again]
+            out.append(f"trial {number} (params {drawn}) was re-queued as {queued}")
             continue
         checkpoint = kill.checkpoints[number]
         for u in again:

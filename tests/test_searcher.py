@@ -320,3 +320,21 @@ def test_a_run_names_itself_on_the_trials_it_fails_as_interrupted(tmp_path: Path
         assert by == {"host": socket.gethostname(), "pid": os.getpid()}
     finally:
         bridge.close()
+
+
+def test_a_queued_trial_killed_while_writing_its_parameters_is_re_queued_with_all_of_them(
+    tmp_path: Path, monkeypatch
+):
+    """A trial taken from the queue writes its parameters one storage write at a time: killed after
+    some, it was re-queued with only those and the rest sampled afresh (found by
+    tests/test_fault_sweep.py: trial 5 lost its queued dropout)."""
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.close()
+    queued = {"learning_rate": 1e-3, "batch_size": 16, "dropout": 0.05}
+    storage_mod.enqueue(study, queued, requeued_from=7)
+    study.ask().suggest_float("learning_rate", 1e-4, 1e-2, log=True)  # then its driver died
+    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    assert recover_stale(study, storage_mod.spec_of(study)) == [0]
+    trials = study.get_trials()
+    assert trials[0].params == {"learning_rate": 1e-3}
+    assert trials[1].user_attrs[storage_mod.ENQUEUED_ATTR] == queued
