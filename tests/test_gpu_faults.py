@@ -86,10 +86,10 @@ TUNE_REUSE = """
 import json, os, sys
 from pathlib import Path
 from ray import tune
-from hpo import runner
+from hpo import raystart
 
 out = Path(sys.argv[1])
-assert runner._start_ray(runner.RunOptions(target=1, runs_dir=out / "runs"))
+assert raystart.start(out / "runs")
 
 def trainable(config):
     (out / f"pid-{config['n']}").write_text(str(os.getpid()))
@@ -106,14 +106,14 @@ tuner = tune.Tuner(
     ),
 )
 tuner.fit()
-runner._stop_ray()
+raystart.stop()
 print(json.dumps({n: int((out / f"pid-{n}").read_text()) for n in range(4)}))
 """
 
 
 @pytest.mark.e2e
 def test_tune_never_gives_the_process_of_a_trial_that_errored_another_trial(tmp_path):
-    """What ``runner._trainable`` relies on when a trial that trains in its Ray process hits a
+    """What ``trainable.run_trial`` relies on when a trial that trains in its Ray process hits a
     sticky CUDA error: it raises, and Tune ends that process instead of reusing it."""
     r = subprocess.run(
         [sys.executable, "-c", TUNE_REUSE, str(tmp_path)], capture_output=True, text=True, timeout=300

@@ -301,13 +301,13 @@ def test_a_trial_takes_the_threads_the_driver_offers_and_gives_them_back(prepare
 def test_a_settled_trial_process_has_its_imports_frozen_and_still_frees_each_trials_model(
     prepared, tiny_model, tmp_path
 ):
-    """runner._settle_process (once per Ray trial process): the libraries' objects are frozen out
+    """trainable.settle_process (once per Ray trial process): the libraries' objects are frozen out
     of the collector's reach, and a trial's model, optimizer and tensors are still collected."""
     code = f"""
 import gc, json, weakref
-from hpo import runner, trial
+from hpo import trainable, trial
 import hpo.checkpoint as checkpoint
-runner._settle_process({tiny_model!r})
+trainable.settle_process({tiny_model!r})
 frozen = gc.get_freeze_count()
 models = []
 real_load = checkpoint.load_model
