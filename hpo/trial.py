@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import distributed, gcpause, lmhead, memory
+from hpo import collective, distributed, gcpause, lmhead, memory
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -82,7 +82,8 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
     import torch
 
     try:
-        with distributed.ranks(config) as dist:  # gpus > 1: this process is rank 0 of a data-parallel trial
+        # gpus > 1: this process is rank 0 of a data-parallel trial, its other ranks run ``run`` too
+        with distributed.ranks(config, run) as dist:
             return _run(config, report, dist)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not memory.is_oom(str(e)):
@@ -192,7 +193,7 @@ def options(config: dict[str, Any]) -> dict[str, Any]:
 def _run(
     config: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
-    dist: distributed.Dist = distributed.SINGLE,
+    dist: collective.Dist = collective.SINGLE,
 ) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -415,7 +416,7 @@ class _State:
 
 
 def _evaluate_and_keep(
-    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=distributed.SINGLE
+    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=collective.SINGLE
 ) -> dict:
     t0 = time.perf_counter()
     m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
@@ -551,7 +552,7 @@ class _LossOptions:
 
 
 def _step(
-    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=distributed.SINGLE
+    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=collective.SINGLE
 ) -> tuple[float, int]:
     """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
     mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass, plus

@@ -35,6 +35,7 @@ LIGHT = (
     "hpo.raystart",
     "hpo.resources",
     "hpo.trainable",
+    "hpo.collective",
 )
 
 # the module map of DESIGN.md as layers: a module imports from its own layer or below
@@ -59,6 +60,7 @@ LAYERS = {
     "lmhead": 2,
     "dropout": 2,
     "checkpoint": 2,
+    "collective": 2,
     "distributed": 2,
     "trial": 2,
     "warmstart": 2,
@@ -84,6 +86,7 @@ TORCH_ALLOWED = {
     "hpo/basemodel.py",
     "hpo/modelbuild.py",
     "hpo/distributed.py",
+    "hpo/collective.py",
     "hpo/warmstart.py",
     "hpo/export.py",  # only to cast weights to another dtype (hpo export --dtype), inside the function
 }  # inside functions in data.py

@@ -38,7 +38,7 @@ def test_torch_still_has_the_abort_distributed_uses_after_a_failed_nccl_rank():
     import torch.distributed as td
 
     assert callable(td.distributed_c10d._abort_process_group), (
-        "torch moved distributed_c10d._abort_process_group: fix hpo/distributed.py:_leave_group"
+        "torch moved distributed_c10d._abort_process_group: fix hpo/collective.py:leave_group"
     )
 
 
