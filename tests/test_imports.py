@@ -1,5 +1,6 @@
-"""Heavy libraries load only where they are used, and imports keep DESIGN.md's module map:
-cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage/spec -> errors."""
+"""Heavy libraries load only where they are used, and imports keep docs/architecture.md's module
+map: cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage/spec -> errors,
+with no import cycle among hpo's modules."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ LIGHT = (
     "hpo.collective",
 )
 
-# the module map of DESIGN.md as layers: a module imports from its own layer or below
+# the module map of docs/architecture.md as layers: a module imports from its own layer or below
 LAYERS = {
     "errors": 0,
     "gcpause": 0,
@@ -256,3 +257,86 @@ def test_imports_flow_down_the_module_map():
                 upward.append(f"{_where(p)}:{line} imports {mod}")
     assert not unknown, f"place these modules in DESIGN.md's module map and in LAYERS here: {unknown}"
     assert not upward, f"imports must flow down the module map (DESIGN.md): {upward}"
+
+
+def _hpo_module(name: str) -> str | None:
+    """``hpo.x`` (or ``hpo.x.y``) -> ``x`` when hpo/x.py exists; ``hpo`` itself -> ``__init__``."""
+    parts = name.split(".")
+    if parts[0] != "hpo":
+        return None
+    if len(parts) > 1 and (ROOT / "hpo" / f"{parts[1]}.py").exists():
+        return parts[1]
+    return "__init__"  # ``from hpo import create_study``: the package's facade
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """hpo's modules -> the hpo modules each imports, function-level imports included."""
+    graph: dict[str, set[str]] = {}
+    for p in sorted((ROOT / "hpo").glob("*.py")):
+        targets = {_hpo_module(mod) for mod, _ in _imports(p)}
+        graph[p.stem] = {t for t in targets if t is not None and t != p.stem}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a path that returns to its start) through each strongly connected part of
+    ``graph`` that has more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    parts: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                parts.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_a_cycle(graph, sorted(part)) for part in parts]
+
+
+def _a_cycle(graph: dict[str, set[str]], part: list[str]) -> list[str]:
+    """A path from ``part[0]`` back to itself inside ``part`` (breadth first: the shortest)."""
+    start, inside = part[0], set(part)
+    paths = [[start]]
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(graph[path[-1]] & inside):
+            if w == start:
+                return [*path, start]
+            if w not in path:
+                paths.append([*path, w])
+    return part
+
+
+def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle_among_hpo_modules():
+    """A cycle, even through an import inside a function, means two modules are one idea split
+    in two, or a lower module reaching up: move what both need below them."""
+    graph = _import_graph()
+    assert "trial" in graph["trainable"]  # the graph sees function-level imports
+    cycles = [" -> ".join(c) for c in _cycles(graph)]
+    assert not cycles, f"import cycles among hpo modules: {cycles}"
