@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import cudafault, trial
+from hpo import cudafault, faultinject, trial
 from hpo.errors import CudaError
 from hpo.warmstart import TrialProcessError
 from tests.conftest import run_cli, small_spec, trial_config
@@ -76,7 +76,7 @@ def test_a_sticky_error_becomes_one_cuda_error_with_a_one_line_message():
 
 
 def test_the_test_hook_fails_a_trial_with_a_sticky_cuda_error(prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "0:cuda")
+    monkeypatch.setenv(faultinject.FAIL_ENV, "0:cuda")
     with pytest.raises(RuntimeError) as failed:
         trial.run(trial_config(prepared, tiny_model, tmp_path / "c", PARAMS), lambda m: None)
     assert isinstance(cudafault.fault(failed.value), CudaError)

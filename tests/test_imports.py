@@ -37,6 +37,10 @@ LIGHT = (
     "hpo.resources",
     "hpo.trainable",
     "hpo.collective",
+    "hpo.trialsetup",
+    "hpo.evaluation",
+    "hpo.trialmemory",
+    "hpo.faultinject",
 )
 
 # the module map of docs/architecture.md as layers: a module imports from its own layer or below
@@ -63,6 +67,10 @@ LAYERS = {
     "checkpoint": 2,
     "collective": 2,
     "distributed": 2,
+    "trialsetup": 2,
+    "evaluation": 2,
+    "trialmemory": 2,
+    "faultinject": 2,
     "trial": 2,
     "warmstart": 2,
     "searcher": 2,
@@ -88,6 +96,10 @@ TORCH_ALLOWED = {
     "hpo/modelbuild.py",
     "hpo/distributed.py",
     "hpo/collective.py",
+    "hpo/trialsetup.py",
+    "hpo/evaluation.py",
+    "hpo/trialmemory.py",
+    "hpo/faultinject.py",
     "hpo/warmstart.py",
     "hpo/export.py",  # only to cast weights to another dtype (hpo export --dtype), inside the function
 }  # inside functions in data.py

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import searcher, trial, warmstart
+from hpo import faultinject, searcher, trial, warmstart
 from hpo.errors import TrialError
 from tests.conftest import small_spec, trial_config
 from tests.test_trial import PARAMS
@@ -91,7 +91,7 @@ def test_a_stop_at_a_report_stops_the_trial_there_and_the_process_serves_the_nex
 
 
 def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "7:oom")  # the forked process takes this process's environment
+    monkeypatch.setenv(faultinject.FAIL_ENV, "7:oom")  # the forked process takes this process's environment
     for address in list(warmstart._CHILD):
         warmstart._CHILD[address].close()  # fork a new one, with the environment above
     forked = _forked(warm)
@@ -107,7 +107,7 @@ def test_a_sticky_cuda_error_ends_the_trial_process_and_the_next_trial_forks_ane
 ):
     """hpo/cudafault.py: CUDA cannot be used again in a process after such an error, so the forked
     process reports the trial as ``CudaError`` and exits; the Ray process forks a new one."""
-    monkeypatch.setenv(trial.FAIL_ENV, "3:cuda")
+    monkeypatch.setenv(faultinject.FAIL_ENV, "3:cuda")
     for address in list(warmstart._CHILD):
         warmstart._CHILD[address].close()  # fork a new one, with the environment above
     forked = _forked(warm)
