@@ -19,6 +19,7 @@ HEAVY = ("torch", "ray", "transformers", "datasets")
 LIGHT = (
     "hpo.cli",
     "hpo.spec",
+    "hpo.specsections",
     "hpo.space",
     "hpo.storage",
     "hpo.data",
@@ -48,6 +49,7 @@ LAYERS = {
     "errors": 0,
     "gcpause": 0,
     "models": 1,
+    "specsections": 1,
     "spec": 1,
     "params": 1,
     "space": 1,
