@@ -97,12 +97,12 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
 
 
 def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_path: str, warm, t0: float):
-    from hpo import basemodel, data, gcpause
+    from hpo import basemodel, data, gcpause, recovery
 
     with gcpause.paused():  # it imports Ray Tune: ~0.4 s less CPU with the collector paused
         from hpo import searcher
 
-    summary.recovered = searcher.recover_stale(study, spec)
+    summary.recovered = recovery.recover_stale(study, spec)
     if summary.finished_before >= opts.target:
         return _finish_summary(summary, study, t0)
     # 1. the data, once, in the driver (trials only read it)

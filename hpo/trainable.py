@@ -98,7 +98,7 @@ def _placement_seen() -> dict[str, Any]:
 def _write_error(folder: str, e: BaseException) -> None:
     import json
 
-    from hpo.searcher import ERROR_FILE
+    from hpo.bookkeeping import ERROR_FILE
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     message = (str(e).strip().splitlines() or [""])[0][:500]

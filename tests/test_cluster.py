@@ -223,7 +223,7 @@ def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model
 
 
 def test_a_trials_placement_reaches_its_user_attributes():
-    from hpo.searcher import summary_attrs
+    from hpo.bookkeeping import summary_attrs
 
     last = {
         "epoch": 1.0,

@@ -42,6 +42,8 @@ LIGHT = (
     "hpo.evaluation",
     "hpo.trialmemory",
     "hpo.faultinject",
+    "hpo.bookkeeping",
+    "hpo.recovery",
 )
 
 # the module map of docs/architecture.md as layers: a module imports from its own layer or below
@@ -75,6 +77,8 @@ LAYERS = {
     "faultinject": 2,
     "trial": 2,
     "warmstart": 2,
+    "bookkeeping": 2,
+    "recovery": 2,
     "searcher": 2,
     "raystart": 3,
     "resources": 3,

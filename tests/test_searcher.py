@@ -11,17 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import searcher, space
+from hpo import recovery, space
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
-from hpo.searcher import (
-    BUDGET_DONE,
-    OptunaBridge,
-    checkpoints_to_delete,
-    eval_step,
-    final_state,
-    recover_stale,
-)
+from hpo.bookkeeping import BUDGET_DONE, checkpoints_to_delete, eval_step, final_state
+from hpo.recovery import recover_stale
+from hpo.searcher import OptunaBridge
 from tests.conftest import small_spec
 
 
@@ -162,7 +157,7 @@ def test_a_trial_no_run_claimed_is_recovered_after_the_orphan_grace(tmp_path: Pa
     study.ask()  # created RUNNING, never claimed
     spec = storage_mod.spec_of(study)
     assert recover_stale(study, spec) == []  # young: its run may be writing its attributes now
-    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
     assert recover_stale(study, spec) == [0]
     # it drew no parameters: nothing to put back in the queue (a new trial samples afresh)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]

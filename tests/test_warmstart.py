@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import faultinject, searcher, trial, warmstart
+from hpo import bookkeeping, faultinject, trial, warmstart
 from hpo.errors import TrialError
 from tests.conftest import small_spec, trial_config
 from tests.test_trial import PARAMS
@@ -266,7 +266,7 @@ def test_a_run_forks_its_trials_and_leaves_no_process_behind(tmp_path, tiny_mode
     left = [p for p in Path("/proc").glob("[0-9]*") if _is_warm(p) and _driver(p) == os.getpid()]
     assert not [p for p in left if ours not in (int(p.name), _ppid(int(p.name)))]
     trials = optuna.load_study(study_name="small", storage=url).get_trials()
-    assert all(searcher.read_error(Path(t.user_attrs["trial_dir"])) is None for t in trials)
+    assert all(bookkeeping.read_error(Path(t.user_attrs["trial_dir"])) is None for t in trials)
 
 
 def _driver(proc: Path) -> int | None:
