@@ -75,12 +75,15 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
     except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
     ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
-    from them has finished."""
+    from them has finished, and any checkpoint a queued or running trial is to resume from (down a
+    chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
+    resumed from)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
     resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
     pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
+    needed = {t.user_attrs.get("resume_checkpoint") for t in trials if not t.state.is_finished()}
     out: list[str] = []
     for t in trials:
         folder = t.user_attrs.get("trial_dir")
@@ -90,7 +93,7 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
             t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
         ):
             continue  # its re-queued trial will resume from this checkpoint
-        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir())
+        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir() and str(p) not in needed)
     return out
 
 

@@ -46,7 +46,7 @@ from hpo.bookkeeping import (
     read_error,
     summary_attrs,
 )
-from hpo.recovery import recover_stale, requeue
+from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
 from hpo.storage import HEARTBEAT_S
 
@@ -242,8 +242,17 @@ class OptunaBridge(Searcher):
         """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
         resuming from its checkpoint when it had one)."""
         trial.set_user_attr("fail_reason", "interrupted")
+        trial.set_user_attr(REQUEUER_ATTR, _this_process())
         self._study.tell(trial, state=TrialState.FAIL)
-        requeue(self._study, trial.number, params, self._spec, trial.user_attrs.get("trial_dir"))
+        attrs = trial.user_attrs
+        requeue(
+            self._study,
+            trial.number,
+            params,
+            self._spec,
+            attrs.get("trial_dir"),
+            attrs.get("resume_checkpoint"),
+        )
         self._on_event(Event("interrupted", trial.number, params, message="re-queued"))
 
     def abandon_live(self) -> None:

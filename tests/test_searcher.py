@@ -4,6 +4,8 @@ real Optuna storage (no Ray cluster needed: Tune calls these same hooks)."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -239,3 +241,95 @@ def test_at_the_tail_the_running_trials_are_told_to_take_the_idle_cores(tmp_path
         assert share.read_text() == "2\n"  # the last trial alone: both cores
     finally:
         bridge.close()
+
+
+def test_a_trial_interrupted_before_its_own_checkpoint_passes_on_the_one_it_resumed_from(
+    tmp_path: Path, monkeypatch
+):
+    """Trial 0 wrote a checkpoint and was killed; trial 1, re-queued to resume from it, was killed
+    before it wrote one of its own (here before it even claimed a folder): its re-queue must carry
+    trial 0's checkpoint on, and the garbage collector must keep that checkpoint while a queued
+    trial is to resume from it (found by tests/test_fault_sweep.py: the chain restarted from
+    scratch)."""
+    from hpo.checkpoint import POINTER
+
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.close()
+    spec = storage_mod.spec_of(study)
+    first = tmp_path / "trials" / "00000"
+    (first / "step-0000004").mkdir(parents=True)
+    (first / POINTER).write_text("step-0000004")
+    checkpoint = str(first / "step-0000004")
+    zero = study.ask()
+    zero.set_user_attr("trial_dir", str(first))
+    zero.set_user_attr("fail_reason", "interrupted")
+    study.tell(zero, state=TrialState.FAIL)
+    storage_mod.enqueue(study, {"learning_rate": 1e-3}, requeued_from=0, resume_checkpoint=checkpoint)
+    assert study.ask().number == 1  # taken from the queue; then its driver died
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
+    assert recover_stale(study, spec) == [1]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs["requeued_from"] == 1
+    assert trials[2].user_attrs["resume_checkpoint"] == checkpoint
+    minimize = optuna.study.StudyDirection.MINIMIZE
+    assert checkpoint not in checkpoints_to_delete(trials, keep=1, direction=minimize)
+    # once no trial is to resume from it, it goes
+    assert checkpoints_to_delete(trials[:2], keep=1, direction=minimize) == [checkpoint]
+
+
+def test_a_trial_failed_by_a_run_that_died_before_re_queuing_it_is_re_queued_once(tmp_path: Path):
+    """The recovery fails a dead run's trial, then re-queues its parameters: a rerun killed between
+    those writes left the trial FAIL and its parameters in no queue, lost for good (found by
+    tests/test_fault_sweep.py). The failing run names itself on the trial; once it is gone, the
+    next recovery re-queues the trial, once."""
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.suggest("ray0")
+    bridge.suggest("ray1")
+    bridge.close()
+    storage = storage_mod.backend(study)
+    ids = [storage.get_trial_id_from_study_id_trial_number(storage_mod.study_id(study), n) for n in (0, 1)]
+    # a rerun failed both (their run had died), then died itself before it re-queued trial 0;
+    # trial 1's recoverer is alive (re-queuing it right now): it is left to that process
+    for trial_id, pid in zip(ids, (2**22 + 1, os.getppid()), strict=True):
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+        storage.set_trial_user_attr(
+            trial_id, recovery.REQUEUER_ATTR, {"host": socket.gethostname(), "pid": pid}
+        )
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    spec = storage_mod.spec_of(study)
+    assert recover_stale(study, spec) == [0]
+    assert recover_stale(study, spec) == []
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs["requeued_from"] == 0
+    assert trials[2].user_attrs[storage_mod.ENQUEUED_ATTR] == trials[0].params
+
+
+def test_a_run_names_itself_on_the_trials_it_fails_as_interrupted(tmp_path: Path):
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    try:
+        bridge.suggest("ray0")
+        bridge.abandon_live()
+        by = study.get_trials()[0].user_attrs[recovery.REQUEUER_ATTR]
+        assert by == {"host": socket.gethostname(), "pid": os.getpid()}
+    finally:
+        bridge.close()
+
+
+def test_a_queued_trial_killed_while_writing_its_parameters_is_re_queued_with_all_of_them(
+    tmp_path: Path, monkeypatch
+):
+    """A trial taken from the queue writes its parameters one storage write at a time: killed after
+    some, it was re-queued with only those and the rest sampled afresh (found by
+    tests/test_fault_sweep.py: trial 5 lost its queued dropout)."""
+    bridge, study, _ = _bridge(tmp_path, target=5)
+    bridge.close()
+    queued = {"learning_rate": 1e-3, "batch_size": 16, "dropout": 0.05}
+    storage_mod.enqueue(study, queued, requeued_from=7)
+    study.ask().suggest_float("learning_rate", 1e-4, 1e-2, log=True)  # then its driver died
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
+    assert recover_stale(study, storage_mod.spec_of(study)) == [0]
+    trials = study.get_trials()
+    assert trials[0].params == {"learning_rate": 1e-3}
+    assert trials[1].user_attrs[storage_mod.ENQUEUED_ATTR] == queued
