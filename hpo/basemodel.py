@@ -14,11 +14,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 from hpo import models
+from hpo.modelbuild import quiet_transformers  # here for the callers that load a base model
 from hpo.models import cache_dir
 from hpo.spec import TINY_MODEL
 
@@ -33,15 +33,6 @@ BLOCK = 128  # pretraining block length
 BATCH = 16  # pretraining blocks per step
 STEPS = 300  # pretraining steps: ~60-90 s on 2 cores
 PEAK_LR, WARMUP = 1e-3, 30
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' per-load chatter (progress bars, "loss_type=None" notes)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 __all__ = ["cache_dir", "get_named", "quiet_transformers", "resolve", "tiny_gpt2"]

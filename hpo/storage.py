@@ -1,4 +1,5 @@
-"""The study storage: URLs, opening, and create / load / list / delete of studies.
+"""The study storage: opening, and create / load / list / delete of studies (its URLs are
+``hpo/storageurl.py``'s, re-exported here).
 
 Any SQLAlchemy URL that Optuna accepts works; SQLite (``sqlite:///hpo.db``) is the default and
 PostgreSQL is the choice for a study shared by several machines. The study's spec is stored
@@ -19,18 +20,22 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
-import re
 import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from hpo import spec as spec_mod
 from hpo.errors import StorageError, UsageError
+from hpo.storageurl import DEFAULT_URL as DEFAULT_URL  # re-exported: callers use hpo.storage's names
+from hpo.storageurl import check_url as check_url
+from hpo.storageurl import exists as exists
+from hpo.storageurl import is_local_sqlite as is_local_sqlite
+from hpo.storageurl import mask as mask
+from hpo.storageurl import resolve_url as resolve_url
+from hpo.storageurl import scrub, sqlite_file
 
 if TYPE_CHECKING:
     import optuna
@@ -39,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "sqlite:///hpo.db"
 SPEC_ATTR = "hpo_spec"
 DATA_REPORT_ATTR = "hpo_data_report"
 #: The searched parameters a queued trial will be asked with (warm start or re-queue).
@@ -49,113 +53,6 @@ HEARTBEAT_S = 10
 GRACE_S = 60
 #: Seconds to wait for a database server to answer before giving up.
 CONNECT_TIMEOUT_S = 10
-
-_FIX = "check --storage / HPO_STORAGE (e.g. sqlite:///hpo.db or postgresql://USER@HOST:5432/DB)"
-_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
-
-
-def resolve_url(url: str | None) -> str:
-    """The storage URL to use: the given one, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
-    return url or os.environ.get("HPO_STORAGE") or DEFAULT_URL
-
-
-def _password(url: str) -> tuple[int, int] | None:
-    """Where the password of ``scheme://user:password@host/...`` is in ``url``, if it has one.
-
-    The password runs to the *last* ``@``, so one holding an unescaped ``@``, ``/`` or ``?`` is
-    still masked whole (an ``@`` in the query masks a little too much, which is the safe side).
-    """
-    start = url.find("://")
-    if start < 0:
-        return None
-    start += 3
-    at = url.rfind("@", start)
-    colon = url.find(":", start, at) if at >= 0 else -1
-    if colon < 0 or "/" in url[start:colon]:  # no userinfo (a path such as sqlite:////a:b@c.db)
-        return None
-    return colon + 1, at
-
-
-def mask(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print and to store)."""
-    span = _password(url)
-    if span is not None:
-        url = url[: span[0]] + "***" + url[span[1] :]
-    return _QUERY_PASSWORD.sub(r"\g<key>***", url)
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (a driver's message) with the URL masked and its password nowhere."""
-    text = text.replace(url, mask(url))
-    span = _password(url)
-    if span is not None:
-        pw = url[span[0] : span[1]]
-        for secret in {pw, unquote(pw)}:
-            if len(secret) >= 3:  # a shorter one would garble the message; drivers do not echo it
-                text = text.replace(secret, "***")
-    return text
-
-
-def is_local_sqlite(url: str) -> bool:
-    """Whether ``url`` is a SQLite file only this machine can use."""
-    return url.startswith("sqlite:")
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (None for in-memory SQLite and other databases)."""
-    if not url.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def exists(url: str | None = None) -> bool:
-    """Whether the storage is there to read: False only for a SQLite file that does not exist."""
-    url = resolve_url(url)
-    check_url(url)
-    path = sqlite_file(url)
-    return path is None or path.is_file()
-
-
-def check_url(url: str) -> None:
-    """Refuse a malformed URL, an unknown database kind or a missing driver, opening nothing.
-
-    Raises:
-        UsageError: naming the (masked) URL and what to change.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    shown = mask(url)
-    if "://" not in url:
-        raise UsageError(f"storage {shown!r} is not a database URL; {_FIX}")
-    span = _password(url)
-    if span is not None and any(c in url[span[0] : span[1]] for c in "@/"):
-        raise UsageError(
-            f"storage {shown}: the password holds '@' or '/'; percent-encode them (%40, %2F) "
-            "or keep the password in ~/.pgpass"
-        )
-    try:
-        parsed = make_url(url)
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError as e:
-        raise UsageError(f"storage {shown}: unknown database kind {url.split(':')[0]!r}; {_FIX}") from e
-    except (ArgumentError, ValueError) as e:
-        raise UsageError(f"storage {shown}: malformed URL ({_scrub(str(e), url)}); {_FIX}") from e
-    try:
-        dialect.import_dbapi()
-    except ImportError as e:
-        raise UsageError(
-            f"storage {shown}: the Python driver for {parsed.drivername} is not installed ({e.name}); "
-            "install it, or use sqlite:///FILE or postgresql://... (psycopg is installed)"
-        ) from e
-    path = sqlite_file(url)
-    if path is not None and not path.resolve().parent.is_dir():
-        raise UsageError(f"storage {shown}: folder {path.resolve().parent} does not exist; create it first")
 
 
 @contextmanager
@@ -174,7 +71,7 @@ def _db_errors(url: str, doing: str) -> Iterator[None]:
             if url.startswith("sqlite:")
             else "check that the database server is running and the URL is right (--storage / HPO_STORAGE)"
         )
-        raise StorageError(f"storage {mask(url)}: {doing} failed: {_scrub(first, url)}; {fix}") from e
+        raise StorageError(f"storage {mask(url)}: {doing} failed: {scrub(first, url)}; {fix}") from e
 
 
 def open_storage(
@@ -208,7 +105,7 @@ def open_storage(
         try:
             storage = optuna.storages.RDBStorage(url, **_storage_kwargs(url, heartbeat))
         except RuntimeError as e:  # the tables are from another Optuna version (the message says what to do)
-            raise StorageError(f"storage {mask(url)}: {_scrub(str(e), url)}") from e
+            raise StorageError(f"storage {mask(url)}: {scrub(str(e), url)}") from e
         if path is not None:
             _enable_wal(storage)
     return storage

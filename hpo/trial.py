@@ -10,17 +10,15 @@ when the evaluation loss improves.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import distributed, gcpause, lmhead, memory
+from hpo import collective, distributed, evaluation, gcpause, lmhead, memory, trialsetup
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -34,12 +32,16 @@ from hpo.checkpoint import (
     with_lora,
 )
 from hpo.errors import OutOfMemory, TrialError
+from hpo.evaluation import evaluate, evaluate_metrics
+from hpo.faultinject import injected_failure
+from hpo.trialmemory import free_trial_memory
 
 __all__ = [
     "POINTER",
     "best_checkpoint",
     "dropout_fields",
     "evaluate",
+    "evaluate_metrics",
     "load_model",
     "merged_state_dict",
     "run",
@@ -53,8 +55,6 @@ log = logging.getLogger(__name__)
 #: The dtype a trial's weights and optimizer state are kept in, by precision: fp32 (master weights
 #: under bf16 autocast too) unless ``bf16-true`` asks for bf16 throughout.
 WEIGHTS_DTYPE = {"bf16-true": "bfloat16"}
-
-FAIL_ENV = "HPO_TEST_FAIL"  # test hook: "<trial_number>:<oom|nan|cuda|error>" makes that trial fail
 
 
 def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -82,7 +82,8 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
     import torch
 
     try:
-        with distributed.ranks(config) as dist:  # gpus > 1: this process is rank 0 of a data-parallel trial
+        # gpus > 1: this process is rank 0 of a data-parallel trial, its other ranks run ``run`` too
+        with distributed.ranks(config, run) as dist:
             return _run(config, report, dist)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not memory.is_oom(str(e)):
@@ -90,40 +91,6 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
         raise OutOfMemory(_oom_message(config, e)) from e
     finally:
         free_trial_memory(sys.exc_info()[1])
-
-
-def free_trial_memory(error: BaseException | None = None) -> None:
-    """Give back what a trial held, however it ended, before the slot's next trial starts.
-
-    A trial that failed or was stopped (ASHA: ``SystemExit`` at a report) ends with an exception
-    whose traceback holds the trial loop's frames, and their locals are the model, the optimizer
-    and the last step's activations. The caller keeps that exception (Ray stores a trial's error),
-    so those frames are cleared first (``traceback.clear_frames``: the traceback still says where
-    the error happened), then reference cycles are collected, the CUDA caching allocator's free
-    blocks go back to the driver, and the freed heap to the operating system.
-
-    Args:
-        error: the exception the trial is ending with (its causes and contexts too), if any.
-    """
-    import traceback
-
-    from hpo import cudafault
-
-    chain, seen = [error], set()
-    while chain:  # the error, and the errors it was raised from or while handling
-        e = chain.pop()
-        if e is not None and id(e) not in seen:
-            seen.add(id(e))
-            traceback.clear_frames(e.__traceback__)  # frames still running (this one) are kept
-            chain += [e.__cause__, e.__context__]
-    gc.collect()
-    broken = error is not None and cudafault.sticky(type(error).__name__, str(error))
-    if "torch" in sys.modules and not broken:  # a broken CUDA context: the process is replaced
-        import torch
-
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-    release_host_memory()
 
 
 def _oom_message(config: dict[str, Any], e: BaseException) -> str:
@@ -149,20 +116,6 @@ def import_code(model_path: str) -> None:
         from hpo.data import Prepared  # noqa: F401
 
         import_model_code(model_path)
-
-
-def release_host_memory() -> None:
-    """Give the freed heap back to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Ray runs each trial of a reused trial process in a new thread, and glibc gives new threads
-    malloc arenas of their own; freed model, optimizer and activation memory stayed in them, so a
-    process grew by ~30 MB per trial (two processes at 4.8 and 2.8 GB after 145 one-step trials of
-    the 1.35M-parameter model). With the trim the process stays flat."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, libc's among them
 
 
 #: Training options a trial reads from its params (searched) or else its config (fixed), with defaults.
@@ -192,7 +145,7 @@ def options(config: dict[str, Any]) -> dict[str, Any]:
 def _run(
     config: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
-    dist: distributed.Dist = distributed.SINGLE,
+    dist: collective.Dist = collective.SINGLE,
 ) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -200,7 +153,7 @@ def _run(
     from hpo.data import Prepared
 
     p, o = config["params"], options(config)
-    device = _device(config) if dist.world == 1 else dist.torch_device()
+    device = trialsetup.device(config) if dist.world == 1 else dist.torch_device()
     torch.manual_seed(o["seed"])
     # 1. data: memory-mapped blocks prepared once per study (positions restart at each example)
     arrays = Prepared.load(config["data_path"]).arrays()
@@ -210,7 +163,7 @@ def _run(
     # 2. model with the trial's dropout (from an interrupted trial's checkpoint when resuming),
     #    optimizer without decay on biases and norms; one step sees batch_size x accumulation blocks
     resume = config.get("resume_checkpoint")
-    precision = _precision(config, device)  # fp32 master weights unless bf16-true was asked for
+    precision = trialsetup.precision(config, device)  # fp32 master weights unless bf16-true was asked for
     config["placement"]["base_dtype"] = saved_dtype(config["model_path"])  # export writes it back
     model = load_model(
         resume or config["model_path"], p["dropout"], device, WEIGHTS_DTYPE.get(precision, "float32")
@@ -226,8 +179,8 @@ def _run(
     dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
     opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
-    cap = _micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
-    bs, micro = batching(  # data-parallel: each rank takes batch_size / world blocks of a step
+    cap = trialsetup.micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
+    bs, micro = trialsetup.batching(  # data-parallel: each rank takes batch_size / world blocks of a step
         int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
     )
     config = {**config, "max_micro_batch": min(cap, 64)}  # evaluation: no activations kept, up to 64
@@ -237,20 +190,21 @@ def _run(
     total_steps = int(p["epochs"]) * steps_per_epoch
     sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
     loss_opts = _LossOptions(o["label_smoothing"], o["l1"], o["max_grad_norm"], _matrices(model))
-    autocast = _autocast(device, precision)
+    autocast = trialsetup.autocast(device, precision)
     # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
     gen = torch.Generator().manual_seed(o["seed"])
     every = float(config["eval_every"])
     state = _State(config.get("objective", "eval_loss"), time.perf_counter())
-    wanted = _eval_marks(config)
-    step, next_mark = 0, _next_mark(0, steps_per_epoch, every, 1, wanted)
-    threads = _Threads(config.get("threads_file"))
+    wanted = evaluation.eval_marks(config)
+    step, next_mark = 0, evaluation.next_mark(0, steps_per_epoch, every, 1, wanted)
+    threads = trialsetup.Threads(config.get("threads_file"))
     model.train()
     for _epoch in range(int(p["epochs"])):
         order = torch.randperm(n_train, generator=gen)
         for s in range(steps_per_epoch):
             if step < start_step:  # resuming: replay the data order and schedule, not the compute
-                step, next_mark = step + 1, _next_mark(step + 1, steps_per_epoch, every, next_mark, wanted)
+                step += 1
+                next_mark = evaluation.next_mark(step, steps_per_epoch, every, next_mark, wanted)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
                     sched.step()
@@ -265,7 +219,7 @@ def _run(
             epoch = step / steps_per_epoch
             if epoch + 1e-9 >= next_mark * every or step == total_steps:
                 mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
-                next_mark = _next_mark(step, steps_per_epoch, every, next_mark, wanted)
+                next_mark = evaluation.next_mark(step, steps_per_epoch, every, next_mark, wanted)
                 metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step, dist)
                 stop = dist.agree(state.patience_ran_out(config.get("early_stopping_patience")))
                 metrics["budget_done"] = step == total_steps or stop
@@ -275,100 +229,6 @@ def _run(
                     return metrics
                 model.train()
     return metrics
-
-
-def _micro_cap(config: dict[str, Any], model, device, precision: str, block: int, batch: int) -> int:
-    """The largest micro-batch the trial may use: ``max_micro_batch``, or for ``auto`` the
-    largest that fits its memory (``hpo.memory``); a CPU trial with a memory budget is held to it.
-
-    Raises:
-        OutOfMemory: auto, and not even one sequence fits.
-    """
-    budget, where = _memory_budget(config, device)
-    fixed = config["max_micro_batch"]
-    if device.type == "cpu" and config.get("hold_memory"):  # resources.memory_gb: a hard limit
-        memory.hold_to(budget)
-    if fixed != "auto":
-        return int(fixed)
-    shape = memory.shape(model.config.to_dict(), sum(p.numel() for p in model.parameters()))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    need = memory.trial_need(
-        shape, block, precision, trainable, bool(config.get("gradient_checkpointing")), device.type == "cuda"
-    )
-    cap = need.largest_micro(budget)
-    config["placement"]["memory_gb"] = round(budget / memory.GB, 2)
-    if cap < 1:
-        raise OutOfMemory(memory.too_big(need, budget, batch, 1, where))
-    return cap
-
-
-def _memory_budget(config: dict[str, Any], device) -> tuple[float, str]:
-    """(bytes, what they are) the trial may use: its GPU's share on CUDA, else the host memory
-    the run planned for it (``memory_bytes``), else what the host has available now."""
-    import torch
-
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        share = total * min(1.0, float(config.get("gpus") or 1))
-        return min(share, free + torch.cuda.memory_reserved(device)), f"its GPU share ({device})"
-    planned = config.get("memory_bytes")
-    if planned:
-        return float(planned), "its memory share (resources.memory_gb or the node's memory / trials at once)"
-    return memory.available_bytes(), "this machine's available memory"
-
-
-def _next_mark(
-    step: int, steps_per_epoch: int, every: float, mark: int, wanted: Callable[[int], bool] | None = None
-) -> int:
-    """The next evaluation mark (an index on the ``eval_every`` grid) after ``step``: the first one
-    past the current epoch that ``wanted`` keeps (whole epochs are always kept, so this ends)."""
-    while mark * every <= step / steps_per_epoch + 1e-9 or (wanted is not None and not wanted(mark)):
-        mark += 1
-    return mark
-
-
-def _eval_marks(config: dict[str, Any]) -> Callable[[int], bool] | None:
-    """Which marks of the ``eval_every`` grid evaluate: all of them, or (``eval_epochs`` given: the
-    ASHA rungs and max_t) the first mark at or after each of those epochs, and every whole epoch.
-    The end of the budget always evaluates. Evaluations elsewhere would only draw curve points."""
-    epochs = config.get("eval_epochs")
-    if epochs is None:
-        return None
-    every = float(config["eval_every"])
-    keep = {math.ceil(e / every - 1e-6) for e in epochs}
-
-    def wanted(mark: int) -> bool:
-        at = mark * every
-        return mark in keep or abs(at - round(at)) < 1e-6
-
-    return wanted
-
-
-class _Threads:
-    """The trial's torch threads follow ``threads_file`` (the driver raises the count at the tail
-    of a study, when slots fall idle; ``placement.tail_threads``), read at most twice a second."""
-
-    def __init__(self, path: str | None):
-        import torch
-
-        self.path, self.now, self.next = path, torch.get_num_threads(), 0.0
-        self.base = self.now
-
-    def poll(self) -> None:
-        if not self.path or time.monotonic() < self.next:
-            return
-        self.next = time.monotonic() + 0.5
-        try:
-            with open(self.path) as f:
-                n = int(f.read())
-        except (OSError, ValueError):
-            return
-        n = max(self.base, min(n, os.cpu_count() or 1))
-        if n != self.now:
-            import torch
-
-            torch.set_num_threads(n)
-            self.now = n
 
 
 class _State:
@@ -391,7 +251,7 @@ class _State:
     def add_train(self, loss: float, tokens: int, step: int, config: dict[str, Any]) -> None:
         if not math.isfinite(loss):
             raise TrialError(f"training loss became {loss} at step {step + 1}; lower learning_rate")
-        _injected_failure(config, step)
+        injected_failure(config, step)
         self.tokens += tokens
         self.loss_sum += loss
         self.loss_n += 1
@@ -415,7 +275,7 @@ class _State:
 
 
 def _evaluate_and_keep(
-    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=distributed.SINGLE
+    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=collective.SINGLE
 ) -> dict:
     t0 = time.perf_counter()
     m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
@@ -455,77 +315,11 @@ def _evaluate_and_keep(
 # ---------------------------------------------------------------- pieces of the loop
 
 
-def _device(config: dict[str, Any]):
-    """The trial's device, chosen by ``placement.trial_device`` from what Ray assigned (the runner
-    fills ``config["placement"]``) and what torch finds here. The choice and its note (a logical
-    GPU that is no CUDA device here: the trial trains on CPU) go back into ``config["placement"]``,
-    which the runner adds to every report."""
-    import torch
-
-    from hpo import placement
-
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    seen = config.setdefault("placement", {})
-    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    choice = placement.trial_device(
-        config.get("gpus", 0), seen.get("gpu_ids"), seen.get("cuda_visible_devices"), cuda
-    )
-    seen.update(device=choice.device, device_note=choice.note)
-    if choice.note:
-        log.warning("trial %s: %s", config.get("trial_number"), choice.note)
-    return torch.device(choice.device)
-
-
-def _precision(config: dict[str, Any], device) -> str:
-    """bf16 or fp32: the spec's ``training.precision``, "auto" decided for this device by
-    ``placement.precision``; recorded in ``config["placement"]``, so every report carries it."""
-    import torch
-
-    from hpo import placement
-
-    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
-    chosen = placement.precision(major, device.type == "cpu" and _cpu_bf16(), config.get("precision", "auto"))
-    config.setdefault("placement", {})["precision"] = chosen
-    return chosen
-
-
-def _cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products, as
-    /proc/cpuinfo lists them (torch's own probes are private; no /proc/cpuinfo: assume none)."""
-    from hpo import placement
-
-    flags = placement.cpu_flags()
-    return bool(flags and flags & placement.BF16_CPU_FLAGS)
-
-
-def _autocast(device, precision: str = "fp32"):
-    """A context-manager factory for the trial's forward passes: bf16 autocast, or nothing."""
-    import contextlib
-
-    import torch
-
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext  # fp32, or bf16-true: the weights themselves are bf16
-
-
 def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on biases and norm weights (1-D tensors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def batching(batch_size: int, accumulation: int, max_micro_batch: int) -> tuple[int, int]:
-    """(blocks per optimizer step, blocks per forward pass): a step sees ``batch_size x
-    accumulation`` blocks, in passes of at most ``batch_size`` and ``max_micro_batch`` blocks."""
-    step = batch_size * accumulation
-    return step, _micro_batch(step, min(batch_size, max_micro_batch))
-
-
-def _micro_batch(batch: int, limit: int) -> int:
-    """The largest divisor of ``batch`` not above ``limit`` (gradient accumulation covers the rest)."""
-    return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
 
 
 def _schedule(opt, name: str, warmup_ratio: float, total_steps: int):
@@ -551,7 +345,7 @@ class _LossOptions:
 
 
 def _step(
-    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=distributed.SINGLE
+    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=collective.SINGLE
 ) -> tuple[float, int]:
     """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
     mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass, plus
@@ -587,66 +381,3 @@ def _loss_sum(model, ids, labels, pos=None, label_smoothing: float = 0.0):
     runs only on those tokens; ``pos``, positions restarting at 0 per packed example, makes
     transformers mask attention block-diagonally, so an example never sees its neighbours)."""
     return lmhead.loss_sum(model, ids, labels, pos, label_smoothing)
-
-
-def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None, autocast=None) -> dict:
-    """Token-weighted mean next-token loss, its perplexity, and next-token accuracy (argmax equals
-    the label) over every loss-carrying token of ``ids``/``labels`` (no label smoothing)."""
-    import contextlib
-
-    import torch
-
-    device = device or next(model.parameters()).device
-    autocast = autocast or contextlib.nullcontext
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    with torch.inference_mode():
-        for i in range(0, len(ids), batch):
-            x = ids[i : i + batch].long().to(device)
-            y = labels[i : i + batch].long().to(device)
-            p = pos[i : i + batch].long().to(device) if pos is not None else None
-            with autocast():
-                s, c, n = lmhead.eval_sums(model, x, y, p)
-            total, correct, count = total + s, correct + c, count + n
-    loss = total / max(1, count)
-    accuracy = correct / max(1, count)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": accuracy}
-
-
-def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None, pos=None) -> float:
-    """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
-    return evaluate_metrics(model, ids, labels, pos, batch, device, autocast)["eval_loss"]
-
-
-def _injected_failure(config: dict[str, Any], step: int) -> None:
-    """Test-only hook (env ``HPO_TEST_FAIL=N:kind``): make trial N fail at its second step."""
-    spec = os.environ.get(FAIL_ENV)
-    if not spec or step != 1:
-        return
-    number, _, kind = spec.partition(":")
-    if number != "*" and int(number) != config.get("trial_number"):
-        return
-    import torch
-
-    if kind == "oom":
-        raise torch.OutOfMemoryError(
-            "injected by HPO_TEST_FAIL: CUDA out of memory. Tried to allocate 2.00 GiB"
-        )
-    if kind == "nan":
-        raise TrialError("training loss became nan at step 2 (injected by HPO_TEST_FAIL)")
-    if kind == "cuda":  # a sticky CUDA error: a real device-side assert on a GPU
-        _device_side_assert()
-    raise RuntimeError(f"injected failure ({spec})")
-
-
-def _device_side_assert() -> None:
-    """Break this process's CUDA context as a faulty kernel does (an index out of bounds asserts on
-    the device); where CUDA is not in use, raise the error text CUDA would give."""
-    import torch
-
-    if torch.cuda.is_initialized():
-        x = torch.zeros(1, device="cuda")
-        x[torch.tensor([1], device="cuda")] = 1.0  # out of bounds: checked by the kernel
-        torch.cuda.synchronize()  # raises "CUDA error: device-side assert triggered"
-        raise RuntimeError("injected failure: the device-side assert did not fire (HPO_TEST_FAIL)")
-    raise RuntimeError("CUDA error: an illegal memory access was encountered (injected by HPO_TEST_FAIL)")

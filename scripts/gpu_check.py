@@ -141,7 +141,7 @@ def memory_check(torch) -> dict[str, Any]:
     process's life, so a baseline from before any matmul would call that a leak."""
     from gpu_smoke import memory_verdict
 
-    from hpo import trial
+    from hpo import trial, trialsetup
 
     tmp = Path(tempfile.mkdtemp(prefix="hpo-gpu-mem-"))
     after, reserved, peaks, held = [], [], [], []
@@ -154,7 +154,7 @@ def memory_check(torch) -> dict[str, Any]:
             after.append(torch.cuda.memory_allocated() / MB)
             reserved.append(torch.cuda.memory_reserved() / MB)
             peaks.append(torch.cuda.max_memory_allocated() / MB)
-        used = trial._precision({}, torch.device("cuda"))
+        used = trialsetup.precision({}, torch.device("cuda"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     verdict = memory_verdict(after)
@@ -180,19 +180,20 @@ MEMORY_TRIALS = ("completed", "stopped", "failed", "completed")
 
 def _trial_of_kind(trial, config: dict[str, Any], tmp: Path, number: int, kind: str) -> BaseException | None:
     """Run one trial that completes, is stopped at its first report, or fails; returns its error."""
+    from hpo import faultinject
 
     def stop(metrics: dict[str, Any]) -> None:  # what Tune's report does when ASHA stops a trial
         raise SystemExit(0)
 
     if kind == "failed":
-        os.environ[trial.FAIL_ENV] = f"{number}:error"
+        os.environ[faultinject.FAIL_ENV] = f"{number}:error"
     try:
         config = {**config, "trial_number": number, "checkpoint_dir": str(tmp / f"t{number}")}
         trial.run(config, stop if kind == "stopped" else (lambda m: None))
     except (Exception, SystemExit) as e:  # noqa: BLE001 - returned, and held by the caller
         return e
     finally:
-        os.environ.pop(trial.FAIL_ENV, None)
+        os.environ.pop(faultinject.FAIL_ENV, None)
     return None
 
 

@@ -257,7 +257,7 @@ def trials_in_one_process(s: Setup) -> dict[str, Any]:
 def _one_trial(s: Setup, number: int, kind: str) -> dict[str, Any]:
     import torch
 
-    from hpo import trial
+    from hpo import faultinject, trial
 
     params = dict(PARAMS)
     if kind == "out_of_memory" and s.cuda:  # a real OOM: one huge micro-batch under a cap
@@ -265,7 +265,7 @@ def _one_trial(s: Setup, number: int, kind: str) -> dict[str, Any]:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, OOM_CAP_GB * 1024**3 / total))
     elif kind in ("failed", "out_of_memory"):
-        os.environ[trial.FAIL_ENV] = f"{number}:{'error' if kind == 'failed' else 'oom'}"
+        os.environ[faultinject.FAIL_ENV] = f"{number}:{'error' if kind == 'failed' else 'oom'}"
     config = s.config(number, params)
     if kind == "out_of_memory" and s.cuda:
         config["max_micro_batch"] = OOM_BATCH
@@ -280,7 +280,7 @@ def _one_trial(s: Setup, number: int, kind: str) -> dict[str, Any]:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - kept, as Ray keeps a trial's error
         held.append(e)
     finally:
-        os.environ.pop(trial.FAIL_ENV, None)
+        os.environ.pop(faultinject.FAIL_ENV, None)
         if s.cuda:
             torch.cuda.set_per_process_memory_fraction(1.0)
     row = _row(kind, time.perf_counter() - t0, held, reports, last, config, weights.seen)
@@ -382,7 +382,7 @@ def forked_slot(s: Setup) -> dict[str, Any]:
 
 
 def _forked_trials(s: Setup, warm) -> dict[str, Any]:
-    from hpo import trial, warmstart
+    from hpo import faultinject, warmstart
 
     first = warmstart.connect(warm.address)
     if first is None:  # the warm process fell back (CUDA started while importing): say why
@@ -396,7 +396,7 @@ def _forked_trials(s: Setup, warm) -> dict[str, Any]:
     }
     done["precision"] = config["placement"].get("precision")
     first.close()
-    os.environ[trial.FAIL_ENV] = "31:cuda"  # the next fork takes this process's environment
+    os.environ[faultinject.FAIL_ENV] = "31:cuda"  # the next fork takes this process's environment
     try:
         broken = warmstart.connect(warm.address)
         assert broken is not None
@@ -406,7 +406,7 @@ def _forked_trials(s: Setup, warm) -> dict[str, Any]:
         except warmstart.TrialProcessError as e:
             sticky = {"error_class": e.error_class, "error": str(e)[:300]}
     finally:
-        os.environ.pop(trial.FAIL_ENV, None)
+        os.environ.pop(faultinject.FAIL_ENV, None)
     sticky["process_exited"] = _gone(broken.pid, 10.0)
     fresh = warmstart.connect(warm.address)
     assert fresh is not None

@@ -113,22 +113,22 @@ def measure(folder: Path, workers: int, trials: int, rows: int, sleep_s: float |
 
     import optuna
 
-    from hpo import create_study, run_study, runner
+    from hpo import create_study, raystart, run_study, trainable
 
     folder.mkdir(parents=True)
     url = f"sqlite:///{folder / 'hpo.db'}"
     create_study(_spec_file(folder, rows), storage=url)
     _start_ray(workers, folder)
-    real = runner._trainable
+    real = trainable.run_trial
     if sleep_s is not None:
-        runner._trainable = _sleeper(sleep_s)  # the Tuner is built with whatever this names
+        trainable.run_trial = _sleeper(sleep_s)  # the Tuner is built with whatever this names
     try:
         t0 = time.time()
         summary = run_study("scaling", trials=trials, storage=url, runs_dir=folder / "runs")
         wall = time.time() - t0
     finally:
-        runner._trainable = real
-        runner._stop_ray()
+        trainable.run_trial = real
+        raystart.stop()
     done = [
         t for t in optuna.load_study(study_name="scaling", storage=url).get_trials() if t.state.is_finished()
     ]
@@ -175,18 +175,18 @@ def _sleeper(seconds: float):
 
 def _start_ray(workers: int, folder: Path) -> None:
     """A loopback-only local Ray with ``workers`` logical CPUs (hpo's run then uses it as it is)."""
-    from hpo import runner
+    from hpo import raystart
 
-    runner.ray_env()
+    raystart.ray_env()
     import ray
 
-    runner._loopback_only()
+    raystart.loopback_only()
     ray.init(
         num_cpus=workers,
         num_gpus=0,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
-        _temp_dir=runner._temp_dir(folder / "runs"),
+        _temp_dir=raystart.temp_dir(folder / "runs"),
         log_to_driver=False,
         logging_level="ERROR",
     )

@@ -106,11 +106,11 @@ def validation_loss(model, prepared, precision: str) -> float:
     ``precision`` (bf16 autocast or fp32), so it can be compared with what a trial reported."""
     import torch
 
-    from hpo import trial
+    from hpo import trial, trialsetup
 
     arrays = prepared.arrays()
     ids, labels, pos = (torch.from_numpy(arrays[k].copy()) for k in ("val_ids", "val_labels", "val_pos"))
-    autocast = trial._autocast(torch.device("cpu"), precision)
+    autocast = trialsetup.autocast(torch.device("cpu"), precision)
     return trial.evaluate(model, ids, labels, pos=pos, autocast=autocast)
 
 

@@ -165,9 +165,8 @@ def test_a_ray_hpo_starts_listens_on_loopback_only(tmp_path):
     code = f"""
 import os, subprocess, ray
 from pathlib import Path
-from hpo import runner
-opts = runner.RunOptions(target=1, runs_dir=Path({str(tmp_path / "runs")!r}))
-assert runner._start_ray(opts)
+from hpo import raystart
+assert raystart.start(Path({str(tmp_path / "runs")!r}))
 try:
     print("NODES", sorted({{n["NodeManagerAddress"] for n in ray.nodes()}}))
     mine, pids = {{os.getpid()}}, {{}}
@@ -187,7 +186,7 @@ try:
         if owners & mine:
             print("LISTEN", line.split()[3])
 finally:
-    runner._stop_ray()
+    raystart.stop()
 """
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
     env.pop("RAY_ADDRESS", None)
@@ -224,7 +223,7 @@ def test_requests_no_node_can_serve_are_refused_in_one_line(tmp_path, tiny_model
 
 
 def test_a_trials_placement_reaches_its_user_attributes():
-    from hpo.searcher import summary_attrs
+    from hpo.bookkeeping import summary_attrs
 
     last = {
         "epoch": 1.0,

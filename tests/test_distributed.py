@@ -28,7 +28,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import distributed, placement, trial
+from hpo import collective, placement, trial
 from hpo import spec as spec_mod
 from hpo.errors import SpecError, TrialError
 from tests.conftest import ROOT, run_cli, small_spec, trial_config
@@ -262,7 +262,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_ranks_store_listens_on_loopback_only():
-    store = distributed.loopback_store(2, 5.0)
+    store = collective.loopback_store(2, 5.0)
     try:
         listening = []
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import cudafault, trial
+from hpo import cudafault, faultinject, trial
 from hpo.errors import CudaError
 from hpo.warmstart import TrialProcessError
 from tests.conftest import run_cli, small_spec, trial_config
@@ -76,7 +76,7 @@ def test_a_sticky_error_becomes_one_cuda_error_with_a_one_line_message():
 
 
 def test_the_test_hook_fails_a_trial_with_a_sticky_cuda_error(prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "0:cuda")
+    monkeypatch.setenv(faultinject.FAIL_ENV, "0:cuda")
     with pytest.raises(RuntimeError) as failed:
         trial.run(trial_config(prepared, tiny_model, tmp_path / "c", PARAMS), lambda m: None)
     assert isinstance(cudafault.fault(failed.value), CudaError)
@@ -86,10 +86,10 @@ TUNE_REUSE = """
 import json, os, sys
 from pathlib import Path
 from ray import tune
-from hpo import runner
+from hpo import raystart
 
 out = Path(sys.argv[1])
-assert runner._start_ray(runner.RunOptions(target=1, runs_dir=out / "runs"))
+assert raystart.start(out / "runs")
 
 def trainable(config):
     (out / f"pid-{config['n']}").write_text(str(os.getpid()))
@@ -106,14 +106,14 @@ tuner = tune.Tuner(
     ),
 )
 tuner.fit()
-runner._stop_ray()
+raystart.stop()
 print(json.dumps({n: int((out / f"pid-{n}").read_text()) for n in range(4)}))
 """
 
 
 @pytest.mark.e2e
 def test_tune_never_gives_the_process_of_a_trial_that_errored_another_trial(tmp_path):
-    """What ``runner._trainable`` relies on when a trial that trains in its Ray process hits a
+    """What ``trainable.run_trial`` relies on when a trial that trains in its Ray process hits a
     sticky CUDA error: it raises, and Tune ends that process instead of reusing it."""
     r = subprocess.run(
         [sys.executable, "-c", TUNE_REUSE, str(tmp_path)], capture_output=True, text=True, timeout=300

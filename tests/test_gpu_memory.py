@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from hpo import trial
+from hpo import faultinject, trial
 from tests.conftest import trial_config
 from tests.test_trial import PARAMS
 
@@ -59,7 +59,7 @@ def _alive(refs: list[weakref.ref]) -> list[str]:
 
 
 def test_a_failed_trial_leaves_no_model_or_optimizer_behind(prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "0:error")  # the trial fails at its second step
+    monkeypatch.setenv(faultinject.FAIL_ENV, "0:error")  # the trial fails at its second step
     with _watched() as refs, pytest.raises(RuntimeError, match="injected failure") as failed:
         trial.run(trial_config(prepared, tiny_model, tmp_path / "f", PARAMS), lambda m: None)
     assert len(refs) > 10  # the model's modules, the optimizer and its parameters were seen
@@ -70,7 +70,7 @@ def test_a_failed_trial_leaves_no_model_or_optimizer_behind(prepared, tiny_model
 
 
 def test_a_trial_out_of_memory_leaves_nothing_behind(prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "0:oom")  # torch.OutOfMemoryError, as the CUDA allocator raises it
+    monkeypatch.setenv(faultinject.FAIL_ENV, "0:oom")  # torch.OutOfMemoryError, as CUDA raises it
     with _watched() as refs, pytest.raises(Exception, match="out of memory") as failed:
         trial.run(trial_config(prepared, tiny_model, tmp_path / "o", PARAMS), lambda m: None)
     assert failed.value.__cause__ is not None  # the allocator's own error, kept as the cause

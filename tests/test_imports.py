@@ -1,5 +1,6 @@
-"""Heavy libraries load only where they are used, and imports keep DESIGN.md's module map:
-cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage/spec -> errors."""
+"""Heavy libraries load only where they are used, and imports keep docs/architecture.md's module
+map: cli -> study/export/dashboards -> runner -> searcher/trial/data -> space/storage/spec -> errors,
+with no import cycle among hpo's modules."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ HEAVY = ("torch", "ray", "transformers", "datasets")
 LIGHT = (
     "hpo.cli",
     "hpo.spec",
+    "hpo.specsections",
     "hpo.space",
     "hpo.storage",
+    "hpo.storageurl",
     "hpo.data",
     "hpo.formats",
     "hpo.cleaning",
@@ -32,16 +35,28 @@ LIGHT = (
     "hpo.memory",
     "hpo.models",
     "hpo.modelbuild",
+    "hpo.raystart",
+    "hpo.resources",
+    "hpo.trainable",
+    "hpo.collective",
+    "hpo.trialsetup",
+    "hpo.evaluation",
+    "hpo.trialmemory",
+    "hpo.faultinject",
+    "hpo.bookkeeping",
+    "hpo.recovery",
 )
 
-# the module map of DESIGN.md as layers: a module imports from its own layer or below
+# the module map of docs/architecture.md as layers: a module imports from its own layer or below
 LAYERS = {
     "errors": 0,
     "gcpause": 0,
     "models": 1,
+    "specsections": 1,
     "spec": 1,
     "params": 1,
     "space": 1,
+    "storageurl": 1,
     "storage": 1,
     "summary": 1,
     "placement": 1,
@@ -56,10 +71,20 @@ LAYERS = {
     "lmhead": 2,
     "dropout": 2,
     "checkpoint": 2,
+    "collective": 2,
     "distributed": 2,
+    "trialsetup": 2,
+    "evaluation": 2,
+    "trialmemory": 2,
+    "faultinject": 2,
     "trial": 2,
     "warmstart": 2,
+    "bookkeeping": 2,
+    "recovery": 2,
     "searcher": 2,
+    "raystart": 3,
+    "resources": 3,
+    "trainable": 3,
     "runner": 3,
     "study": 4,
     "export": 4,
@@ -67,7 +92,7 @@ LAYERS = {
     "dashboards": 4,
     "cli": 5,
 }
-RAY_ALLOWED = {"hpo/runner.py", "hpo/searcher.py"}
+RAY_ALLOWED = {"hpo/runner.py", "hpo/raystart.py", "hpo/resources.py", "hpo/trainable.py", "hpo/searcher.py"}
 TORCH_ALLOWED = {
     "hpo/data.py",
     "hpo/formats.py",
@@ -78,6 +103,11 @@ TORCH_ALLOWED = {
     "hpo/basemodel.py",
     "hpo/modelbuild.py",
     "hpo/distributed.py",
+    "hpo/collective.py",
+    "hpo/trialsetup.py",
+    "hpo/evaluation.py",
+    "hpo/trialmemory.py",
+    "hpo/faultinject.py",
     "hpo/warmstart.py",
     "hpo/export.py",  # only to cast weights to another dtype (hpo export --dtype), inside the function
 }  # inside functions in data.py
@@ -206,7 +236,7 @@ def test_only_the_cli_imports_dashboards():
     assert not bad, f"dashboards are reached through the CLI only: {bad}"
 
 
-def test_only_runner_and_searcher_import_ray():
+def test_only_the_run_and_the_searcher_import_ray():
     bad = [
         f"{_where(p)}:{line}"
         for p in _sources()
@@ -214,7 +244,7 @@ def test_only_runner_and_searcher_import_ray():
         for mod, line in _imports(p)
         if mod.split(".")[0] == "ray"
     ]
-    assert not bad, f"ray belongs to runner.py and searcher.py: {bad}"
+    assert not bad, f"ray belongs to the run (runner, raystart, resources, trainable) and searcher.py: {bad}"
 
 
 def test_torch_and_transformers_only_where_models_are_touched():
@@ -247,3 +277,86 @@ def test_imports_flow_down_the_module_map():
                 upward.append(f"{_where(p)}:{line} imports {mod}")
     assert not unknown, f"place these modules in DESIGN.md's module map and in LAYERS here: {unknown}"
     assert not upward, f"imports must flow down the module map (DESIGN.md): {upward}"
+
+
+def _hpo_module(name: str) -> str | None:
+    """``hpo.x`` (or ``hpo.x.y``) -> ``x`` when hpo/x.py exists; ``hpo`` itself -> ``__init__``."""
+    parts = name.split(".")
+    if parts[0] != "hpo":
+        return None
+    if len(parts) > 1 and (ROOT / "hpo" / f"{parts[1]}.py").exists():
+        return parts[1]
+    return "__init__"  # ``from hpo import create_study``: the package's facade
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """hpo's modules -> the hpo modules each imports, function-level imports included."""
+    graph: dict[str, set[str]] = {}
+    for p in sorted((ROOT / "hpo").glob("*.py")):
+        targets = {_hpo_module(mod) for mod, _ in _imports(p)}
+        graph[p.stem] = {t for t in targets if t is not None and t != p.stem}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a path that returns to its start) through each strongly connected part of
+    ``graph`` that has more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    parts: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                parts.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_a_cycle(graph, sorted(part)) for part in parts]
+
+
+def _a_cycle(graph: dict[str, set[str]], part: list[str]) -> list[str]:
+    """A path from ``part[0]`` back to itself inside ``part`` (breadth first: the shortest)."""
+    start, inside = part[0], set(part)
+    paths = [[start]]
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(graph[path[-1]] & inside):
+            if w == start:
+                return [*path, start]
+            if w not in path:
+                paths.append([*path, w])
+    return part
+
+
+def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle_among_hpo_modules():
+    """A cycle, even through an import inside a function, means two modules are one idea split
+    in two, or a lower module reaching up: move what both need below them."""
+    graph = _import_graph()
+    assert "trial" in graph["trainable"]  # the graph sees function-level imports
+    cycles = [" -> ".join(c) for c in _cycles(graph)]
+    assert not cycles, f"import cycles among hpo modules: {cycles}"

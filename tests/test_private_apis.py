@@ -7,20 +7,20 @@ from __future__ import annotations
 import inspect
 
 
-def test_ray_still_has_the_loopback_constant_runner_sets():
+def test_ray_still_has_the_loopback_constant_raystart_sets():
     from ray._private import ray_constants
 
     assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool), (
-        "ray moved ray._private.ray_constants.ENABLE_RAY_CLUSTER: fix hpo/runner.py:_loopback_only"
+        "ray moved ray._private.ray_constants.ENABLE_RAY_CLUSTER: fix hpo/raystart.py:loopback_only"
     )
 
 
-def test_ray_init_still_takes_the_underscored_arguments_runner_passes():
+def test_ray_init_still_takes_the_underscored_arguments_raystart_passes():
     import ray
 
     documented = inspect.getdoc(ray.init) or ""  # they come in through **kwargs, documented there
     for name in ("_node_ip_address", "_system_config", "_temp_dir"):
-        assert name in documented, f"ray.init lost {name}: fix hpo/runner.py:_start_ray"
+        assert name in documented, f"ray.init lost {name}: fix hpo/raystart.py:start"
 
 
 def test_optuna_frozen_trials_still_carry_the_id_dashboard_notes_use():
@@ -38,7 +38,7 @@ def test_torch_still_has_the_abort_distributed_uses_after_a_failed_nccl_rank():
     import torch.distributed as td
 
     assert callable(td.distributed_c10d._abort_process_group), (
-        "torch moved distributed_c10d._abort_process_group: fix hpo/distributed.py:_leave_group"
+        "torch moved distributed_c10d._abort_process_group: fix hpo/collective.py:leave_group"
     )
 
 
@@ -69,10 +69,10 @@ def test_a_ray_that_moved_the_constant_stops_the_run_with_one_line(monkeypatch):
     import pytest
     from ray._private import ray_constants
 
-    from hpo import runner
+    from hpo import raystart
     from hpo.errors import RunError
 
     monkeypatch.delattr(ray_constants, "ENABLE_RAY_CLUSTER")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with pytest.raises(RunError, match="moved ray._private.ray_constants.ENABLE_RAY_CLUSTER"):
-        runner._loopback_only()
+        raystart.loopback_only()

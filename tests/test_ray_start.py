@@ -1,6 +1,6 @@
 """A local Ray that hpo starts with Ray's public ``ray.init``: it runs actors with runtime
 environments (Tune's trials use one), starts no dashboard, and stops with nothing left behind. The
-start is real (runner._start_ray in a fresh process)."""
+start is real (raystart.start in a fresh process)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def test_a_local_ray_starts_works_and_stops(tmp_path):
 import os, subprocess
 from pathlib import Path
 import ray
-from hpo import runner
-assert runner._start_ray(runner.RunOptions(target=1, runs_dir=Path({str(tmp_path / "runs")!r})))
+from hpo import raystart
+assert raystart.start(Path({str(tmp_path / "runs")!r}))
 try:
     @ray.remote(num_cpus=1)
     class Probe:
@@ -39,7 +39,7 @@ try:
             if "dashboard/dashboard.py" in args:
                 print("DASHBOARD", "minimal" if "--minimal" in args else "full")
 finally:
-    runner._stop_ray()
+    raystart.stop()
 def alive(pid):
     try:
         return Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"

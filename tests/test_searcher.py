@@ -13,17 +13,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import searcher, space
+from hpo import recovery, space
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
-from hpo.searcher import (
-    BUDGET_DONE,
-    OptunaBridge,
-    checkpoints_to_delete,
-    eval_step,
-    final_state,
-    recover_stale,
-)
+from hpo.bookkeeping import BUDGET_DONE, checkpoints_to_delete, eval_step, final_state
+from hpo.recovery import recover_stale
+from hpo.searcher import OptunaBridge
 from tests.conftest import small_spec
 
 
@@ -164,7 +159,7 @@ def test_a_trial_no_run_claimed_is_recovered_after_the_orphan_grace(tmp_path: Pa
     study.ask()  # created RUNNING, never claimed
     spec = storage_mod.spec_of(study)
     assert recover_stale(study, spec) == []  # young: its run may be writing its attributes now
-    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
     assert recover_stale(study, spec) == [0]
     # it drew no parameters: nothing to put back in the queue (a new trial samples afresh)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
@@ -271,7 +266,7 @@ def test_a_trial_interrupted_before_its_own_checkpoint_passes_on_the_one_it_resu
     study.tell(zero, state=TrialState.FAIL)
     storage_mod.enqueue(study, {"learning_rate": 1e-3}, requeued_from=0, resume_checkpoint=checkpoint)
     assert study.ask().number == 1  # taken from the queue; then its driver died
-    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
     assert recover_stale(study, spec) == [1]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
@@ -299,7 +294,7 @@ def test_a_trial_failed_by_a_run_that_died_before_re_queuing_it_is_re_queued_onc
     for trial_id, pid in zip(ids, (2**22 + 1, os.getppid()), strict=True):
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
         storage.set_trial_user_attr(
-            trial_id, searcher.REQUEUER_ATTR, {"host": socket.gethostname(), "pid": pid}
+            trial_id, recovery.REQUEUER_ATTR, {"host": socket.gethostname(), "pid": pid}
         )
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     spec = storage_mod.spec_of(study)
@@ -316,7 +311,7 @@ def test_a_run_names_itself_on_the_trials_it_fails_as_interrupted(tmp_path: Path
     try:
         bridge.suggest("ray0")
         bridge.abandon_live()
-        by = study.get_trials()[0].user_attrs[searcher.REQUEUER_ATTR]
+        by = study.get_trials()[0].user_attrs[recovery.REQUEUER_ATTR]
         assert by == {"host": socket.gethostname(), "pid": os.getpid()}
     finally:
         bridge.close()
@@ -333,7 +328,7 @@ def test_a_queued_trial_killed_while_writing_its_parameters_is_re_queued_with_al
     queued = {"learning_rate": 1e-3, "batch_size": 16, "dropout": 0.05}
     storage_mod.enqueue(study, queued, requeued_from=7)
     study.ask().suggest_float("learning_rate", 1e-4, 1e-2, log=True)  # then its driver died
-    monkeypatch.setattr(searcher, "ORPHAN_S", 0.0)
+    monkeypatch.setattr(recovery, "ORPHAN_S", 0.0)
     assert recover_stale(study, storage_mod.spec_of(study)) == [0]
     trials = study.get_trials()
     assert trials[0].params == {"learning_rate": 1e-3}

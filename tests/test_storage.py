@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from hpo import spec as spec_mod
-from hpo import storage
+from hpo import storage, storageurl
 from hpo.errors import StorageError, UsageError
 from tests.conftest import small_spec
 
@@ -133,7 +133,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time, optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from hpo import storage
+    from hpo import storage, storageurl
     study = storage.load("small", sys.argv[1])
     print("ready", flush=True)
     end = time.time() + float(sys.argv[2])
@@ -223,7 +223,7 @@ def test_errors_never_print_the_password(tmp_path, spec, url, error, needle):
 
 def test_scrub_removes_a_password_a_driver_echoes():
     url = "postgresql://u:hunter2@h/db"
-    assert storage._scrub(f"cannot connect to {url} (password hunter2 rejected)", url) == (
+    assert storageurl.scrub(f"cannot connect to {url} (password hunter2 rejected)", url) == (
         "cannot connect to postgresql://u:***@h/db (password *** rejected)"
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo import basemodel, placement, trial
+from hpo import basemodel, evaluation, faultinject, placement, trial, trialsetup
 from hpo import spec as spec_mod
 from tests.conftest import small_spec, trial_config, validation_loss
 
@@ -45,19 +45,20 @@ def test_dropout_fields_cover_gpt2_and_other_families():
 
 
 def test_micro_batch_divides_the_batch():
-    assert trial._micro_batch(32, 32) == 32
-    assert trial._micro_batch(48, 32) == 24
-    assert trial._micro_batch(7, 4) == 1
+    assert trialsetup.micro_batch(32, 32) == 32
+    assert trialsetup.micro_batch(48, 32) == 24
+    assert trialsetup.micro_batch(7, 4) == 1
 
 
 def _marks(steps_per_epoch: int, epochs: int, every: float, wanted) -> list[float]:
     """The epochs at which the loop evaluates (a mark crossed, or the budget's last step)."""
-    out, mark, total = [], trial._next_mark(0, steps_per_epoch, every, 1, wanted), epochs * steps_per_epoch
+    out, total = [], epochs * steps_per_epoch
+    mark = evaluation.next_mark(0, steps_per_epoch, every, 1, wanted)
     for step in range(1, total + 1):
         epoch = step / steps_per_epoch
         if epoch + 1e-9 >= mark * every or step == total:
             out.append(round(mark * every if epoch + 1e-9 >= mark * every else epoch, 6))
-            mark = trial._next_mark(step, steps_per_epoch, every, mark, wanted)
+            mark = evaluation.next_mark(step, steps_per_epoch, every, mark, wanted)
     return out
 
 
@@ -71,7 +72,7 @@ def _marks(steps_per_epoch: int, epochs: int, every: float, wanted) -> list[floa
     ],
 )
 def test_evaluations_happen_at_asha_rungs_whole_epochs_and_the_end(eval_epochs, expected):
-    wanted = trial._eval_marks({"eval_every": 0.25, "eval_epochs": eval_epochs})
+    wanted = evaluation.eval_marks({"eval_every": 0.25, "eval_epochs": eval_epochs})
     assert _marks(8, 3, 0.25, wanted) == expected
 
 
@@ -118,12 +119,12 @@ def test_a_trial_trains_in_the_precision_asked_for(prepared, tiny_model, tmp_pat
     for asked in ("fp32", "bf16", "auto"):
         config = {**_config(prepared, tiny_model, tmp_path / asked), "precision": asked}
         losses[asked] = [r["eval_loss"] for r in _reports(config)]
-        chosen = placement.precision(None, trial._cpu_bf16()) if asked == "auto" else asked
+        chosen = placement.precision(None, trialsetup.cpu_bf16()) if asked == "auto" else asked
         assert config["placement"]["precision"] == chosen
     # bf16 autocast really ran (other roundings), and trains to the same losses as fp32 here
     assert losses["bf16"] != losses["fp32"]
     assert all(abs(a - b) < 0.01 for a, b in zip(losses["bf16"], losses["fp32"], strict=True))
-    assert losses["auto"] == losses[placement.precision(None, trial._cpu_bf16())]
+    assert losses["auto"] == losses[placement.precision(None, trialsetup.cpu_bf16())]
 
 
 def _reports(config: dict) -> list[dict]:
@@ -157,7 +158,7 @@ def test_a_nan_loss_ends_the_trial_with_a_trial_error():
 def test_an_injected_out_of_memory_becomes_a_trial_error(prepared, tiny_model, tmp_path, monkeypatch):
     from hpo.errors import TrialError
 
-    monkeypatch.setenv(trial.FAIL_ENV, "0:oom")
+    monkeypatch.setenv(faultinject.FAIL_ENV, "0:oom")
     with pytest.raises(TrialError, match="out of memory"):
         trial.run(_config(prepared, tiny_model, tmp_path / "o"), lambda m: None)
 
@@ -174,10 +175,10 @@ def test_tiny_model_is_cached_and_loads_with_from_pretrained(tiny_model):
 
 
 def test_batching_accumulates_batches_into_one_step():
-    assert trial.batching(16, 1, 32) == (16, 16)
-    assert trial.batching(8, 2, 32) == (16, 8)  # effective batch 16 in two passes of 8
-    assert trial.batching(48, 1, 32) == (48, 24)
-    assert trial.batching(32, 4, 8) == (128, 8)
+    assert trialsetup.batching(16, 1, 32) == (16, 16)
+    assert trialsetup.batching(8, 2, 32) == (16, 8)  # effective batch 16 in two passes of 8
+    assert trialsetup.batching(48, 1, 32) == (48, 24)
+    assert trialsetup.batching(32, 4, 8) == (128, 8)
 
 
 def test_options_come_from_params_then_config_then_defaults():
@@ -301,13 +302,13 @@ def test_a_trial_takes_the_threads_the_driver_offers_and_gives_them_back(prepare
 def test_a_settled_trial_process_has_its_imports_frozen_and_still_frees_each_trials_model(
     prepared, tiny_model, tmp_path
 ):
-    """runner._settle_process (once per Ray trial process): the libraries' objects are frozen out
+    """trainable.settle_process (once per Ray trial process): the libraries' objects are frozen out
     of the collector's reach, and a trial's model, optimizer and tensors are still collected."""
     code = f"""
 import gc, json, weakref
-from hpo import runner, trial
+from hpo import trainable, trial
 import hpo.checkpoint as checkpoint
-runner._settle_process({tiny_model!r})
+trainable.settle_process({tiny_model!r})
 frozen = gc.get_freeze_count()
 models = []
 real_load = checkpoint.load_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import searcher, trial, warmstart
+from hpo import bookkeeping, faultinject, trial, warmstart
 from hpo.errors import TrialError
 from tests.conftest import small_spec, trial_config
 from tests.test_trial import PARAMS
@@ -91,7 +91,7 @@ def test_a_stop_at_a_report_stops_the_trial_there_and_the_process_serves_the_nex
 
 
 def test_a_failing_trial_keeps_its_error_class_and_message(warm, prepared, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv(trial.FAIL_ENV, "7:oom")  # the forked process takes this process's environment
+    monkeypatch.setenv(faultinject.FAIL_ENV, "7:oom")  # the forked process takes this process's environment
     for address in list(warmstart._CHILD):
         warmstart._CHILD[address].close()  # fork a new one, with the environment above
     forked = _forked(warm)
@@ -107,7 +107,7 @@ def test_a_sticky_cuda_error_ends_the_trial_process_and_the_next_trial_forks_ane
 ):
     """hpo/cudafault.py: CUDA cannot be used again in a process after such an error, so the forked
     process reports the trial as ``CudaError`` and exits; the Ray process forks a new one."""
-    monkeypatch.setenv(trial.FAIL_ENV, "3:cuda")
+    monkeypatch.setenv(faultinject.FAIL_ENV, "3:cuda")
     for address in list(warmstart._CHILD):
         warmstart._CHILD[address].close()  # fork a new one, with the environment above
     forked = _forked(warm)
@@ -266,7 +266,7 @@ def test_a_run_forks_its_trials_and_leaves_no_process_behind(tmp_path, tiny_mode
     left = [p for p in Path("/proc").glob("[0-9]*") if _is_warm(p) and _driver(p) == os.getpid()]
     assert not [p for p in left if ours not in (int(p.name), _ppid(int(p.name)))]
     trials = optuna.load_study(study_name="small", storage=url).get_trials()
-    assert all(searcher.read_error(Path(t.user_attrs["trial_dir"])) is None for t in trials)
+    assert all(bookkeeping.read_error(Path(t.user_attrs["trial_dir"])) is None for t in trials)
 
 
 def _driver(proc: Path) -> int | None:

@@ -23,7 +23,9 @@ _STATE: dict[str, Any] = {"trial": None, "runs": 0, "step_s": 0.0, "steps": 0}
 TARGETS = {
     "hpo.trial": ["run", "load_model", "evaluate_metrics", "save_checkpoint", "_step"],
     "hpo.data": ["prepare", "Prepared.arrays"],
-    "hpo.runner": ["run", "_start_ray", "_stop_ray", "_tuner", "_fit", "_trainable"],
+    "hpo.runner": ["run", "_tuner", "_fit"],
+    "hpo.raystart": ["start", "stop"],
+    "hpo.trainable": ["run_trial"],
     "hpo.searcher": [
         "OptunaBridge.suggest",
         "OptunaBridge.on_trial_result",
@@ -79,7 +81,7 @@ def _wrap(module: str, qualname: str, fn):
 def _trial_of(qualname: str, args: tuple, result: Any) -> Any:
     if qualname == "OptunaBridge.suggest":  # the trial number is known only after ask
         return result.get("trial_number") if isinstance(result, dict) else None
-    if qualname == "_trainable" and args and isinstance(args[0], dict):
+    if qualname == "run_trial" and args and isinstance(args[0], dict):
         return args[0].get("trial_number")
     if qualname == "save_checkpoint" and len(args) > 1 and isinstance(args[1], dict):
         return args[1].get("trial_number")

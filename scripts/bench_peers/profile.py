@@ -91,7 +91,7 @@ def _per_trial(workers: list[dict[str, Any]], asked: dict[int, float]) -> dict[i
             t.update(run_t0=r["t0"], runs_in_process=r["runs_in_process"])
             continue
         fn = r["fn"].rpartition(".")[2]
-        if fn in ("run", "_trainable"):  # their end includes the last report's wait
+        if fn in ("run", "run_trial"):  # their end includes the last report's wait
             continue
         if fn == "report":  # the last report blocks until Ray stops or reuses the process: not counted
             t.setdefault("reports", []).append(r)

@@ -1,0 +1,110 @@
+"""The bridge's bookkeeping as pure decisions on plain values: what a Ray trial's end makes of its
+Optuna trial (COMPLETE, PRUNED or FAIL, and the user attributes it keeps), the step of each
+intermediate value, which checkpoints can go, and what counts towards the target. No Ray; unit
+tested with hand-made trials (tests/test_searcher.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+ERROR_FILE = "error.json"
+BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained all its epochs
+
+
+def finished_and_running(trials: list) -> tuple[int, int]:
+    """(COMPLETE + PRUNED, RUNNING) among ``trials``: what counts towards the target."""
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return finished, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def eval_step(epoch: float, eval_every: float) -> int:
+    """The intermediate-value step of an evaluation: its index on the ``eval_every`` epoch grid."""
+    return max(1, math.ceil(epoch / eval_every - 1e-6))
+
+
+def final_state(last: dict[str, Any], error: bool, max_t: float, scheduled: bool) -> TrialState:
+    """COMPLETE when the trial ran its own budget (or the scheduler's max_t), PRUNED when the
+    scheduler stopped it earlier, FAIL on error or when it never reported."""
+    if error or "epoch" not in last:
+        return TrialState.FAIL
+    if last.get(BUDGET_DONE) or float(last["epoch"]) >= max_t - 1e-6:
+        return TrialState.COMPLETE
+    return TrialState.PRUNED if scheduled else TrialState.FAIL
+
+
+def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes a finished trial carries, from its last report."""
+    keys = (
+        "epoch",
+        "best_eval_loss",
+        "best_epoch",
+        "checkpoint",
+        "train_s",
+        "eval_s",
+        "save_s",
+        "trial_s",
+        "tokens",
+        "tokens_per_s",
+        "best_token_accuracy",
+        "early_stopped",
+        "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
+        "precision",
+        "base_dtype",  # the dtype the base model was saved in: what `hpo export` writes by default
+        "micro_batch",  # sequences in one forward pass (max_micro_batch: auto picks it) and the memory
+        "memory_gb",  # the trial planned with (hpo/memory.py)
+        "device_note",
+        "cuda_visible_devices",
+        "node_id",
+        "started_at",
+        "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
+        "ddp_backend",
+    )
+    out = {k: last[k] for k in keys if last.get(k) is not None}
+    if "best_eval_loss" in out:
+        out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
+    return out
+
+
+def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
+    """Checkpoint folders that can no longer be exported as the best: every finished trial's
+    except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
+    ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
+    from them has finished, and any checkpoint a queued or running trial is to resume from (down a
+    chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
+    resumed from)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
+    winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
+    resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
+    pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
+    needed = {t.user_attrs.get("resume_checkpoint") for t in trials if not t.state.is_finished()}
+    out: list[str] = []
+    for t in trials:
+        folder = t.user_attrs.get("trial_dir")
+        if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
+            continue
+        if t.number in pending or (
+            t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
+        ):
+            continue  # its re-queued trial will resume from this checkpoint
+        out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir() and str(p) not in needed)
+    return out
+
+
+def read_error(folder: Path) -> dict[str, str] | None:
+    """The error a trial's wrapper wrote before it failed, if any."""
+    try:
+        return json.loads((folder / ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def du_mb(path: Path) -> float:
+    """Megabytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
