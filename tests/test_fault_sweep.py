@@ -30,7 +30,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.checkpoint import POINTER, best_checkpoint
-from hpo.runner import _temp_dir
+from hpo.raystart import temp_dir
 from hpo.storage import ENQUEUED_ATTR
 from tests.conftest import run_cli, small_spec
 
@@ -107,7 +107,7 @@ class Watch:
     def ray_started(self) -> bool:
         """This run's Ray has made its session folder (the temp folder is shared by the runs)."""
         try:
-            return os.lstat(Path(_temp_dir(self.runs)) / "session_latest").st_mtime >= self.started
+            return os.lstat(Path(temp_dir(self.runs)) / "session_latest").st_mtime >= self.started
         except OSError:
             return False
 
