@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.errors import TrialError
+from hpo.models import TOKENIZER_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -232,22 +233,10 @@ def best_checkpoint(root: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
-
-
 def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
     source = previous or Path(model_path)
     if source.is_dir():
-        for name in _TOKENIZER_FILES:
+        for name in TOKENIZER_PARTS:
             if (source / name).is_file():
                 shutil.copy2(source / name, out / name)
         return

@@ -37,13 +37,7 @@ HUB_FILES = [
     "model.safetensors",
     "model-*.safetensors",
     "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
+    *models.TOKENIZER_PARTS,
 ]
 
 

@@ -196,6 +196,17 @@ def hub_unreachable() -> str | None:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+#: Every file a saved tokenizer may consist of (copied into checkpoints, fetched from the Hub).
+TOKENIZER_PARTS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # hpo loads safetensors only
 
 
