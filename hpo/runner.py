@@ -250,6 +250,7 @@ def _config_maker(
             "warmup_ratio": training.warmup_ratio,
             "max_micro_batch": training.max_micro_batch,  # auto: the largest that fits (hpo.memory)
             "gradient_checkpointing": training.gradient_checkpointing,
+            "compile": training.compile,  # auto: large models where a compiler is found
             "memory_bytes": mem.per_trial if mem else None,  # the trial's host memory share
             "hold_memory": bool(mem and spec.resources.memory_gb),  # resources.memory_gb is a hard limit
             "max_grad_norm": training.max_grad_norm,

@@ -168,6 +168,13 @@ class TrainingSpec(Frozen):
         default=False,
         description="recompute activations in the backward pass: less memory, ~30% more compute",
     )
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile each decoder block (one graph for all): ~25% faster steps on a 135M "
+        "model on CPU; the first compile on a machine takes minutes, later ones seconds (torch's cache). "
+        "auto: models of 50M+ parameters, with a C++ compiler (CPU) or triton (GPU), no gradient "
+        "checkpointing",
+    )
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
     )

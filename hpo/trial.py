@@ -176,9 +176,10 @@ def _run(
         model.config.use_cache = False
     if device.type == "cpu":  # dropout masks drawn a quarter as often, no float copies (hpo.dropout)
         fast_dropout.speed_up(model)
+    config["placement"]["compile"] = trialsetup.compile_blocks(model, config.get("compile", "auto"), device)
     dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
-    opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
+    opt = trialsetup.optimizer(_param_groups(model, p["weight_decay"]), p["learning_rate"], device)
     cap = trialsetup.micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
     bs, micro = trialsetup.batching(  # data-parallel: each rank takes batch_size / world blocks of a step
         int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
