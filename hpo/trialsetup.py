@@ -82,12 +82,12 @@ def _repeated_blocks(model) -> list:
     """The longest ``ModuleList`` of one class of module: a transformer's layers."""
     import torch
 
-    lists: list[Any] = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1
-    ]
-    return list(max(lists, key=len)) if lists else []
+    best: list[Any] = []
+    for m in model.modules():
+        longer = isinstance(m, torch.nn.ModuleList) and len(m) > max(1, len(best))
+        if longer and len({type(c) for c in m}) == 1:
+            best = list(m)
+    return best
 
 
 def _auto_skips(model, device) -> str | None:
