@@ -304,7 +304,8 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "required field is missing"
         got = e.get("input")
         line = f"{loc}: {msg}"
-        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show
+        if e["type"] not in ("missing", "extra_forbidden") and shown:
             line += f" (got {got!r})"
         key = (loc, msg)
         if key not in seen:  # a union reports one error per branch; keep the distinct ones
