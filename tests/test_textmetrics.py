@@ -51,7 +51,7 @@ def test_score_normalises_before_the_builtin_metrics():
 
 def test_custom_metric_of_predictions_and_references():
     def score(predictions, references):
-        return sum(len(p) == len(r) for p, r in zip(predictions, references)) / len(predictions)
+        return sum(len(p) == len(r) for p, r in zip(predictions, references, strict=True)) / len(predictions)
 
     got = tm.score(["q1", "q2"], ["ab", "abc"], ["xy", "x"], [], custom=("same_len", score, "m.py:score"))
     assert got["same_len"] == 0.5
