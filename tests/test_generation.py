@@ -161,3 +161,30 @@ def test_a_custom_metric_that_raises_fails_the_trial(prepared, tiny_model, tmp_p
     ):
         trial.run(config, reports.append)
     assert reports == []  # the first evaluation failed: nothing was reported
+
+
+def test_a_data_parallel_trial_generates_on_rank_0_and_shares_the_scores(prepared, tiny_model, tmp_path):
+    from hpo import trial
+
+    params = {"learning_rate": 2e-3, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.0}
+    config = trial_config(
+        prepared,
+        tiny_model,
+        tmp_path / "dp",
+        params,
+        max_micro_batch=8,
+        cpus=2,
+        gpus=2,  # no CUDA here: two ranks over gloo on the CPU
+        precision="fp32",
+        generate=GENERATE,
+        generate_seed=0,
+        objective="chrf",
+        objective_direction="maximize",
+        objective_generated=True,
+    )
+    reports: list = []
+    trial.run(config, reports.append)
+    assert config["placement"]["world_size"] == 2
+    assert [r["epoch"] for r in reports] == [0.5, 1.0]  # every rank took the same decisions
+    assert all(r["generate_s"] > 0 and 0 <= r["chrf"] <= 100 for r in reports)
+    assert reports[-1]["best_objective"] == max(r["chrf"] for r in reports)
