@@ -69,6 +69,8 @@ def test_rouge_l_objective_with_a_custom_metric(tmp_path, tiny_model):
             assert a["generated_metrics"]["rouge_l"] == pytest.approx(t.value)
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
 
+    r = run_cli("study", "show", "gen", "--storage", url, cwd=tmp_path)
+    assert r.returncode == 0 and "generated answers: exact_match" in r.stdout, r.stdout + r.stderr
     note = optuna_dashboard.get_note(optuna.trial.Trial(study, best._trial_id))
     assert "**generated answers:** exact_match" in note and "| prompt | answer | reference |" in note
     r = run_cli("report", "--study", "gen", "--out", str(tmp_path / "report.html"), "--storage", url)
