@@ -31,7 +31,7 @@ def test_rouge_l_objective_with_a_custom_metric(tmp_path, tiny_model):
     spec = small_spec(
         tmp_path,
         name="gen",
-        rows=200,
+        rows=120,
         objective={"metric": "rouge_l"},
         evaluation={
             "generate": {
