@@ -92,6 +92,7 @@ class Generator:
         if g.get("metric"):
             path, func = textmetrics.split_ref(g["metric"]["python"])
             self.custom = (g["metric"]["name"], textmetrics.load_custom(path, func), g["metric"]["python"])
+        self.names = [*textmetrics.GENERATED, *([self.custom[0]] if self.custom else [])]  # the metrics
         self.seconds = 0.0
         self.tokens = 0  # tokens generated, all generations together
         self.kept: dict[str, Any] = {}  # the answers kept: the best evaluation's, else the latest
@@ -104,7 +105,7 @@ class Generator:
             The metrics, and the first ``show`` samples as JSON (prompt, prediction, reference).
         """
         t0 = time.perf_counter()
-        names = [*textmetrics.GENERATED, *([self.custom[0]] if self.custom else [])]
+        names = self.names
         metrics, shown = {n: 0.0 for n in names}, "[]"
         if dist.is_main:
             answers = self._generate(model, device, autocast)
@@ -129,10 +130,9 @@ class Generator:
             epoch: where it happened.
         """
         if shown is not None and (improved or not self.kept_is_best):
-            names = [*textmetrics.GENERATED, *([self.custom[0]] if self.custom else [])]
             self.kept = {
                 "generated_samples": shown,
-                "generated_metrics": json.dumps({k: metrics[k] for k in names}),
+                "generated_metrics": json.dumps({k: metrics[k] for k in self.names}),
                 "generated_epoch": round(epoch, 6),
             }
             self.kept_is_best = improved
