@@ -11,7 +11,7 @@ from hpo import evaluation, generation
 from hpo import spec as spec_mod
 from hpo.errors import SpecError, TrialError
 from hpo.packing import pack
-from tests.conftest import trial_config
+from tests.conftest import ROOT, trial_config
 
 EOS = 9
 
@@ -188,3 +188,20 @@ def test_a_data_parallel_trial_generates_on_rank_0_and_shares_the_scores(prepare
     assert [r["epoch"] for r in reports] == [0.5, 1.0]  # every rank took the same decisions
     assert all(r["generate_s"] > 0 and 0 <= r["chrf"] <= 100 for r in reports)
     assert reports[-1]["best_objective"] == max(r["chrf"] for r in reports)
+
+
+def test_chat_prompts_end_at_the_assistant_header_and_references_are_the_replies(tmp_path, tiny_model):
+    import json
+
+    from hpo import data
+
+    chats = (ROOT / "studies" / "data" / "support-chat-200.jsonl").read_text().splitlines()[:40]
+    (tmp_path / "chats.jsonl").write_text("\n".join(chats) + "\n")
+    doc = _base(tmp_path, data={"path": str(tmp_path / "chats.jsonl"), "format": "chat", "block_size": 256})
+    s = spec_mod.parse(doc, "s", str(tmp_path))
+    prepared = data.prepare(s.data, tiny_model, 0, tmp_path / "cache")  # tiny: hpo's simple template
+    config = {"generate": GENERATE, "model_path": tiny_model, "generate_seed": 0}
+    g = generation.Generator(config, _val(prepared), eval_batch=4)
+    replies = {json.loads(c)["messages"][-1]["content"] for c in chats}
+    assert g.prompts and all(t.endswith("<|assistant|>\n") for t in g.prompt_texts)
+    assert all(r in replies for r in g.references)  # the last reply, without its EOS
