@@ -84,3 +84,4 @@ def test_rouge_l_objective_with_a_custom_metric(tmp_path, tiny_model):
     r = run_cli("export", "--out", str(out), "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "hpo.json").read_text())["trial"] == best.number
+    assert f"| rouge_l (generated answers) | {best.value:.4f} |" in (out / "README.md").read_text()
