@@ -205,3 +205,25 @@ def test_chat_prompts_end_at_the_assistant_header_and_references_are_the_replies
     replies = {json.loads(c)["messages"][-1]["content"] for c in chats}
     assert g.prompts and all(t.endswith("<|assistant|>\n") for t in g.prompt_texts)
     assert all(r in replies for r in g.references)  # the last reply, without its EOS
+
+
+def test_a_lora_trial_generates_through_peft(prepared, tiny_model, tmp_path):
+    from hpo import trial
+
+    params = {"learning_rate": 5e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.0}
+    config = trial_config(
+        prepared,
+        tiny_model,
+        tmp_path / "lora",
+        params,
+        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn"]},
+        generate=GENERATE,
+        generate_seed=0,
+        objective="exact_match",
+        objective_direction="maximize",
+        objective_generated=True,
+    )
+    reports: list = []
+    trial.run(config, reports.append)
+    assert [r["epoch"] for r in reports] == [0.5, 1.0]
+    assert all(r["generated_tokens"] > 0 and 0 <= r["exact_match"] <= 1 for r in reports)
