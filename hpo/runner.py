@@ -235,7 +235,7 @@ def _config_maker(
     warm_address: str | None = None,
     mem=None,
 ) -> Callable:
-    training = spec.training
+    training, gen = spec.training, spec.evaluation.generate
 
     def make(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
         return {
@@ -260,6 +260,11 @@ def _config_maker(
             "l1": training.l1,
             "early_stopping_patience": training.early_stopping_patience,
             "objective": spec.objective.metric,
+            "objective_direction": spec.objective.direction,
+            "objective_generated": spec.objective.generated,  # then every evaluation generates
+            "generate": gen.model_dump() if gen else None,  # evaluation.generate (hpo/generation.py)
+            "generate_seed": spec.seed,  # every trial answers the same prompts
+            "generate_epochs": spec.eval_epochs_asha(),  # ASHA's rungs and max_t (none without ASHA)
             "precision": training.precision,  # auto: placement.precision decides on the trial's device
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,

@@ -47,12 +47,16 @@ from hpo.specsections import (
     METRICS,
     AdapterSpec,
     AshaSpec,
+    CustomMetricSpec,
     DataSpec,
+    EvaluationSpec,
+    GenerateSpec,
     NoSchedule,
     ObjectiveSpec,
     ResourcesSpec,
     Schedule,
     TrainingSpec,
+    generation_problem,
     resolve_path,
 )
 
@@ -70,7 +74,10 @@ __all__ = [
     "StudySpec",
     "AdapterSpec",
     "AshaSpec",
+    "CustomMetricSpec",
     "DataSpec",
+    "EvaluationSpec",
+    "GenerateSpec",
     "NoSchedule",
     "ObjectiveSpec",
     "ResourcesSpec",
@@ -94,6 +101,9 @@ class StudySpec(Frozen):
     )
     data: DataSpec
     objective: ObjectiveSpec = ObjectiveSpec()
+    evaluation: EvaluationSpec = Field(
+        default=EvaluationSpec(), validate_default=True, description="metrics on generated answers"
+    )
     space: SpaceSpec = SpaceSpec()
     schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
     training: TrainingSpec = TrainingSpec()
@@ -109,6 +119,15 @@ class StudySpec(Frozen):
     )
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0
+
+    @field_validator("evaluation", mode="after")
+    @classmethod
+    def _generation(cls, v: EvaluationSpec, info: ValidationInfo) -> EvaluationSpec:
+        objective, data = info.data.get("objective"), info.data.get("data")
+        problem = objective and generation_problem(objective, v, getattr(data, "format", None))
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("training", mode="after")
     @classmethod
@@ -211,8 +230,14 @@ class StudySpec(Frozen):
     def eval_epochs(self) -> list[float] | None:
         """The epochs a trial must evaluate at besides whole epochs and its budget's end (the ASHA
         rungs and max_t), or None when it evaluates at every ``eval_every`` mark."""
-        if self.training.eval_at == "every" or not isinstance(self.schedule, AshaSpec):
+        if self.training.eval_at == "every":
             return None
+        return self.eval_epochs_asha() or None
+
+    def eval_epochs_asha(self) -> list[float]:
+        """The epochs at which ASHA reads a trial: its rungs and max_t (none without ASHA)."""
+        if not isinstance(self.schedule, AshaSpec):
+            return []
         return [*self.asha_rungs(), self.asha_max_t()]
 
     def to_json(self) -> str:
@@ -279,7 +304,8 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "required field is missing"
         got = e.get("input")
         line = f"{loc}: {msg}"
-        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show
+        if e["type"] not in ("missing", "extra_forbidden") and shown:
             line += f" (got {got!r})"
         key = (loc, msg)
         if key not in seen:  # a union reports one error per branch; keep the distinct ones
