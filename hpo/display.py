@@ -72,6 +72,8 @@ class EventPrinter:
             return f"trial {e.number:>3} COMPLETE   value {value} at epoch {epoch}"
         if e.kind == "pruned":
             return f"trial {e.number:>3} PRUNED     at epoch {epoch} (eval {value})"
+        if e.kind == "interrupted" and e.message.startswith("stopped at the time budget"):
+            return f"trial {e.number:>3} {e.message} (at epoch {epoch})"
         if e.kind == "interrupted":
             return f"trial {e.number:>3} interrupted: marked FAIL, parameters re-queued"
         return f"trial {e.number:>3} FAILED     {e.message}"
@@ -85,6 +87,14 @@ def fmt_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def of_target(target: int) -> str:
+    """``/20`` after a count of finished trials, or nothing when the run has no trial target (a
+    time budget alone ends it)."""
+    from hpo.budget import NO_TARGET
+
+    return "" if target >= NO_TARGET else f"/{target}"
 
 
 def eta_seconds(done_here: int, finished: int, target: int, elapsed: float) -> float | None:
@@ -257,7 +267,7 @@ class LiveProgress:
         left = f"~{fmt_duration(eta)} left" if eta is not None else "time left: after the first trial"
         best = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best else "best -"
         return (
-            f"[bold]{finished}/{self.target} finished[/bold] "
+            f"[bold]{finished}{of_target(self.target)} finished[/bold] "
             f"({c['complete']} complete, {c['pruned']} pruned) "
             f"· {c['fail']} failed · {len(self.running)} running · {best} "
             f"· elapsed {fmt_duration(elapsed)} · {left}"
@@ -309,18 +319,41 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
         )
     elif s.interrupted:
         echo(
-            f"interrupted after {s.wall_s:.0f}s: {done}/{s.target} finished; running trials re-queued. "
-            "Rerun the same command to resume."
+            f"interrupted after {s.wall_s:.0f}s: {done}{of_target(s.target)} finished; running trials "
+            "re-queued. Rerun the same command to resume."
         )
     else:
         echo(
-            f"study {s.study!r}: {done}/{s.target} finished "
+            f"study {s.study!r}: {done}{of_target(s.target)} finished "
             f"({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
             f"{c['FAIL']} failed, in {s.wall_s:.0f}s"
         )
+    if s.budget_s and s.finished_before < s.target:
+        for line in budget_lines(s):
+            echo(line)
     if s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
+
+
+def budget_lines(s) -> list[str]:
+    """What a run's time budget bought: trials finished in it, the best value, the time used, and
+    the trials its deadline stopped (re-queued for the next run)."""
+    c = s.counts
+    bought = c["COMPLETE"] + c["PRUNED"] - s.finished_before
+    best = f"; best so far {s.best_value:.4f} (trial {s.best_trial})" if s.best_trial is not None else ""
+    lines = [
+        f"time budget {fmt_duration(s.budget_s)}: used {fmt_duration(s.wall_s)}, {bought} trial(s) "
+        f"finished in it{best}"
+    ]
+    if s.budget_note:
+        lines.append(f"budget: {s.budget_note}")
+    if s.budget_stopped:
+        lines.append(
+            f"budget: stopped trial(s) {', '.join(map(str, s.budget_stopped))} at the deadline "
+            "(FAIL budget, checkpoints kept, re-queued); rerun to resume them"
+        )
+    return lines
 
 
 def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:

@@ -47,12 +47,14 @@ from hpo.specsections import (
     METRICS,
     AdapterSpec,
     AshaSpec,
+    BudgetSpec,
     DataSpec,
     NoSchedule,
     ObjectiveSpec,
     ResourcesSpec,
     Schedule,
     TrainingSpec,
+    WarmStartSpec,
     resolve_path,
 )
 
@@ -70,11 +72,13 @@ __all__ = [
     "StudySpec",
     "AdapterSpec",
     "AshaSpec",
+    "BudgetSpec",
     "DataSpec",
     "NoSchedule",
     "ObjectiveSpec",
     "ResourcesSpec",
     "TrainingSpec",
+    "WarmStartSpec",
     "load",
     "parse",
 ]
@@ -106,6 +110,10 @@ class StudySpec(Frozen):
     )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="known-good configurations tried first (warm start)"
+    )
+    budget: BudgetSpec | None = Field(default=None, description="time per run (--time-budget overrides)")
+    warm_start: WarmStartSpec | None = Field(
+        default=None, description="copy an earlier study's finished trials in as the sampler's history"
     )
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0
