@@ -71,8 +71,9 @@ def study_create(
     """
     from hpo import data as data_mod
     from hpo import storage as storage_mod
-    from hpo.display import data_progress
+    from hpo.display import data_progress, warm_start_line
     from hpo.study import create_study
+    from hpo.summary import WARM_START_ATTR
 
     with data_progress() as bar, data_mod.progress_to(bar):  # reading 200,000 rows takes seconds
         s = create_study(spec, name=name, storage=storage)
@@ -86,6 +87,9 @@ def study_create(
         f"searching {searched}; schedule {s.schedule.type}; "
         f"objective {s.objective.metric} ({s.objective.direction})"
     )
+    warm = storage_mod.load(s.name, storage).user_attrs.get(WARM_START_ATTR)
+    if warm:
+        _echo(warm_start_line(warm))
     _echo(f"next: hpo run --study {s.name} --trials 20")
 
 

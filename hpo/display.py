@@ -336,6 +336,22 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
 
 
+def warm_start_line(warm: dict[str, Any]) -> str:
+    """What ``warm_start`` imported at creation (the study attribute ``priorstudy.History.record``)."""
+    line = (
+        f"imported {warm['imported']} finished trial(s) of study {warm['study']!r} as the sampler's "
+        "history (marked imported: not counted toward --trials, never exported)"
+    )
+    if warm.get("dropped_params"):
+        dropped = ", ".join(f"{k} (from {n})" for k, n in warm["dropped_params"].items())
+        line += f"; dropped parameters the new space does not search: {dropped}"
+    if warm.get("left_out_count"):
+        line += (
+            f"; left out {warm['left_out_count']} trial(s) outside the new space ({warm['left_out'][0]}, ...)"
+        )
+    return line
+
+
 def budget_lines(s) -> list[str]:
     """What a run's time budget bought: trials finished in it, the best value, the time used, and
     the trials its deadline stopped (re-queued for the next run)."""
@@ -372,6 +388,11 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
         states.add_column(name, justify="right")
     states.add_row(*(str(v) for v in c.values()))
     console.print(states)
+    if info.get("warm_start"):
+        w = info["warm_start"]
+        console.print(
+            f"history: {w['imported']} trial(s) imported from study {w['study']!r} (not counted above)"
+        )
     best = info["best"]
     name = info["study"]
     where = "" if info["storage"] == "sqlite:///hpo.db" else f" --storage {info['storage']}"

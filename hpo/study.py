@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpo import checkpoint, models
+from hpo import checkpoint, models, priorstudy
 from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
@@ -29,9 +29,10 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         The validated ``StudySpec`` (the study is in the storage).
 
     Raises:
-        SpecError: the spec is invalid, or its model cannot be found here (nothing is written).
-        UsageError: a study of that name exists.
-        StorageError: the storage cannot be reached.
+        SpecError: the spec is invalid, or its model cannot be found here, or its ``warm_start``
+            study cannot warm-start it (nothing is written).
+        UsageError: a study of that name exists, or the ``warm_start`` study does not.
+        StorageError: the storage (or the ``warm_start`` study's) cannot be reached.
     """
     study_spec = spec_mod.load(spec_path, name=name)
     try:  # the model is found now (a folder, the Hugging Face cache, the Hub), not after Ray starts
@@ -43,7 +44,12 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
     if problem:  # a searched dimension that changes nothing: refused before anything is written
         raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
-    storage_mod.create(study_spec, storage, data_report=report)
+    history = priorstudy.history(study_spec, storage, str(spec_path))  # checked before any write
+    ws = study_spec.warm_start
+    if ws is not None and ws.storage:  # the stored spec keeps no password
+        masked = ws.model_copy(update={"storage": storage_mod.mask(ws.storage)})
+        study_spec = study_spec.model_copy(update={"warm_start": masked})
+    storage_mod.create(study_spec, storage, data_report=report, history=history)
     log.info(found.note)
     return study_spec
 
