@@ -73,7 +73,8 @@ class EventPrinter:
         if e.kind == "pruned":
             return f"trial {e.number:>3} PRUNED     at epoch {epoch} (eval {value})"
         if e.kind == "interrupted" and e.message.startswith("stopped at the time budget"):
-            return f"trial {e.number:>3} {e.message} (at epoch {epoch})"
+            at = f" (at epoch {epoch})" if e.epoch is not None else " (before its first evaluation)"
+            return f"trial {e.number:>3} {e.message}{at}"
         if e.kind == "interrupted":
             return f"trial {e.number:>3} interrupted: marked FAIL, parameters re-queued"
         return f"trial {e.number:>3} FAILED     {e.message}"
