@@ -187,16 +187,16 @@ def test_a_warm_start_storage_url_is_stored_without_its_password(tmp_path):
 @pytest.mark.e2e
 def test_warm_started_study_runs_its_own_trials_and_exports_only_them(tmp_path, tiny_model):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    old = small_spec(tmp_path, name="old", space={"epochs": 1})
+    old = small_spec(tmp_path, name="old", rows=160, space={"epochs": 1})
     assert run_cli("study", "create", str(old), "--storage", url, cwd=tmp_path).returncode == 0
-    r = run_cli("run", "--study", "old", "--trials", "2", "--storage", url, cwd=tmp_path, timeout=300)
+    r = run_cli("run", "--study", "old", "--trials", "1", "--storage", url, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     finished_old = [
         t for t in optuna.load_study(study_name="old", storage=url).get_trials() if t.state.is_finished()
     ]
     finished_old = [t for t in finished_old if t.state != TrialState.FAIL]
 
-    new = small_spec(tmp_path, name="new", space={"epochs": 1}, warm_start={"study": "old"})
+    new = small_spec(tmp_path, name="new", rows=160, space={"epochs": 1}, warm_start={"study": "old"})
     r = run_cli("study", "create", str(new), "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"imported {len(finished_old)} finished trial(s) of study 'old'" in r.stdout
