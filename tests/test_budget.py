@@ -201,3 +201,75 @@ def test_a_budget_stops_trials_at_the_deadline_and_a_rerun_resumes_them(tmp_path
     if with_checkpoint:
         assert any(u.user_attrs.get("resumed_from") for u in again.values())
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+# ---------------------------------------------------------------- the bridge (real storage, no Ray run)
+
+
+def _budget_bridge(tmp_path, deadline: float):
+    from hpo import storage as storage_mod
+    from hpo.searcher import OptunaBridge
+
+    spec = spec_mod.load(small_spec(tmp_path))  # ASHA's first rung: 0.25 epoch
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage_mod.create(spec, url)
+    study = storage_mod.load(spec.name, url, heartbeat=True)
+    events: list = []
+    make = lambda n, p, folder: {"params": p, "checkpoint_dir": folder}  # noqa: E731
+    bridge = OptunaBridge(
+        study, spec, 10, make, tmp_path / "trials", "run1", events.append, deadline=deadline
+    )
+    return bridge, study, events
+
+
+def test_the_bridge_starts_no_trial_its_first_rung_would_not_fit(tmp_path):
+    from hpo.bookkeeping import BUDGET_DONE
+    from hpo.searcher import OptunaBridge
+
+    bridge, study, _ = _budget_bridge(tmp_path, deadline=time.time() + 3600)
+    try:
+        assert bridge.suggest("ray0") is not None  # no pace yet: a trial starts
+        # it trained 1 epoch in 400 s of work: 0.25 epoch takes 100 s (+ its start-up)
+        result = {"eval_loss": 2.0, "epoch": 1.0, "best_eval_loss": 2.0, "trial_s": 400.0, BUDGET_DONE: True}
+        bridge.on_trial_complete("ray0", result)
+        assert bridge.suggest("ray1") is not None  # an hour left
+        bridge.deadline = time.time() + 60  # a minute left: not enough for 0.25 epoch at this pace
+        assert bridge.suggest("ray2") == OptunaBridge.FINISHED
+        assert bridge.budget_note and "first evaluation at 0.25 epochs" in bridge.budget_note
+        assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
+    finally:
+        bridge.close()
+
+
+def test_at_the_deadline_live_trials_are_failed_as_budget_and_requeued(tmp_path):
+    bridge, study, events = _budget_bridge(tmp_path, deadline=time.time() + 3600)
+    try:
+        config = bridge.suggest("ray0")
+        ckpt = tmp_path / "trials" / "00000" / "step-0000005"
+        ckpt.mkdir(parents=True)
+        (tmp_path / "trials" / "00000" / "BEST").write_text("step-0000005")
+        report = {
+            "eval_loss": 3.0,
+            "epoch": 0.25,
+            "best_eval_loss": 3.0,
+            "checkpoint": str(ckpt),
+            "trial_s": 9.0,
+        }
+        bridge.on_trial_result("ray0", report)
+        bridge.budget_over = True  # what the runner's stopper sets at the deadline
+        assert bridge.suggest("ray1") == "FINISHED"
+        bridge.abandon_live()  # Tune stopped the trial without telling the searcher
+        stopped, queued = study.get_trials()
+        assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == "budget"
+        assert stopped.user_attrs["stopped_at_epoch"] == 0.25 and stopped.user_attrs["checkpoint"] == str(
+            ckpt
+        )
+        assert stopped.intermediate_values == {1: 3.0}
+        assert queued.state == TrialState.WAITING and queued.user_attrs["requeued_from"] == 0
+        assert queued.user_attrs["enqueued_params"] == stopped.params
+        assert queued.user_attrs["resume_checkpoint"] == str(ckpt)  # the next run resumes from it
+        assert bridge.budget_stopped == [0] and ckpt.is_dir()
+        assert events[-1].kind == "interrupted" and "time budget" in events[-1].message
+        assert config is not None
+    finally:
+        bridge.close()
