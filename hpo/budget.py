@@ -131,3 +131,21 @@ def pace_samples(trials: Iterable[Any]) -> list[tuple[float, float, float]]:
         )
         out.append((float(epochs), float(work), wall))
     return out
+
+
+def run_lines(s: Any) -> list[str]:
+    """What a run's time budget bought, from its ``runner.RunSummary``: trials finished in it, the
+    best value, the time used, why no more trial started, and the trials its deadline stopped."""
+    c = s.counts
+    bought = c["COMPLETE"] + c["PRUNED"] - s.finished_before
+    best = f"; best so far {s.best_value:.4f} (trial {s.best_trial})" if s.best_trial is not None else ""
+    used = f"time budget {describe(s.budget_s)}: used {describe(s.wall_s)}"
+    lines = [f"{used}, {bought} trial(s) finished in it{best}"]
+    if s.budget_note:
+        lines.append(f"budget: {s.budget_note}")
+    if s.budget_stopped:
+        lines.append(
+            f"budget: stopped trial(s) {', '.join(map(str, s.budget_stopped))} at the deadline "
+            "(FAIL budget, checkpoints kept, re-queued); rerun to resume them"
+        )
+    return lines

@@ -330,7 +330,9 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
             f"{c['FAIL']} failed, in {s.wall_s:.0f}s"
         )
     if s.budget_s and s.finished_before < s.target:
-        for line in budget_lines(s):
+        from hpo.budget import run_lines
+
+        for line in run_lines(s):
             echo(line)
     if s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
@@ -351,26 +353,6 @@ def warm_start_line(warm: dict[str, Any]) -> str:
             f"; left out {warm['left_out_count']} trial(s) outside the new space ({warm['left_out'][0]}, ...)"
         )
     return line
-
-
-def budget_lines(s) -> list[str]:
-    """What a run's time budget bought: trials finished in it, the best value, the time used, and
-    the trials its deadline stopped (re-queued for the next run)."""
-    c = s.counts
-    bought = c["COMPLETE"] + c["PRUNED"] - s.finished_before
-    best = f"; best so far {s.best_value:.4f} (trial {s.best_trial})" if s.best_trial is not None else ""
-    lines = [
-        f"time budget {fmt_duration(s.budget_s)}: used {fmt_duration(s.wall_s)}, {bought} trial(s) "
-        f"finished in it{best}"
-    ]
-    if s.budget_note:
-        lines.append(f"budget: {s.budget_note}")
-    if s.budget_stopped:
-        lines.append(
-            f"budget: stopped trial(s) {', '.join(map(str, s.budget_stopped))} at the deadline "
-            "(FAIL budget, checkpoints kept, re-queued); rerun to resume them"
-        )
-    return lines
 
 
 def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:

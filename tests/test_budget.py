@@ -130,6 +130,21 @@ def test_a_budget_stopped_trial_keeps_its_checkpoint_until_its_requeued_trial_en
     assert gone == [str(folder / "step-4")]
 
 
+def test_the_summary_says_what_the_budget_bought():
+    from hpo.runner import RunSummary
+
+    s = RunSummary("demo", budget.NO_TARGET, finished_before=2, budget_s=5400.0, wall_s=5310.0)
+    s.counts = {"COMPLETE": 5, "PRUNED": 4, "FAIL": 3, "RUNNING": 0, "WAITING": 2}
+    s.best_value, s.best_trial, s.budget_stopped = 1.23456, 7, [11, 12]
+    s.budget_note = "started no trial in the last 4m of the budget: ..."
+    assert budget.run_lines(s) == [
+        "time budget 1h30m: used 1h28m, 7 trial(s) finished in it; best so far 1.2346 (trial 7)",
+        "budget: started no trial in the last 4m of the budget: ...",
+        "budget: stopped trial(s) 11, 12 at the deadline (FAIL budget, checkpoints kept, re-queued); "
+        "rerun to resume them",
+    ]
+
+
 # ---------------------------------------------------------------- CLI over spec, trials and budget
 
 
