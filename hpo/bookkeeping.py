@@ -13,12 +13,25 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo.summary import is_imported
+
 ERROR_FILE = "error.json"
 BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained all its epochs
+#: The ``fail_reason`` of a trial stopped before its end and re-queued (Ctrl-C, a dead run, the
+#: time budget's deadline): its checkpoint stays until the trial re-queued from it has finished.
+REQUEUED_REASONS = ("interrupted", "budget")
+
+
+def counted(trials: list) -> list:
+    """The trials of ``trials`` this study ran itself: those imported from an earlier study
+    (``warm_start``, user attribute ``imported``) count toward no target and have no checkpoint."""
+    return [t for t in trials if not is_imported(t)]
 
 
 def finished_and_running(trials: list) -> tuple[int, int]:
-    """(COMPLETE + PRUNED, RUNNING) among ``trials``: what counts towards the target."""
+    """(COMPLETE + PRUNED, RUNNING) among ``trials``, imported ones left out: what counts towards
+    the target."""
+    trials = counted(trials)
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return finished, sum(t.state == TrialState.RUNNING for t in trials)
 
@@ -84,6 +97,7 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     from them has finished, and any checkpoint a queued or running trial is to resume from (down a
     chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
     resumed from)."""
+    trials = counted(trials)  # imported trials hold no checkpoint here, nor a place among the best
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
@@ -96,7 +110,7 @@ def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
         if not folder or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number in winners:
             continue
         if t.number in pending or (
-            t.user_attrs.get("fail_reason") == "interrupted" and t.number not in resumed
+            t.user_attrs.get("fail_reason") in REQUEUED_REASONS and t.number not in resumed
         ):
             continue  # its re-queued trial will resume from this checkpoint
         out.extend(str(p) for p in Path(folder).glob("step-*") if p.is_dir() and str(p) not in needed)

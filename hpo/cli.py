@@ -71,8 +71,9 @@ def study_create(
     """
     from hpo import data as data_mod
     from hpo import storage as storage_mod
-    from hpo.display import data_progress
+    from hpo.display import data_progress, warm_start_line
     from hpo.study import create_study
+    from hpo.summary import WARM_START_ATTR
 
     with data_progress() as bar, data_mod.progress_to(bar):  # reading 200,000 rows takes seconds
         s = create_study(spec, name=name, storage=storage)
@@ -86,6 +87,9 @@ def study_create(
         f"searching {searched}; schedule {s.schedule.type}; "
         f"objective {s.objective.metric} ({s.objective.direction})"
     )
+    warm = storage_mod.load(s.name, storage).user_attrs.get(WARM_START_ATTR)
+    if warm:
+        _echo(warm_start_line(warm))
     _echo(f"next: hpo run --study {s.name} --trials 20")
 
 
@@ -196,7 +200,12 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="machine-reada
 
 @app.command("run")
 def run_cmd(
-    trials: int = typer.Option(20, "--trials", "-n", help="finished trials the study should hold"),
+    trials: int = typer.Option(
+        None, "--trials", "-n", help="finished trials the study should hold (default 20; none with a budget)"
+    ),
+    time_budget: str = typer.Option(
+        None, "--time-budget", help="end the run after this long: 90m, 2h, 3600s (over the spec's budget)"
+    ),
     study: str = StudyOpt,
     storage: str = StorageOpt,
     runs_dir: Path = typer.Option(
@@ -214,21 +223,25 @@ def run_cmd(
         5, "--max-failures", help="stop after this many trials in a row fail alike"
     ),
 ) -> None:
-    """Run trials until the study holds --trials finished ones; rerun to resume.
+    """Run trials until the study holds --trials finished ones (or --time-budget is spent); rerun
+    to resume.
 
-    Example: hpo run --study demo --trials 50
+    Example: hpo run --study demo --trials 50 --time-budget 2h
     """
     from dashboards.notes import NoteWriter
     from hpo import data as data_mod
     from hpo import storage as storage_mod
     from hpo.display import make_progress, print_run_summary
-    from hpo.study import run_study
+    from hpo.study import run_budget, run_study, run_target
 
+    if time_budget is not None:
+        run_budget(time_budget, None)  # a bad budget is refused before anything is opened
     # the live display and the dashboard notes read the study alongside the run
     loaded = storage_mod.load(study, storage)
+    target = run_target(trials, run_budget(time_budget, storage_mod.spec_of(loaded)))
     artifacts = (runs_dir.parent if runs_dir else Path("runs")) / "artifacts"
     with (
-        make_progress(_echo, time.time(), trials, study=loaded) as progress,
+        make_progress(_echo, time.time(), target, study=loaded) as progress,
         data_mod.progress_to(getattr(progress, "data_progress", None)),  # a bar on a terminal only
     ):
         notes = NoteWriter(loaded, progress, storage_mod.resolve_url(storage), artifacts)
@@ -243,6 +256,7 @@ def run_cmd(
             cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial,
             max_failures=max_failures,
+            time_budget=time_budget,
         )
     notes.finish()
     print_run_summary(summary, _echo)

@@ -72,6 +72,9 @@ class EventPrinter:
             return f"trial {e.number:>3} COMPLETE   value {value} at epoch {epoch}"
         if e.kind == "pruned":
             return f"trial {e.number:>3} PRUNED     at epoch {epoch} (eval {value})"
+        if e.kind == "interrupted" and e.message.startswith("stopped at the time budget"):
+            at = f" (at epoch {epoch})" if e.epoch is not None else " (before its first evaluation)"
+            return f"trial {e.number:>3} {e.message}{at}"
         if e.kind == "interrupted":
             return f"trial {e.number:>3} interrupted: marked FAIL, parameters re-queued"
         return f"trial {e.number:>3} FAILED     {e.message}"
@@ -85,6 +88,14 @@ def fmt_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def of_target(target: int) -> str:
+    """``/20`` after a count of finished trials, or nothing when the run has no trial target (a
+    time budget alone ends it)."""
+    from hpo.budget import NO_TARGET
+
+    return "" if target >= NO_TARGET else f"/{target}"
 
 
 def eta_seconds(done_here: int, finished: int, target: int, elapsed: float) -> float | None:
@@ -257,7 +268,7 @@ class LiveProgress:
         left = f"~{fmt_duration(eta)} left" if eta is not None else "time left: after the first trial"
         best = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best else "best -"
         return (
-            f"[bold]{finished}/{self.target} finished[/bold] "
+            f"[bold]{finished}{of_target(self.target)} finished[/bold] "
             f"({c['complete']} complete, {c['pruned']} pruned) "
             f"· {c['fail']} failed · {len(self.running)} running · {best} "
             f"· elapsed {fmt_duration(elapsed)} · {left}"
@@ -309,18 +320,39 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
         )
     elif s.interrupted:
         echo(
-            f"interrupted after {s.wall_s:.0f}s: {done}/{s.target} finished; running trials re-queued. "
-            "Rerun the same command to resume."
+            f"interrupted after {s.wall_s:.0f}s: {done}{of_target(s.target)} finished; running trials "
+            "re-queued. Rerun the same command to resume."
         )
     else:
         echo(
-            f"study {s.study!r}: {done}/{s.target} finished "
+            f"study {s.study!r}: {done}{of_target(s.target)} finished "
             f"({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
             f"{c['FAIL']} failed, in {s.wall_s:.0f}s"
         )
+    if s.budget_s and s.finished_before < s.target:
+        from hpo.budget import run_lines
+
+        for line in run_lines(s):
+            echo(line)
     if s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
+
+
+def warm_start_line(warm: dict[str, Any]) -> str:
+    """What ``warm_start`` imported at creation (the study attribute ``priorstudy.History.record``)."""
+    line = (
+        f"imported {warm['imported']} finished trial(s) of study {warm['study']!r} as the sampler's "
+        "history (marked imported: not counted toward --trials, never exported)"
+    )
+    if warm.get("dropped_params"):
+        dropped = ", ".join(f"{k} (from {n})" for k, n in warm["dropped_params"].items())
+        line += f"; dropped parameters the new space does not search: {dropped}"
+    if warm.get("left_out_count"):
+        line += (
+            f"; left out {warm['left_out_count']} trial(s) outside the new space ({warm['left_out'][0]}, ...)"
+        )
+    return line
 
 
 def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
@@ -339,6 +371,11 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
         states.add_column(name, justify="right")
     states.add_row(*(str(v) for v in c.values()))
     console.print(states)
+    if info.get("warm_start"):
+        w = info["warm_start"]
+        console.print(
+            f"history: {w['imported']} trial(s) imported from study {w['study']!r} (not counted above)"
+        )
     best = info["best"]
     name = info["study"]
     where = "" if info["storage"] == "sqlite:///hpo.db" else f" --storage {info['storage']}"

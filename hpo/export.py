@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import storage as storage_mod
 from hpo.errors import UsageError
-from hpo.summary import best_complete
+from hpo.summary import IMPORTED_ATTR, best_complete, is_imported
 
 WEIGHT_SUFFIXES = (".safetensors",)
 
@@ -90,6 +90,12 @@ def _choose(study, number: int | None) -> FrozenTrial:
         return best
     for t in trials:
         if t.number == number:
+            if is_imported(t):
+                raise UsageError(
+                    f"trial {number} of {study.study_name!r} was imported from study "
+                    f"{t.user_attrs[IMPORTED_ATTR]!r} (warm_start): it was trained there and has no "
+                    "checkpoint here; export one of this study's own trials"
+                )
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 raise UsageError(f"trial {number} is {t.state.name}; export a COMPLETE or PRUNED trial")
             return t

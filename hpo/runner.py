@@ -48,6 +48,7 @@ class RunOptions:
     cpus_per_trial: float | None = None  # overrides the spec's resources.cpus_per_trial
     gpus_per_trial: float | None = None  # overrides the spec's resources.gpus_per_trial
     max_failures: int = 5  # stop after this many trials in a row fail alike
+    time_budget_s: float | None = None  # the run's time budget (hpo/budget.py); None: none
 
 
 @dataclass
@@ -69,10 +70,16 @@ class RunSummary:
     disk_peak_mb: float = 0.0
     concurrency: int | None = None  # trials at once (what the cluster's resources allow, by default)
     notes: list[str] = field(default_factory=list)
+    budget_s: float | None = None  # the time budget this run had
+    budget_stopped: list[int] = field(default_factory=list)  # trials stopped at its deadline, re-queued
+    budget_note: str | None = None  # why the budget started no more trials
 
 
 def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunSummary:
-    """Run trials until the study holds ``opts.target`` finished ones.
+    """Run trials until the study holds ``opts.target`` finished ones, or the time budget
+    (``opts.time_budget_s``, counted from now) is spent: then no new trial starts that cannot reach
+    its first rung before the deadline, and trials still running at the deadline are stopped and
+    re-queued (``fail_reason: budget``) for the next run.
 
     Raises:
         RunError: Ray cannot start, or trials keep failing for the same cause.
@@ -83,7 +90,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
 
     t0 = time.time()
     finished = _finished(study)
-    summary = RunSummary(study.study_name, opts.target, finished)
+    summary = RunSummary(study.study_name, opts.target, finished, budget_s=opts.time_budget_s)
     model_path, warm = "", None
     if finished < opts.target:
         resources.requested(spec, opts)  # a bad per-trial request fails before any work
@@ -130,6 +137,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
             threads_file = trials_dir / f".threads-{run_id}"
         warm_address = warm.address if warm and started else None
         stop = threading.Event()
+        deadline = t0 + opts.time_budget_s if opts.time_budget_s else None
         asked = {"cpu": cpus, "gpu": gpus, **({"memory": mem.per_trial} if mem else {})}
         for attempt in range(RESTARTS + 1):  # a fresh Tune run after Ray killed trials for memory
             bridge = searcher.OptunaBridge(
@@ -142,6 +150,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
                 on_event,
                 opts.max_failures,
                 (threads_file, int(cpus), concurrency) if threads_file else None,
+                deadline,
             )
             tuner = _tuner(spec, opts, bridge, asked, concurrency, run_id, _stop_callback(stop))
             try:
@@ -150,6 +159,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
             except _KilledForMemory as e:
                 summary.notes.append(str(e))
         summary.stop_reason, summary.disk_peak_mb = bridge.stop_reason, bridge.disk_peak_mb
+        summary.budget_stopped, summary.budget_note = bridge.budget_stopped, bridge.budget_note
         _record_disk_peak(study, bridge.disk_peak_mb)
     finally:
         if started:
@@ -205,6 +215,28 @@ def _fit(tuner, bridge, stop: threading.Event) -> bool:
             signal.signal(s, h)
         bridge.abandon_live()
         bridge.close()
+
+
+def _deadline_stopper(bridge):
+    """Tune's stopper for a time budget: at the bridge's deadline it ends the whole experiment
+    (``stop_all``); Tune then stops the running trials, and the bridge, told ``budget_over``,
+    records and re-queues them when the run ends (``abandon_live``)."""
+    from ray.tune.stopper import Stopper
+
+    class _Deadline(Stopper):
+        def __call__(self, trial_id, result):
+            return False  # no single trial is stopped early: the deadline ends them all
+
+        def stop_all(self):
+            if bridge is None or bridge.deadline is None or time.time() < bridge.deadline:
+                return False
+            bridge.budget_over = True
+            return True
+
+        def __reduce__(self):  # Ray pickles its stopper into its (unused) experiment state
+            return (_deadline_stopper, (None,))
+
+    return _Deadline()
 
 
 def _stop_callback(stop: threading.Event | None):
@@ -312,6 +344,7 @@ def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[callback],
+            stop=_deadline_stopper(bridge) if bridge.deadline is not None else None,
         ),
     )
 
@@ -320,9 +353,10 @@ def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id
 
 
 def _finished(study) -> int:
-    from optuna.trial import TrialState
+    """The study's own finished (COMPLETE + PRUNED) trials: imported ones count toward nothing."""
+    from hpo.bookkeeping import finished_and_running
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return finished_and_running(study.get_trials(deepcopy=False))[0]
 
 
 def _record_disk_peak(study, mb: float) -> None:

@@ -10,7 +10,11 @@ value, sets no user attributes and leaves RUNNING rows behind after a crash. Thi
   budget (with the epoch reached), or FAIL with the error class and message;
 * keeps heartbeats for its live trials so another process can tell a dead run's trials apart;
 * stops asking once the study holds ``target`` finished trials, counting the RUNNING trials of
-  every process, so several ``hpo run`` processes on one storage split the target.
+  every process, so several ``hpo run`` processes on one storage split the target (trials imported
+  from an earlier study count toward nothing);
+* with a time budget (``deadline``), starts no trial that cannot reach its first rung in the time
+  left at the study's measured pace (``hpo/budget.py``); the trials still running at the deadline
+  (Tune's stopper ends them) are failed with ``fail_reason: budget`` and re-queued.
 
 The decisions (final state, which checkpoints to delete) are pure functions in
 ``hpo/bookkeeping.py``; recovery of dead runs is ``hpo/recovery.py``'s.
@@ -34,11 +38,12 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from hpo import placement, space
+from hpo import budget, placement, space
 from hpo import storage as storage_mod
 from hpo.bookkeeping import (
     BUDGET_DONE,
     checkpoints_to_delete,
+    counted,
     du_mb,
     eval_step,
     final_state,
@@ -80,6 +85,7 @@ class OptunaBridge(Searcher):
         threads: (file the trials poll, CPUs per trial, trial slots) when every trial runs on
             this machine: at the tail of the study the running trials are told to use the idle
             slots' cores (``placement.tail_threads``); None: trials keep their CPUs.
+        deadline: the time budget's end (``time.time()`` seconds); None: no budget.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class OptunaBridge(Searcher):
         on_event: Callable[[Event], None] | None = None,
         max_failures: int = 5,
         threads: tuple[Path, int, int] | None = None,
+        deadline: float | None = None,
     ):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
@@ -110,6 +117,11 @@ class OptunaBridge(Searcher):
         self._failures: list[str] = []
         self.stop_reason: str | None = None
         self.stopping = False
+        self.deadline = deadline
+        self.budget_over = False  # set by the runner's stopper at the deadline
+        self.budget_note: str | None = None  # why the budget started no more trials
+        self.budget_stopped: list[int] = []  # trials stopped at the deadline (re-queued)
+        self._first_rung = budget.first_rung(spec.asha_rungs(), spec.asha_max_t(), spec.training.eval_every)
         self.disk_peak_mb = 0.0
         self._lock = threading.Lock()
         self._counts_cache: tuple[float, int, int] = (0.0, 0, 0)
@@ -120,13 +132,15 @@ class OptunaBridge(Searcher):
     # ------------------------------------------------------------ Searcher hooks
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
-        if self.stop_reason or self.stopping:
+        if self.stop_reason or self.stopping or self.budget_over:
             return Searcher.FINISHED
         finished, running = self._counts(fresh=False)
         if finished >= self._target:
             return Searcher.FINISHED
         if finished + running >= self._target:
             return None  # other trials may still fail; ask again later
+        if not self._budget_allows():
+            return Searcher.FINISHED
         trial = self._study.ask()
         if self._over_target(trial):
             return None
@@ -190,8 +204,8 @@ class OptunaBridge(Searcher):
         if result:  # Tune hands a trial's final result (a STOP or its end) here, not to on_trial_result
             self._record(trial_id, trial, result)
         last = self._last.pop(trial_id, {})
-        if self.stopping and not error and not last.get(BUDGET_DONE):
-            self._interrupt(trial, params)
+        if (self.stopping or self.budget_over) and not error and not last.get(BUDGET_DONE):
+            self._interrupt(trial, params, last)
             return
         error_info = read_error(Path(trial.user_attrs["trial_dir"])) if error else None
         state = final_state(last, error, self._spec.asha_max_t(), bool(self._spec.schedule.type == "asha"))
@@ -238,10 +252,17 @@ class OptunaBridge(Searcher):
         best = float(last["best_eval_loss"])
         return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
 
-    def _interrupt(self, trial, params: dict[str, Any]) -> None:
-        """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
-        resuming from its checkpoint when it had one)."""
-        trial.set_user_attr("fail_reason", "interrupted")
+    def _interrupt(self, trial, params: dict[str, Any], last: dict[str, Any]) -> None:
+        """Fail an interrupted trial (Ctrl-C, or the time budget's deadline: ``fail_reason``
+        ``budget``, with what it had reached) and re-queue its parameters (the next run tries them
+        first, resuming from its checkpoint when it had one)."""
+        reason = "budget" if self.budget_over and not self.stopping else "interrupted"
+        if reason == "budget":
+            self.budget_stopped.append(trial.number)
+            for key, value in {**summary_attrs(last), "stopped_at_epoch": last.get("epoch")}.items():
+                if value is not None:
+                    trial.set_user_attr(key, value)
+        trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr(REQUEUER_ATTR, _this_process())
         self._study.tell(trial, state=TrialState.FAIL)
         attrs = trial.user_attrs
@@ -253,17 +274,19 @@ class OptunaBridge(Searcher):
             attrs.get("trial_dir"),
             attrs.get("resume_checkpoint"),
         )
-        self._on_event(Event("interrupted", trial.number, params, message="re-queued"))
+        message = "stopped at the time budget's deadline; re-queued" if reason == "budget" else "re-queued"
+        self._on_event(Event("interrupted", trial.number, params, epoch=last.get("epoch"), message=message))
 
     def abandon_live(self) -> None:
-        """At the end of a run: fail and re-queue every trial still live (Ctrl-C, a crash of Ray)."""
-        self.stopping = True
+        """At the end of a run: fail and re-queue every trial still live (Ctrl-C, a crash of Ray,
+        the time budget's deadline: Tune's stopper ends its trials without telling the searcher)."""
+        self.stopping = self.stopping or not self.budget_over
         with self._lock:
             live = list(self._live.items())
             self._live.clear()
             self._ids.clear()
         for trial_id, trial in live:
-            self._interrupt(trial, self._params.pop(trial_id, {}))
+            self._interrupt(trial, self._params.pop(trial_id, {}), self._last.pop(trial_id, {}))
         self._beat_stop.set()
         self._collect_garbage()
 
@@ -295,13 +318,31 @@ class OptunaBridge(Searcher):
         """Whether another run took the last slots of the target between our count and our ask.
         Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
         alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        rank = sum(t.number <= trial.number for t in self._study.get_trials(deepcopy=False, states=alive))
+        trials = counted(self._study.get_trials(deepcopy=False, states=alive))
+        rank = sum(t.number <= trial.number for t in trials)
         if rank <= self._target:
             return False
         trial.set_user_attr("fail_reason", "not needed: other runs hold the last trials of the target")
         self._study.tell(trial, state=TrialState.FAIL)
         self._counts_cache = (0.0, 0, 0)
         return True
+
+    def _budget_allows(self) -> bool:
+        """Whether a new trial can reach its first rung before the deadline at the study's pace
+        (its finished trials'); when not, says why in ``budget_note`` (the run's summary)."""
+        if self.deadline is None:
+            return True
+        left = self.deadline - time.time()
+        pace = budget.measured_pace(budget.pace_samples(self._study.get_trials(deepcopy=False)))
+        if budget.can_start(left, self._first_rung, pace):
+            return True
+        need = f" (~{budget.describe(pace.seconds_for(self._first_rung))})" if pace else ""
+        self.budget_note = (
+            f"started no trial in the last {budget.describe(max(left, 0))} of the budget: a new trial "
+            f"needs longer{need} to reach its first evaluation at {self._first_rung:g} epochs, at the "
+            f"pace of this study's finished trials"
+        )
+        return False
 
     def _heartbeat(self, storage_trial_id: int) -> None:
         if self._storage.get_heartbeat_interval():

@@ -47,6 +47,7 @@ from hpo.specsections import (
     METRICS,
     AdapterSpec,
     AshaSpec,
+    BudgetSpec,
     CustomMetricSpec,
     DataSpec,
     EvaluationSpec,
@@ -56,6 +57,7 @@ from hpo.specsections import (
     ResourcesSpec,
     Schedule,
     TrainingSpec,
+    WarmStartSpec,
     generation_problem,
     resolve_path,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "AdapterSpec",
     "AshaSpec",
     "CustomMetricSpec",
+    "BudgetSpec",
     "DataSpec",
     "EvaluationSpec",
     "GenerateSpec",
@@ -82,6 +85,7 @@ __all__ = [
     "ObjectiveSpec",
     "ResourcesSpec",
     "TrainingSpec",
+    "WarmStartSpec",
     "load",
     "parse",
 ]
@@ -116,6 +120,10 @@ class StudySpec(Frozen):
     )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="known-good configurations tried first (warm start)"
+    )
+    budget: BudgetSpec | None = Field(default=None, description="time per run (--time-budget overrides)")
+    warm_start: WarmStartSpec | None = Field(
+        default=None, description="copy an earlier study's finished trials in as the sampler's history"
     )
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0

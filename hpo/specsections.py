@@ -1,7 +1,7 @@
 """The sections of a study spec (``data``, ``objective``, ``evaluation``, ``schedule``,
-``training``, ``adapter``, ``resources``) as typed, frozen pydantic models; ``hpo.spec`` assembles them into a
-``StudySpec`` and re-exports them. Nothing here touches the storage, the network or a heavy
-library."""
+``training``, ``adapter``, ``resources``, ``budget``, ``warm_start``) as typed, frozen pydantic
+models; ``hpo.spec`` assembles them into a ``StudySpec`` and re-exports them. Nothing here touches
+the storage, the network or a heavy library."""
 
 from __future__ import annotations
 
@@ -347,6 +347,41 @@ def generation_problem(
             f"token_accuracy, {', '.join(evaluation.metrics())}"
         )
     return None
+
+
+class BudgetSpec(Frozen):
+    """A time budget for each ``hpo run`` (``--time-budget`` overrides it): no trial starts that
+    cannot reach its first rung in the time left; at the deadline running trials are stopped and
+    re-queued. Hours and minutes add up."""
+
+    hours: Float | None = Field(default=None, gt=0, description="hours per run")
+    minutes: Float | None = Field(default=None, gt=0, description="minutes per run")
+
+    @model_validator(mode="after")
+    def _some(self) -> BudgetSpec:
+        if self.hours is None and self.minutes is None:
+            raise ValueError("give hours or minutes, e.g. budget: {hours: 2}")
+        return self
+
+    @property
+    def seconds(self) -> float:
+        """The budget in seconds."""
+        return (self.hours or 0.0) * 3600 + (self.minutes or 0.0) * 60
+
+
+class WarmStartSpec(Frozen):
+    """An earlier study whose finished trials are copied into the new one at ``hpo study create``,
+    as history for the sampler (marked ``imported``; they count toward no target and are never
+    exported)."""
+
+    study: str = Field(description="the earlier study's name")
+    storage: str | None = Field(default=None, description="its storage URL (default: the new study's)")
+    on_mismatch: Literal["refuse", "drop"] = Field(
+        default="refuse",
+        description="a trial whose parameter lies outside the new space: refuse (create fails, naming "
+        "it) or drop (parameters the new space does not search are dropped; a trial whose value lies "
+        "outside the new range is left out)",
+    )
 
 
 def resolve_path(path: str, info: ValidationInfo) -> str:

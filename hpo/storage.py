@@ -36,6 +36,7 @@ from hpo.storageurl import is_local_sqlite as is_local_sqlite
 from hpo.storageurl import mask as mask
 from hpo.storageurl import resolve_url as resolve_url
 from hpo.storageurl import scrub, sqlite_file
+from hpo.summary import WARM_START_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -199,7 +200,11 @@ def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
 
 
 def create(
-    study_spec: StudySpec, url: str | None = None, *, data_report: dict[str, Any] | None = None
+    study_spec: StudySpec,
+    url: str | None = None,
+    *,
+    data_report: dict[str, Any] | None = None,
+    history: Any = None,
 ) -> optuna.Study:
     """Create a study from a validated spec; nothing is left behind if any step fails. The
     spec's ``enqueue`` configurations are queued as the study's first trials (warm start).
@@ -208,6 +213,7 @@ def create(
         study_spec: the validated spec, stored with the study.
         url: the storage URL (``None``: ``resolve_url(None)``).
         data_report: the data dry run's cleaning counts (``hpo.data.check``), stored with the study.
+        history: an earlier study's trials to copy in (``hpo.priorstudy.History``), checked already.
 
     Raises:
         UsageError: the URL is malformed, or a study of that name exists already.
@@ -219,7 +225,7 @@ def create(
     new_file = path is not None and not path.exists()
     storage = open_storage(url, create=True)
     try:
-        return _create_study(storage, url, study_spec, data_report)
+        return _create_study(storage, url, study_spec, data_report, history)
     except BaseException:
         if new_file and path is not None:  # the file is ours: remove it rather than leave it empty
             storage.engine.dispose()
@@ -229,7 +235,11 @@ def create(
 
 
 def _create_study(
-    storage: optuna.storages.RDBStorage, url: str, study_spec: StudySpec, report: dict[str, Any] | None
+    storage: optuna.storages.RDBStorage,
+    url: str,
+    study_spec: StudySpec,
+    report: dict[str, Any] | None,
+    history: Any = None,
 ) -> optuna.Study:
     import optuna
 
@@ -251,6 +261,9 @@ def _create_study(
             study.set_user_attr(SPEC_ATTR, study_spec.to_json())
             if report is not None:
                 study.set_user_attr(DATA_REPORT_ATTR, report)
+            if history is not None:  # an earlier study's trials, as the sampler's history
+                study.add_trials(history.trials)
+                study.set_user_attr(WARM_START_ATTR, history.record())
             for i, params in enumerate(study_spec.enqueue):  # warm start: tried first, in order
                 enqueue(study, params, enqueued=i)
         except BaseException:

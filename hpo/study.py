@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpo import checkpoint, models
+from hpo import checkpoint, models, priorstudy
 from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
@@ -29,9 +29,10 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
         The validated ``StudySpec`` (the study is in the storage).
 
     Raises:
-        SpecError: the spec is invalid, or its model cannot be found here (nothing is written).
-        UsageError: a study of that name exists.
-        StorageError: the storage cannot be reached.
+        SpecError: the spec is invalid, or its model cannot be found here, or its ``warm_start``
+            study cannot warm-start it (nothing is written).
+        UsageError: a study of that name exists, or the ``warm_start`` study does not.
+        StorageError: the storage (or the ``warm_start`` study's) cannot be reached.
     """
     study_spec = spec_mod.load(spec_path, name=name)
     try:  # the model is found now (a folder, the Hugging Face cache, the Hub), not after Ray starts
@@ -51,27 +52,70 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
                 "use prompt/completion or chat data, or remove evaluation.generate"
             ],
         )
-    storage_mod.create(study_spec, storage, data_report=report)
+    history = priorstudy.history(study_spec, storage, str(spec_path))  # checked before any write
+    ws = study_spec.warm_start
+    if ws is not None and ws.storage:  # the stored spec keeps no password
+        masked = ws.model_copy(update={"storage": storage_mod.mask(ws.storage)})
+        study_spec = study_spec.model_copy(update={"warm_start": masked})
+    storage_mod.create(study_spec, storage, data_report=report, history=history)
     log.info(found.note)
     return study_spec
 
 
+def run_budget(time_budget: str | float | None, study_spec) -> float | None:
+    """A run's time budget in seconds: ``time_budget`` (``--time-budget``: ``90m``, ``2h``,
+    ``3600s`` or seconds) over the spec's ``budget``; None: no budget.
+
+    Raises:
+        UsageError: ``time_budget`` is not a positive duration.
+    """
+    from hpo import budget
+
+    if time_budget is None:
+        return study_spec.budget.seconds if study_spec.budget else None
+    try:
+        return budget.parse_duration(str(time_budget))
+    except ValueError as e:
+        raise UsageError(f"--time-budget {e}") from None
+
+
+def run_target(trials: int | None, budget_s: float | None) -> int:
+    """A run's target of finished trials: ``trials``; left out, 20, or none with a time budget
+    (the budget alone ends the run).
+
+    Raises:
+        UsageError: ``trials`` < 1.
+    """
+    from hpo.budget import NO_TARGET
+
+    if trials is not None and trials < 1:
+        raise UsageError(f"--trials must be >= 1 (got {trials})")
+    if trials is None:
+        return NO_TARGET if budget_s else 20
+    return trials
+
+
 def run_study(
     study: str | None = None,
-    trials: int = 20,
+    trials: int | None = None,
     storage: str | None = None,
     runs_dir: str | Path | None = None,
     on_event: Callable | None = None,
+    time_budget: str | float | None = None,
     **options: Any,
 ):
-    """Run trials until the study holds ``trials`` finished (complete + pruned) ones.
+    """Run trials until the study holds ``trials`` finished (complete + pruned) ones, or the time
+    budget is spent, whichever comes first.
 
     Args:
         study: the study name (None: the only study in the storage).
         trials: the study's target of finished trials; rerunning after a crash finishes the rest.
+            None: 20, or no target when there is a time budget.
         storage: the storage URL (default ``$HPO_STORAGE`` or ``sqlite:///hpo.db``).
         runs_dir: checkpoints and Ray files (default ``runs/<study>``).
         on_event: called with each trial event (start, complete, pruned, fail, interrupted).
+        time_budget: this run's time budget (``90m``, ``2h``, ``3600s``, or seconds); None: the
+            spec's ``budget``, if any.
         **options: ``address``, ``concurrency``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``.
 
     Returns:
@@ -79,14 +123,19 @@ def run_study(
     """
     from hpo import runner, space
 
-    if trials < 1:
+    if trials is not None and trials < 1:  # bad input fails before the storage is opened
         raise UsageError(f"--trials must be >= 1 (got {trials})")
+    if time_budget is not None:
+        run_budget(time_budget, None)
     loaded = storage_mod.load(study, storage, heartbeat=True)
     study_spec = storage_mod.spec_of(loaded)
+    budget_s = run_budget(time_budget, study_spec)
     n_existing = len(loaded.get_trials(deepcopy=False))
     loaded.sampler = space.sampler(study_spec.sampler, study_spec.seed, n_existing, study_spec.space)
     folder = Path(runs_dir) if runs_dir else Path("runs") / loaded.study_name
-    opts = runner.RunOptions(target=trials, runs_dir=folder, **options)
+    opts = runner.RunOptions(
+        target=run_target(trials, budget_s), runs_dir=folder, time_budget_s=budget_s, **options
+    )
     return runner.run(loaded, study_spec, opts, on_event)
 
 

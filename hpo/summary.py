@@ -10,12 +10,24 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+#: The user attribute of a trial copied from an earlier study (``warm_start``): its name.
+IMPORTED_ATTR = "imported"
+#: The study user attribute saying what ``warm_start`` imported at creation.
+WARM_START_ATTR = "hpo_warm_start"
+
+
+def is_imported(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was copied from an earlier study as history (``warm_start``)."""
+    return bool(trial.user_attrs.get(IMPORTED_ATTR))
 
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by state name, every state present (zeros included)."""
+    """The study's own trials by state name, every state present (zeros included); imported
+    trials (``warm_start``) are left out: ``imported_count`` counts them."""
     counts: dict[str, int] = {}
     for t in trials:
+        if is_imported(t):
+            continue
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return all_states(counts)
 
@@ -25,10 +37,21 @@ def all_states(counts: dict[str, int]) -> dict[str, int]:
     return {**dict.fromkeys(STATES, 0), **counts}
 
 
+def imported_count(trials: list[FrozenTrial]) -> int:
+    """How many of ``trials`` were imported from an earlier study."""
+    return sum(is_imported(t) for t in trials)
+
+
 def best_complete(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
-    """The best COMPLETE trial (ties: the earlier one), or None."""
+    """The study's own best COMPLETE trial (ties: the earlier one), or None. Imported trials are
+    never the best: they were trained elsewhere and have no checkpoint here."""
     done = [
-        t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.value is not None
+        and math.isfinite(t.value)
+        and not is_imported(t)
     ]
     if not done:
         return None
@@ -70,6 +93,7 @@ def summarize(study, storage_url: str, counts: dict[str, int], best: FrozenTrial
         "direction": study.direction.name.lower(),
         "counts": all_states(counts),
         "disk_peak_mb": study.user_attrs.get("disk_peak_mb"),
+        "warm_start": study.user_attrs.get(WARM_START_ATTR),
         "best": None,
     }
     if best is not None:

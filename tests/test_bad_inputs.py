@@ -457,6 +457,71 @@ CASES = [
 ]
 
 
+def warm(tmp: Path, trials: int = 2, **overrides) -> list[str]:
+    """``hpo study create`` of a study "new" warm-started from "small" (``trials`` COMPLETE ones)."""
+    existing(tmp, trials)
+    ws = {"study": "small", **overrides.pop("warm_start", {})}
+    return create(tmp, small_spec(tmp, name="new", rows=40, warm_start=ws, **overrides))
+
+
+# time budgets and warm starts (issue 19, parts 3 and 4)
+CASES += [
+    Case(
+        "run-budget-negative",
+        then(existing, lambda t: ["run", "--time-budget", "-1h", "--storage", db(t)]),
+        ("--time-budget '-1h'", "not a positive duration", "90m, 2h or 3600s"),
+    ),
+    Case(
+        "run-budget-garbage",
+        then(existing, lambda t: ["run", "--time-budget", "2x", "--storage", db(t)]),
+        ("--time-budget '2x'", "not a positive duration"),
+    ),
+    Case("spec-budget-negative", with_spec(budget={"hours": -1}), ("budget.hours", "greater than 0")),
+    Case("spec-budget-empty", with_spec(budget={}), ("budget", "give hours or minutes")),
+    Case(
+        "warm-start-unknown-study",
+        lambda t: warm(t, warm_start={"study": "nope"}),
+        ("new.yaml: warm_start:", "no study 'nope'", "small"),
+    ),
+    Case(
+        "warm-start-missing-storage",
+        lambda t: warm(t, warm_start={"storage": f"sqlite:///{t}/old.db"}),
+        ("warm_start:", "no study storage", "old.db"),
+    ),
+    Case(
+        "warm-start-unreachable-storage",
+        lambda t: warm(t, warm_start={"storage": f"postgresql://me:{SECRET}@127.0.0.1:1/db"}),
+        ("warm_start:", "me:***@127.0.0.1:1/db", "opening failed"),
+        code=1,
+    ),
+    Case(
+        "warm-start-other-objective",
+        lambda t: warm(t, objective={"metric": "token_accuracy"}),
+        ("warm_start: study 'small'", "eval_loss (minimize)", "token_accuracy (maximize)", "same objective"),
+    ),
+    Case(
+        "warm-start-param-outside",
+        lambda t: warm(t, space={"learning_rate": {"type": "float", "low": 0.01, "high": 0.1}}),
+        ("trial 0", "learning_rate=0.001 is outside the new range [0.01, 0.1]", "on_mismatch: drop"),
+    ),
+    Case(
+        "warm-start-param-not-searched",
+        lambda t: warm(t, space={"dropout": 0.1}),
+        ("trial 0", "dropout is not searched by the new space", "on_mismatch: drop"),
+    ),
+    Case(
+        "warm-start-nothing-finished",
+        lambda t: warm(t, trials=0),
+        ("warm_start: study 'small'", "no finished trial to import"),
+    ),
+    Case(
+        "warm-start-bad-on-mismatch",
+        lambda t: warm(t, warm_start={"on_mismatch": "ignore"}),
+        ("warm_start.on_mismatch", "'refuse' or 'drop'"),
+    ),
+]
+
+
 # ---------------------------------------------------------------- the checks
 
 

@@ -46,6 +46,8 @@ LIGHT = (
     "hpo.faultinject",
     "hpo.bookkeeping",
     "hpo.recovery",
+    "hpo.budget",
+    "hpo.priorstudy",
 )
 
 # the module map of docs/architecture.md as layers: a module imports from its own layer or below
@@ -64,6 +66,8 @@ LAYERS = {
     "placement": 1,
     "cudafault": 1,
     "memory": 1,
+    "budget": 1,
+    "priorstudy": 1,
     "basemodel": 2,
     "modelbuild": 2,
     "data": 2,
