@@ -132,7 +132,7 @@ def make_progress(
     console = Console(highlight=False)
     if live is None:
         live = console.is_terminal and not console.is_dumb_terminal
-    maximize = study is not None and study.direction.name == "MAXIMIZE"
+    maximize = study is not None and study.directions[0].name == "MAXIMIZE"
     return LiveProgress(target, t0, study, console) if live else EventPrinter(echo, t0, target, maximize)
 
 
@@ -151,7 +151,7 @@ class LiveProgress:
         from rich.console import Console
 
         self.target, self.t0, self.study = target, t0, study
-        self.maximize = study is not None and study.direction.name == "MAXIMIZE"
+        self.maximize = study is not None and study.directions[0].name == "MAXIMIZE"
         self.console = console or Console(highlight=False)
         self.counts = {"complete": 0, "pruned": 0, "fail": 0}
         self.before = {"complete": 0, "pruned": 0, "fail": 0}
@@ -172,7 +172,7 @@ class LiveProgress:
         trials = study.get_trials(deepcopy=False)
         c = state_counts(trials)
         self.before = {"complete": c["COMPLETE"], "pruned": c["PRUNED"], "fail": c["FAIL"]}
-        best = best_complete(trials, study.direction)
+        best = best_complete(trials, study.directions[0])
         if best is not None and best.value is not None:
             self.best = (best.value, best.number)
 
@@ -318,9 +318,38 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
             f"({c['COMPLETE']} complete, {c['PRUNED']} pruned), "
             f"{c['FAIL']} failed, in {s.wall_s:.0f}s"
         )
-    if s.best_trial is not None:
+    if s.metrics:  # several objectives: no single best, a front
+        echo(f"Pareto front of {', '.join(s.metrics)}: {len(s.pareto)} trial(s)")
+        for number, values in s.pareto:
+            echo(f"  trial {number}: " + "  ".join(f"{m} {v:.4g}" for m, v in zip(s.metrics, values, strict=False)))
+        if s.pareto:
+            echo(f"export one: hpo export --study {s.study} --trial {s.pareto[0][0]} --out exports/{s.study}")
+    elif s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
+
+
+def _print_pareto(console: Any, info: dict[str, Any], where: str) -> None:
+    """Several objectives: the Pareto front, one line per trial with its export command."""
+    from rich.markup import escape
+
+    goals = ", ".join(f"{o['metric']} ({o['direction']})" for o in info["objectives"])
+    console.print(f"objectives: {goals}" + (f"; {info['asha']}" if info.get("asha") else ""))
+    front = info["pareto"]
+    if not front:
+        console.print("Pareto front: no COMPLETE trial yet")
+        return
+    console.print(f"Pareto front ({len(front)} trials; none is better on every objective):")
+    for p in front:
+        values = "  ".join(f"{m} {v:.4g}" for m, v in p["values"].items())
+        kept = "" if p["checkpoint_kept"] else "  (checkpoint deleted)"
+        console.print(f"  trial {p['trial']}: {values}  {escape(fmt_params(p['params']))}{kept}")
+        if p["checkpoint_kept"]:
+            console.print(
+                f"    export: hpo export{where} --study {info['study']} --trial {p['trial']} "
+                f"--out exports/{info['study']}-{p['trial']}",
+                soft_wrap=True,
+            )
 
 
 def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
@@ -331,8 +360,8 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
     console = Console(highlight=False)
     c = info["counts"]
     console.print(
-        f"study [bold]{info['study']}[/bold] in {info['storage']} ({info['direction']} "
-        f"{info['spec']['objective']['metric']})"
+        f"study [bold]{info['study']}[/bold] in {info['storage']}"
+        + ("" if "pareto" in info else f" ({info['direction']} {info['spec']['objective']['metric']})")
     )
     states = Table(show_header=True, box=None)
     for name in c:
@@ -342,7 +371,9 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
     best = info["best"]
     name = info["study"]
     where = "" if info["storage"] == "sqlite:///hpo.db" else f" --storage {info['storage']}"
-    if best is None:
+    if "pareto" in info:
+        _print_pareto(console, info, where)
+    elif best is None:
         console.print("best: no COMPLETE trial yet")
     else:
         kept = "kept" if best["checkpoint_kept"] else "deleted"

@@ -69,6 +69,8 @@ class RunSummary:
     disk_peak_mb: float = 0.0
     concurrency: int | None = None  # trials at once (what the cluster's resources allow, by default)
     notes: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)  # several objectives: their metrics, in order
+    pareto: list[tuple[int, list[float]]] = field(default_factory=list)  # and the front: (trial, values)
 
 
 def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunSummary:
@@ -120,6 +122,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
         summary.concurrency = concurrency
         summary.notes += plan.notes + resources.cluster_notes(study, opts)
         summary.notes += resources.memory_notes(mem, concurrency)
+        summary.notes += objectives_note(spec)
         address = raystart.cluster_address(opts.address)
         if started and not address and not gpus:  # every trial runs on this machine's CPUs
             note = placement.precision_note(spec.training.precision, placement.cpu_flags())
@@ -160,6 +163,16 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
     if summary.stop_reason and not summary.interrupted:
         raise RunError(f"stopped: {summary.stop_reason}; fix the cause, then rerun the same command")
     return summary
+
+
+def objectives_note(spec) -> list[str]:
+    """What ASHA does with several objectives: it compares trials on the first one only."""
+    if not spec.objectives or spec.schedule.type != "asha":
+        return []
+    return [
+        f"ASHA stops trials on the first objective ({spec.metrics[0]}) only; "
+        f"{', '.join(spec.metrics[1:])} count on finished trials (the Pareto front)"
+    ]
 
 
 def _warm_wanted(opts: RunOptions) -> bool:
@@ -325,13 +338,18 @@ def _record_disk_peak(study, mb: float) -> None:
 
 
 def _finish_summary(summary: RunSummary, study, t0: float) -> RunSummary:
-    from hpo.summary import best_complete, state_counts
+    from hpo.storage import spec_of
+    from hpo.summary import best_complete, first_value, pareto, state_counts
 
     trials = study.get_trials(deepcopy=False)
     summary.counts = state_counts(trials)
     summary.trials_run = sum(summary.counts.values()) - summary.finished_before
-    best = best_complete(trials, study.direction)
+    best = best_complete(trials, study.directions[0])
     if best is not None:
-        summary.best_value, summary.best_trial, summary.best_params = best.value, best.number, best.params
+        summary.best_value, summary.best_trial, summary.best_params = first_value(best), best.number, best.params
+    spec = spec_of(study)
+    if spec.objectives:
+        summary.metrics = spec.metrics
+        summary.pareto = [(t.number, list(t.values)) for t in pareto(trials, spec.directions)]
     summary.wall_s = time.time() - t0
     return summary

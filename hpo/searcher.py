@@ -43,9 +43,11 @@ from hpo.bookkeeping import (
     eval_step,
     final_state,
     finished_and_running,
+    protected,
     read_error,
     summary_attrs,
 )
+from hpo.objectives import values_of
 from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
 from hpo.storage import HEARTBEAT_S
@@ -162,16 +164,21 @@ class OptunaBridge(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
         if trial is not None:
-            self._record(trial_id, trial, result)
+            self._record(trial_id, trial, result, self._ids[trial_id])
             self._heartbeat(self._ids[trial_id])
 
-    def _record(self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any]) -> None:
+    def _record(
+        self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any], storage_id: int
+    ) -> None:
         """Write one evaluation: intermediate value, epoch, and the checkpoint when it moved."""
         previous = self._last.get(trial_id, {})
         if self.metric not in result or result.get("epoch") == previous.get("epoch"):
             return
         step = eval_step(result["epoch"], self._spec.training.eval_every)
-        trial.report(float(result[self.metric]), step)
+        if self._spec.objectives:  # Trial.report refuses a multi-objective study: the first objective's
+            self._storage.set_trial_intermediate_value(storage_id, step, float(result[self.metric]))
+        else:
+            trial.report(float(result[self.metric]), step)
         trial.set_user_attr("epoch", float(result["epoch"]))
         if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
             trial.set_user_attr("checkpoint", result["checkpoint"])
@@ -184,11 +191,11 @@ class OptunaBridge(Searcher):
         with self._lock:
             trial = self._live.pop(trial_id, None)
             params = self._params.pop(trial_id, {})
-            self._ids.pop(trial_id, None)
+            storage_id = self._ids.pop(trial_id, None)
         if trial is None:
             return
-        if result:  # Tune hands a trial's final result (a STOP or its end) here, not to on_trial_result
-            self._record(trial_id, trial, result)
+        if result and storage_id is not None:  # Tune hands a trial's final result here (a STOP or its end)
+            self._record(trial_id, trial, result, storage_id)
         last = self._last.pop(trial_id, {})
         if self.stopping and not error and not last.get(BUDGET_DONE):
             self._interrupt(trial, params)
@@ -204,6 +211,14 @@ class OptunaBridge(Searcher):
 
     def _finish(self, trial, params, state: TrialState, last: dict[str, Any], error_info) -> None:
         attrs = summary_attrs(last)
+        values: list[float] | None = None
+        if state == TrialState.COMPLETE:
+            values, missing = self._values(last)
+            if missing:
+                state, error_info = TrialState.FAIL, {
+                    "error_class": "TrialError",
+                    "error_message": f"the trial reported no {', '.join(missing)} (an objective)",
+                }
         if state == TrialState.FAIL:
             info = error_info or {
                 "error_class": "TrialError",
@@ -222,21 +237,22 @@ class OptunaBridge(Searcher):
             attrs["pruned_at_epoch"] = last.get("epoch")
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        value = self._value(last) if state == TrialState.COMPLETE else None
-        self._study.tell(trial, value, state=state)
+        self._study.tell(trial, values, state=state)
         self._counts_cache = (0.0, 0, 0)
         kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
         message = attrs.get("error_message", "") if state == TrialState.FAIL else ""
+        value = values[0] if values else None
         self._on_event(
             Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message)
         )
 
-    def _value(self, last: dict[str, Any]) -> float:
-        """The trial's value: its best objective (the trial reports it for ``config["objective"]``)."""
-        if "best_objective" in last:
-            return float(last["best_objective"])
-        best = float(last["best_eval_loss"])
-        return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
+    def _values(self, last: dict[str, Any]) -> tuple[list[float], list[str]]:
+        """The trial's values (one per objective) and the objectives its last report lacks. The
+        first is its best objective (the trial reports it for ``config["objective"]``)."""
+        if "best_objective" not in last and "best_eval_loss" in last:  # a report without it
+            best = float(last["best_eval_loss"])
+            last = {**last, "best_objective": math.exp(min(best, 50.0)) if self.metric == "perplexity" else best}
+        return values_of(self._spec.metrics, last)
 
     def _interrupt(self, trial, params: dict[str, Any]) -> None:
         """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
@@ -345,7 +361,8 @@ class OptunaBridge(Searcher):
 
     def _collect_garbage(self, trials: list | None = None) -> None:
         trials = self._study.get_trials(deepcopy=False) if trials is None else trials
-        for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.direction):
+        also = protected(trials, self._spec.directions)
+        for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.directions[0], also):
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
