@@ -227,7 +227,7 @@ def _best_block(name: str, metric: str, best: FrozenTrial | None, spec, storage_
     at_text = f" at epoch {at:g}" if isinstance(at, int | float) else ""
     return (
         f'<div class="best"><b>Best: trial {best.number}</b> &mdash; {html.escape(metric)} '
-        f"<b>{facts.fmt(best.value)}</b>{extra}{at_text}; checkpoint {status}<br>{items}"
+        f"<b>{facts.fmt(facts.finite_value(best))}</b>{extra}{at_text}; checkpoint {status}<br>{items}"
         f"<pre>{html.escape(facts.export_command(name, best.number, storage_url))}</pre></div>"
     )
 
