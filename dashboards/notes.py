@@ -40,8 +40,11 @@ def trial_note(study_name: str, trial: FrozenTrial, spec: StudySpec | None, stor
     if is_confirm(trial):  # ``hpo confirm``: not a search trial
         of, seed = trial.user_attrs.get(CONFIRM_OF_ATTR), trial.user_attrs.get(CONFIRM_SEED_ATTR)
         lines = [f"### Trial {trial.number} · CONFIRM of trial {of} (seed {seed}) · {trial.state.name}", ""]
-        lines += ["A confirm run (`hpo confirm`): the configuration of trial "
-                  f"{of} retrained with a new seed at its full budget; not a search trial.", ""]
+        lines += [
+            "A confirm run (`hpo confirm`): the configuration of trial "
+            f"{of} retrained with a new seed at its full budget; not a search trial.",
+            "",
+        ]
     lines += [_outcome(trial, metric, spec), ""]
     lines += ["| hyperparameter | value |", "| --- | --- |"]
     lines += [f"| {k} | {facts.fmt(v)} |" for k, v in facts.hyperparameters(trial, spec).items()]

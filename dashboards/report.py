@@ -85,7 +85,9 @@ def render(
     best = best_complete(trials, direction)
     metric = spec.objective.metric if spec is not None else "objective"
     body = [_header(name, direction, metric, trials, spec, best, storage_url)]
-    if spec is not None and spec.objectives:  # several objectives: the front first, then the first one's plots
+    if (
+        spec is not None and spec.objectives
+    ):  # several objectives: the front first, then the first one's plots
         body.append(_pareto_section(name, trials, spec, storage_url))
     body.extend(_figures(direction, trials, spec, best, metric))
     params = _param_names(trials, spec)

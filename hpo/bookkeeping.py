@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def protected(trials: list, directions: list[str]) -> set[int]:
+def protected(trials: list, directions: Sequence[str]) -> set[int]:
     """Trials whose checkpoint stays whatever ``keep_top_k`` says: with several objectives, the
     Pareto front (each is an export choice); each confirmed configuration's best confirm run."""
     keep = {t.number for t in pareto(trials, directions)} if len(directions) > 1 else set()
@@ -99,7 +100,9 @@ def checkpoints_to_delete(trials: list, keep: int, direction, also: set[int] | N
     chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
     resumed from)."""
     complete = [
-        t for t in trials if t.state == TrialState.COMPLETE and first_value(t) is not None and not is_confirm(t)
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and first_value(t) is not None and not is_confirm(t)
     ]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
     ranked = sorted(complete, key=lambda t: sign * float(first_value(t) or 0.0))

@@ -321,7 +321,10 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
     if s.metrics:  # several objectives: no single best, a front
         echo(f"Pareto front of {', '.join(s.metrics)}: {len(s.pareto)} trial(s)")
         for number, values in s.pareto:
-            echo(f"  trial {number}: " + "  ".join(f"{m} {v:.4g}" for m, v in zip(s.metrics, values, strict=False)))
+            echo(
+                f"  trial {number}: "
+                + "  ".join(f"{m} {v:.4g}" for m, v in zip(s.metrics, values, strict=False))
+            )
         if s.pareto:
             echo(f"export one: hpo export --study {s.study} --trial {s.pareto[0][0]} --out exports/{s.study}")
     elif s.best_trial is not None:
@@ -405,3 +408,21 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
                 (t["error"] or "")[:40],
             )
         console.print(table)
+
+
+def print_confirm_summary(c, echo: Callable[[str], None]) -> None:
+    """The lines after ``hpo confirm``: mean ± std per configuration, best first."""
+    queued = f"queued {c.queued} new run(s)" if c.queued else "no new run needed"
+    echo(f"confirm {c.study!r}: configurations of trials {', '.join(map(str, c.sources))}; {queued}")
+    if c.failed:
+        echo(f"{c.failed} confirm run(s) failed; rerun the same command to retry them")
+    for r in c.results:
+        stats = "  ".join(
+            f"{m} {mu:.4f} ± {sd:.4f}" for m, mu, sd in zip(c.metrics, r.mean, r.std, strict=False)
+        )
+        found = f" (search: {r.source_values[0]:.4f})" if r.source_values else ""
+        params = fmt_params(c.params.get(r.source, {}))
+        echo(f"  trial {r.source}: {stats} over {len(r.runs)} seed(s) {r.seeds}{found}  {params}")
+    if c.results and len(c.metrics) == 1:
+        best = c.results[0].source
+        echo(f"best confirmed: trial {best}; `hpo export --study {c.study} --out DIR` exports it")

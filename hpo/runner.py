@@ -48,6 +48,7 @@ class RunOptions:
     cpus_per_trial: float | None = None  # overrides the spec's resources.cpus_per_trial
     gpus_per_trial: float | None = None  # overrides the spec's resources.gpus_per_trial
     max_failures: int = 5  # stop after this many trials in a row fail alike
+    confirm: bool = False  # run the queued confirm runs (`hpo confirm`); target counts those only
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     from hpo import basemodel, warmstart
 
     t0 = time.time()
-    finished = _finished(study)
+    finished = _finished(study, opts.confirm)
     summary = RunSummary(study.study_name, opts.target, finished)
     model_path, warm = "", None
     if finished < opts.target:
@@ -145,6 +146,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
                 on_event,
                 opts.max_failures,
                 (threads_file, int(cpus), concurrency) if threads_file else None,
+                confirm=opts.confirm,
             )
             tuner = _tuner(spec, opts, bridge, asked, concurrency, run_id, _stop_callback(stop))
             try:
@@ -326,10 +328,13 @@ def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id
 # ---------------------------------------------------------------- summaries
 
 
-def _finished(study) -> int:
+def _finished(study, confirm: bool = False) -> int:
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    from hpo.summary import is_confirm
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(is_confirm(t) == confirm for t in done)
 
 
 def _record_disk_peak(study, mb: float) -> None:
@@ -339,14 +344,18 @@ def _record_disk_peak(study, mb: float) -> None:
 
 def _finish_summary(summary: RunSummary, study, t0: float) -> RunSummary:
     from hpo.storage import spec_of
-    from hpo.summary import best_complete, first_value, pareto, state_counts
+    from hpo.summary import best_complete, first_value, is_confirm, pareto, state_counts
 
     trials = study.get_trials(deepcopy=False)
-    summary.counts = state_counts(trials)
+    summary.counts = state_counts([t for t in trials if not is_confirm(t)])  # search trials
     summary.trials_run = sum(summary.counts.values()) - summary.finished_before
     best = best_complete(trials, study.directions[0])
     if best is not None:
-        summary.best_value, summary.best_trial, summary.best_params = first_value(best), best.number, best.params
+        summary.best_value, summary.best_trial, summary.best_params = (
+            first_value(best),
+            best.number,
+            best.params,
+        )
     spec = spec_of(study)
     if spec.objectives:
         summary.metrics = spec.metrics

@@ -50,7 +50,8 @@ from hpo.bookkeeping import (
 from hpo.objectives import values_of
 from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
-from hpo.storage import HEARTBEAT_S
+from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
+from hpo.summary import CONFIRM_ATTR, CONFIRM_SEED_ATTR, is_confirm
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class OptunaBridge(Searcher):
         threads: (file the trials poll, CPUs per trial, trial slots) when every trial runs on
             this machine: at the tail of the study the running trials are told to use the idle
             slots' cores (``placement.tail_threads``); None: trials keep their CPUs.
+        confirm: run the study's queued confirm runs (``hpo confirm``) and nothing else; they
+            count toward ``target`` apart from search trials, and are never re-queued.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class OptunaBridge(Searcher):
         on_event: Callable[[Event], None] | None = None,
         max_failures: int = 5,
         threads: tuple[Path, int, int] | None = None,
+        confirm: bool = False,
     ):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
@@ -105,6 +109,7 @@ class OptunaBridge(Searcher):
         self._on_event = on_event or (lambda e: None)
         self._max_failures = max_failures
         self._threads, self._threads_said = threads, 0
+        self._confirm = confirm  # run the queued confirm runs (`hpo confirm`), never a new sample
         self._live: dict[str, optuna.trial.Trial] = {}
         self._ids: dict[str, int] = {}  # Ray trial id -> the storage's trial id (for heartbeats)
         self._params: dict[str, dict[str, Any]] = {}
@@ -129,10 +134,14 @@ class OptunaBridge(Searcher):
             return Searcher.FINISHED
         if finished + running >= self._target:
             return None  # other trials may still fail; ask again later
-        trial = self._study.ask()
-        if self._over_target(trial):
+        if self._confirm and not self._confirm_queued():
+            return Searcher.FINISHED
+        trial = self._ask()
+        if trial is None or self._over_target(trial):
             return None
         params = space.suggest(trial, self._spec.space)
+        if self._confirm:  # its new seed (when the space searches seed, the queue fixed it already)
+            params["seed"] = int(trial.user_attrs[CONFIRM_SEED_ATTR])
         folder = self._trials_dir / f"{trial.number:05d}"
         attrs = {
             "ray_trial_id": trial_id,
@@ -160,6 +169,35 @@ class OptunaBridge(Searcher):
         if "resumed_from" in attrs:
             config["resume_checkpoint"] = attrs["resumed_from"]
         return config
+
+    def _ask(self) -> optuna.trial.Trial | None:
+        """Optuna's next trial (queued ones first) of this run's kind. A queued trial of the other
+        kind is closed FAIL: a confirm run left by a dead `hpo confirm` (it runs it again), or a
+        search trial asked by `hpo confirm` (re-queued for `hpo run`)."""
+        for _ in range(1000):
+            trial = self._study.ask()
+            if bool(trial.user_attrs.get(CONFIRM_ATTR)) == self._confirm:
+                return trial
+            reason = "asked by `hpo confirm`: re-queued" if self._confirm else "a confirm run left queued"
+            trial.set_user_attr("fail_reason", reason)
+            self._study.tell(trial, state=TrialState.FAIL)
+            if self._confirm:
+                queued = {**trial.user_attrs.get(ENQUEUED_ATTR, {}), **trial.params}
+                requeue(
+                    self._study,
+                    trial.number,
+                    queued,
+                    self._spec,
+                    None,
+                    trial.user_attrs.get("resume_checkpoint"),
+                )
+                return None
+        return None
+
+    def _confirm_queued(self) -> bool:
+        """Whether a confirm run waits in the queue."""
+        waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return any(t.user_attrs.get(CONFIRM_ATTR) for t in waiting)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
@@ -205,7 +243,7 @@ class OptunaBridge(Searcher):
         self._finish(trial, params, state, last, error_info)
         trials = self._study.get_trials(deepcopy=False)  # one read for both
         self._collect_garbage(trials)
-        self._share_idle_cpus(*finished_and_running(trials))
+        self._share_idle_cpus(*finished_and_running(trials, self._confirm))
 
     # ------------------------------------------------------------ finishing trials
 
@@ -215,10 +253,13 @@ class OptunaBridge(Searcher):
         if state == TrialState.COMPLETE:
             values, missing = self._values(last)
             if missing:
-                state, error_info = TrialState.FAIL, {
-                    "error_class": "TrialError",
-                    "error_message": f"the trial reported no {', '.join(missing)} (an objective)",
-                }
+                state, error_info = (
+                    TrialState.FAIL,
+                    {
+                        "error_class": "TrialError",
+                        "error_message": f"the trial reported no {', '.join(missing)} (an objective)",
+                    },
+                )
         if state == TrialState.FAIL:
             info = error_info or {
                 "error_class": "TrialError",
@@ -251,13 +292,20 @@ class OptunaBridge(Searcher):
         first is its best objective (the trial reports it for ``config["objective"]``)."""
         if "best_objective" not in last and "best_eval_loss" in last:  # a report without it
             best = float(last["best_eval_loss"])
-            last = {**last, "best_objective": math.exp(min(best, 50.0)) if self.metric == "perplexity" else best}
+            last = {
+                **last,
+                "best_objective": math.exp(min(best, 50.0)) if self.metric == "perplexity" else best,
+            }
         return values_of(self._spec.metrics, last)
 
     def _interrupt(self, trial, params: dict[str, Any]) -> None:
         """Fail an interrupted trial and re-queue its parameters (the next run tries them first,
         resuming from its checkpoint when it had one)."""
         trial.set_user_attr("fail_reason", "interrupted")
+        if self._confirm:  # not re-queued: `hpo confirm` again runs the missing confirm runs
+            self._study.tell(trial, state=TrialState.FAIL)
+            self._on_event(Event("interrupted", trial.number, params, message="rerun `hpo confirm`"))
+            return
         trial.set_user_attr(REQUEUER_ATTR, _this_process())
         self._study.tell(trial, state=TrialState.FAIL)
         attrs = trial.user_attrs
@@ -303,7 +351,7 @@ class OptunaBridge(Searcher):
             trials = self._study.get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             )
-            finished, running = finished_and_running(trials)
+            finished, running = finished_and_running(trials, self._confirm)
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
 
@@ -311,7 +359,10 @@ class OptunaBridge(Searcher):
         """Whether another run took the last slots of the target between our count and our ask.
         Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
         alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        rank = sum(t.number <= trial.number for t in self._study.get_trials(deepcopy=False, states=alive))
+        same = [
+            t for t in self._study.get_trials(deepcopy=False, states=alive) if is_confirm(t) == self._confirm
+        ]
+        rank = sum(t.number <= trial.number for t in same)
         if rank <= self._target:
             return False
         trial.set_user_attr("fail_reason", "not needed: other runs hold the last trials of the target")

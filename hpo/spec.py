@@ -148,7 +148,9 @@ class StudySpec(Frozen):
     @model_validator(mode="after")
     def _objectives_need(self) -> StudySpec:
         generate = getattr(getattr(self, "evaluation", None), "generate", None)  # hpo's generated answers
-        problems = objectives_mod.needs_problems(self.objectives or [], {"evaluation.generate": bool(generate)})
+        problems = objectives_mod.needs_problems(
+            self.objectives or [], {"evaluation.generate": bool(generate)}
+        )
         if problems:
             raise ValueError("objectives: " + "; ".join(problems))
         return self
@@ -245,7 +247,7 @@ class StudySpec(Frozen):
         return [o.metric for o in self.objectives] if self.objectives else [self.objective.metric]
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         """The direction of each of ``metrics``."""
         return [o.direction for o in self.objectives] if self.objectives else [self.objective.direction]
 

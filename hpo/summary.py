@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from optuna.study import StudyDirection
@@ -30,13 +31,13 @@ def complete_values(trials: list[FrozenTrial], n: int) -> dict[int, list[float]]
     """The finite values of the COMPLETE search trials that have all ``n`` of them, by number."""
     out = {}
     for t in trials:
-        if t.state == TrialState.COMPLETE and not is_confirm(t) and t.values and len(t.values) == n:
-            if all(math.isfinite(v) for v in t.values):
-                out[t.number] = [float(v) for v in t.values]
+        ok = t.state == TrialState.COMPLETE and not is_confirm(t) and t.values and len(t.values) == n
+        if ok and all(math.isfinite(v) for v in t.values):
+            out[t.number] = [float(v) for v in t.values]
     return out
 
 
-def pareto(trials: list[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
+def pareto(trials: list[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
     """The COMPLETE search trials on the Pareto front of the study's objectives, by number."""
     from hpo.objectives import pareto_front
 
