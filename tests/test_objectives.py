@@ -1,0 +1,96 @@
+"""Several objectives as pure decisions: the metric table, a finished trial's values, dominance
+and the Pareto front, with hand-picked numbers (no Optuna study, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from hpo import objectives
+from hpo.bookkeeping import protected
+from hpo.summary import best_complete, pareto
+
+MIN2 = ["minimize", "minimize"]
+
+
+def test_every_metric_has_one_direction():
+    assert objectives.direction_of("eval_loss") == "minimize"
+    assert objectives.direction_of("token_accuracy") == "maximize"
+    assert all(objectives.direction_of(c) == "minimize" for c in objectives.COSTS)
+    assert objectives.direction_of("bleu") is None
+    assert objectives.known()[:3] == ["eval_loss", "perplexity", "token_accuracy"]
+
+
+def test_values_come_from_the_best_evaluation_and_the_end_of_the_trial():
+    last = {
+        "best_objective": 0.6,
+        "best_eval_loss": 2.0,
+        "best_token_accuracy": 0.6,
+        "train_s": 12.5,
+        "tokens": 900,
+    }
+    values, missing = objectives.values_of(
+        ["token_accuracy", "eval_loss", "train_seconds", "tokens_seen"], last
+    )
+    assert values == [0.6, 2.0, 12.5, 900.0] and missing == []
+    values, missing = objectives.values_of(["eval_loss", "trainable_params"], {"best_objective": 2.0})
+    assert missing == ["trainable_params"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "signs", "expected"),
+    [
+        ([1.0, 1.0], [2.0, 2.0], [1, 1], True),
+        ([1.0, 2.0], [1.0, 2.0], [1, 1], False),  # equal: neither dominates
+        ([1.0, 3.0], [2.0, 2.0], [1, 1], False),  # a trade-off
+        ([0.9, 3.0], [0.5, 3.0], [-1, 1], True),  # maximizing the first
+    ],
+)
+def test_dominates(a, b, signs, expected):
+    assert objectives.dominates(a, b, signs) is expected
+
+
+def test_pareto_front_keeps_the_trade_offs_and_ties():
+    points = {0: [1.0, 9.0], 1: [2.0, 5.0], 2: [3.0, 6.0], 3: [4.0, 1.0], 4: [2.0, 5.0]}
+    assert objectives.pareto_front(points, MIN2) == [0, 1, 3, 4]
+    assert objectives.pareto_front(points, ["maximize", "minimize"]) == [3]
+    assert objectives.pareto_front({}, MIN2) == []
+
+
+def test_list_problems():
+    entry = objectives.ObjectiveEntry
+    ok = [entry(metric="eval_loss"), entry(metric="train_seconds")]
+    assert objectives.list_problems(ok) == []
+    assert "twice" in objectives.list_problems([ok[0], ok[0]])[0]
+    assert "quality metric" in objectives.list_problems(ok[::-1])[0]
+    assert objectives.needs_problems([*ok, entry(metric="generate_ms_per_token")], {}) != []
+    assert (
+        objectives.needs_problems([entry(metric="generate_ms_per_token")], {"evaluation.generate": True})
+        == []
+    )
+
+
+def _trial(number, values, state=TrialState.COMPLETE, **attrs):
+    t = create_trial(
+        state=state,
+        values=values,
+        params={"learning_rate": 1e-3 * (number + 1)},
+        distributions={"learning_rate": FloatDistribution(1e-4, 1e-1)},
+        user_attrs=attrs,
+    )
+    t.number = number
+    return t
+
+
+def test_study_level_front_leaves_out_confirm_runs_and_unfinished_trials():
+    trials = [
+        _trial(0, [1.0, 9.0]),
+        _trial(1, [2.0, 5.0]),
+        _trial(2, [3.0, 6.0]),
+        _trial(3, None, TrialState.PRUNED),
+        _trial(4, [0.5, 0.5], confirm=True, confirm_of=1),  # a confirm run dominates all: not counted
+    ]
+    assert [t.number for t in pareto(trials, MIN2)] == [0, 1]
+    assert best_complete(trials, __import__("optuna").study.StudyDirection.MINIMIZE).number == 0
+    assert protected(trials, MIN2) == {0, 1, 4}  # the front, and the configuration's best confirm run
