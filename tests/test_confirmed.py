@@ -28,7 +28,7 @@ def _run(number, of, seed, value, state=TrialState.COMPLETE):
     return _trial(
         number,
         [value] if state == TrialState.COMPLETE else None,
-        0.0,
+        1e-3,
         state,
         confirm=True,
         confirm_of=of,
