@@ -253,13 +253,9 @@ class OptunaBridge(Searcher):
         if state == TrialState.COMPLETE:
             values, missing = self._values(last)
             if missing:
-                state, error_info = (
-                    TrialState.FAIL,
-                    {
-                        "error_class": "TrialError",
-                        "error_message": f"the trial reported no {', '.join(missing)} (an objective)",
-                    },
-                )
+                message = f"the trial reported no {', '.join(missing)} (an objective)"
+                values, state = None, TrialState.FAIL
+                error_info = {"error_class": "TrialError", "error_message": message}
         if state == TrialState.FAIL:
             info = error_info or {
                 "error_class": "TrialError",
