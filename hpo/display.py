@@ -391,6 +391,11 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
             )
     if c["COMPLETE"] + c["PRUNED"]:
         console.print(f"report: hpo report{where} --study {name} --out {name}-report.html", soft_wrap=True)
+    for c in info.get("confirmed", []):
+        stats = "  ".join(
+            f"{m} {mu:.4f} ± {sd:.4f}" for m, mu, sd in zip(c["metrics"], c["mean"], c["std"], strict=False)
+        )
+        console.print(f"confirmed (hpo confirm): trial {c['source']}: {stats} over {len(c['runs'])} seed(s)")
     if info.get("disk_peak_mb") is not None:
         console.print(f"checkpoint disk high-water: {info['disk_peak_mb']:.1f} MB")
     if show_trials and info.get("trials"):
@@ -405,7 +410,9 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
                 fmt_params(t["params"]),
                 f"{t['duration_s']:.0f}" if t["duration_s"] else "",
                 "yes" if t["checkpoint_kept"] else "",
-                (t["error"] or "")[:40],
+                (t["error"] or (f"confirm of #{t['confirm_of']}" if t.get("confirm_of") is not None else ""))[
+                    :40
+                ],
             )
         console.print(table)
 

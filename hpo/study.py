@@ -96,6 +96,13 @@ def show_study(study: str | None = None, storage: str | None = None, trials: boo
     study_spec = storage_mod.spec_of(loaded)
     out["spec"] = study_spec.model_dump()
     out["data_report"] = storage_mod.data_report(loaded)
+    from dataclasses import asdict
+
+    from hpo.confirmed import aggregate
+
+    out["confirmed"] = [
+        {**asdict(c), "metrics": study_spec.metrics} for c in aggregate(frozen, study_spec.directions)
+    ]
     if study_spec.objectives:  # several objectives: the Pareto front instead of one best
         out["objectives"] = [o.model_dump() for o in study_spec.objectives]
         out["asha"] = runner_note(study_spec)

@@ -30,7 +30,7 @@ def test_confirm_retrains_the_best_with_new_seeds(tmp_path, tiny_model):
         "dropout": {"type": "float", "low": 0.0, "high": 0.2},
         "epochs": 1,
     }
-    spec = small_spec(tmp_path, name="conf", rows=120, space=space, enqueue=QUEUE, seed=7)
+    spec = small_spec(tmp_path, name="conf", rows=120, space=space, enqueue=QUEUE, seed=7, schedule="none")
     assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     r = run_cli("run", "--trials", "2", "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -61,6 +61,8 @@ def test_confirm_retrains_the_best_with_new_seeds(tmp_path, tiny_model):
     r = run_cli("confirm", "--top", "2", "--seeds", "2", "--storage", url, cwd=tmp_path)
     assert r.returncode == 0 and "no new run needed" in r.stdout
     assert len(study.get_trials()) == 6
+    r = run_cli("study", "show", "--trials", "--storage", url, cwd=tmp_path)
+    assert "confirmed (hpo confirm)" in r.stdout and r.stdout.count("confirm of #") == 4
 
     out = tmp_path / "exports" / "conf"
     r = run_cli("export", "--out", str(out), "--storage", url, cwd=tmp_path)
