@@ -94,3 +94,26 @@ def test_study_level_front_leaves_out_confirm_runs_and_unfinished_trials():
     assert [t.number for t in pareto(trials, MIN2)] == [0, 1]
     assert best_complete(trials, __import__("optuna").study.StudyDirection.MINIMIZE).number == 0
     assert protected(trials, MIN2) == {0, 1, 4}  # the front, and the configuration's best confirm run
+
+
+@pytest.mark.parametrize("sampler", objectives.MULTI_SAMPLERS)
+def test_every_multi_objective_sampler_samples_a_two_objective_study(tmp_path, sampler):
+    from hpo import space, storage
+    from hpo import spec as spec_mod
+    from tests.conftest import small_spec
+
+    grid = {
+        "batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+        "epochs": {"type": "int", "low": 1, "high": 2},
+    }
+    extra = {"space": {**grid, "learning_rate": 1e-3, "dropout": 0.0}} if sampler == "grid" else {}
+    objs = [{"metric": "eval_loss"}, {"metric": "tokens_seen"}]
+    s = spec_mod.load(small_spec(tmp_path, objectives=objs, sampler=sampler, **extra))
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage.create(s, url)
+    study = storage.load(s.name, url, sampler=space.sampler(s.sampler, s.seed, 0, s.space))
+    for i in range(12 if sampler != "grid" else 4):
+        trial = study.ask()
+        params = space.suggest(trial, s.space)
+        study.tell(trial, [float(params["batch_size"]) / (i + 1), float(params["epochs"] * i)])
+    assert len(study.best_trials) >= 1 and all(len(t.values) == 2 for t in study.trials)
