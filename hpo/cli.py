@@ -271,15 +271,18 @@ def confirm_cmd(
     Runs are trials tagged `confirm` (not counted toward --trials); rerun to finish missing ones.
     Example: hpo confirm --study demo --top 3 --seeds 3
     """
+    from dashboards.notes import NoteWriter
     from hpo import storage as storage_mod
     from hpo.confirm import confirm_study
     from hpo.display import make_progress, print_confirm_summary
 
     loaded = storage_mod.load(study, storage)
     with make_progress(_echo, time.time(), top * seeds, study=loaded) as progress:
+        notes = NoteWriter(loaded, progress, storage_mod.resolve_url(storage))  # each run's dashboard note
         result = confirm_study(
-            study, top, seeds, storage, runs_dir, on_event=progress, address=address, concurrency=concurrency
+            study, top, seeds, storage, runs_dir, on_event=notes, address=address, concurrency=concurrency
         )
+    notes.finish()
     print_confirm_summary(result, _echo)
     if result.run is not None and result.run.interrupted:
         raise typer.Exit(130)

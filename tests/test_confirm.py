@@ -9,6 +9,7 @@ import json
 import statistics
 
 import optuna
+import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
@@ -48,6 +49,9 @@ def test_confirm_retrains_the_best_with_new_seeds(tmp_path, tiny_model):
         (1, 8),
         (1, 9),
     ]
+    for t in runs:  # each run's dashboard note says what it is (as tests/test_notes.py reads notes)
+        note = optuna_dashboard.get_note(optuna.trial.Trial(study, t._trial_id))
+        assert f"CONFIRM of trial {t.user_attrs['confirm_of']} (seed {t.user_attrs['confirm_seed']})" in note
     for t in runs:  # the source's configuration at its full budget (no ASHA, no early stopping)
         assert t.params == study.trials[t.user_attrs["confirm_of"]].params and t.user_attrs["epoch"] == 1
     by_source = {s: [t.value for t in runs if t.user_attrs["confirm_of"] == s] for s in (0, 1)}
