@@ -77,20 +77,7 @@ def confirm_study(
     chosen = confirmed.sources(trials, spec.directions, top)
     if not chosen:
         raise UsageError(f"study {loaded.study_name!r} has no COMPLETE trial to confirm; run `hpo run` first")
-    base_seed = spec.seed if spec.training.seed is None else spec.training.seed
-    plan = [
-        (t.number, s)
-        for t in chosen
-        for s in confirmed.new_seeds(int(t.params.get("seed", base_seed)), seeds)
-    ]
-    todo = confirmed.missing(trials, plan)
-    by_number = {t.number: t for t in chosen}
-    for number, seed in todo:
-        params = dict(by_number[number].params)
-        if "seed" in spec.space.searched():
-            params["seed"] = seed
-        attrs = {CONFIRM_ATTR: True, CONFIRM_OF_ATTR: number, CONFIRM_SEED_ATTR: seed}
-        storage_mod.enqueue(loaded, params, **attrs)
+    todo = _queue(loaded, spec, chosen, seeds, trials)
     out = ConfirmSummary(
         loaded.study_name, spec.metrics, spec.directions, [t.number for t in chosen], len(todo)
     )
@@ -118,6 +105,26 @@ def confirm_study(
         if is_confirm(t) and t.state.name == "FAIL" and t.user_attrs.get(CONFIRM_OF_ATTR) in mine
     )
     return out
+
+
+def _queue(loaded, spec, chosen: list, seeds: int, trials: list) -> list[tuple[int, int]]:
+    """Queue the (configuration, new seed) runs not there yet; returns them. A searched seed is
+    fixed by the queue; otherwise the bridge passes ``confirm_seed`` on to the trial."""
+    base_seed = spec.seed if spec.training.seed is None else spec.training.seed
+    plan = [
+        (t.number, s)
+        for t in chosen
+        for s in confirmed.new_seeds(int(t.params.get("seed", base_seed)), seeds)
+    ]
+    todo = confirmed.missing(trials, plan)
+    by_number = {t.number: t for t in chosen}
+    for number, seed in todo:
+        params = dict(by_number[number].params)
+        if "seed" in spec.space.searched():
+            params["seed"] = seed
+        attrs = {CONFIRM_ATTR: True, CONFIRM_OF_ATTR: number, CONFIRM_SEED_ATTR: seed}
+        storage_mod.enqueue(loaded, params, **attrs)
+    return todo
 
 
 def _no_schedule():
