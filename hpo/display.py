@@ -167,14 +167,15 @@ class LiveProgress:
 
     def _seed(self, study: Any) -> None:
         """Counts and best value of the trials the study held before this run."""
-        from hpo.summary import best_complete, state_counts
+        from hpo.summary import best_complete, first_value, state_counts
 
         trials = study.get_trials(deepcopy=False)
         c = state_counts(trials)
         self.before = {"complete": c["COMPLETE"], "pruned": c["PRUNED"], "fail": c["FAIL"]}
         best = best_complete(trials, study.directions[0])
-        if best is not None and best.value is not None:
-            self.best = (best.value, best.number)
+        value = first_value(best) if best is not None else None
+        if best is not None and value is not None:
+            self.best = (value, best.number)
 
     def __enter__(self) -> LiveProgress:
         from rich.live import Live
