@@ -92,6 +92,23 @@ def last_value(trial: FrozenTrial) -> float | None:
     return trial.intermediate_values[max(trial.intermediate_values)]
 
 
+def generated(trial: FrozenTrial) -> tuple[str, list[dict[str, str]]]:
+    """A trial's generated answers (``evaluation.generate``): one line of their metrics, epoch and
+    cost, and the answers kept beside their prompts and references; ("", []) when it has none."""
+    metrics = trial.user_attrs.get("generated_metrics")
+    if not isinstance(metrics, dict):
+        return "", []
+    line = ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
+    epoch, seconds = trial.user_attrs.get("generated_epoch"), trial.user_attrs.get("generate_s")
+    if isinstance(epoch, int | float):
+        line += f" at epoch {epoch:g}"
+    if isinstance(seconds, int | float):
+        tokens = trial.user_attrs.get("generated_tokens")
+        line += f"; generating took {seconds:.1f} s in all" + (f" ({tokens} tokens)" if tokens else "")
+    samples = trial.user_attrs.get("generated_samples")
+    return line, [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A number for people: floats to ``digits`` places, those under 0.01 to 3 significant digits."""
     if value is None:

@@ -56,6 +56,7 @@ def trial_note(study_name: str, trial: FrozenTrial, spec: StudySpec | None, stor
         "none": " (the trial saved none)",
     }.get(status, "")
     lines += ["", f"**checkpoint:** {status}{where}{why}", ""]
+    lines += _generated(trial)
     if trial.state.name == "FAIL":
         lines += ["A FAIL trial cannot be exported."]
     else:
@@ -87,6 +88,28 @@ def _outcome(trial: FrozenTrial, metric: str, spec: StudySpec | None) -> str:
         head += "; "
     stopped = "stopped by ASHA at" if trial.state.name == "PRUNED" else "trained"
     return f"{head}{best}; {stopped} {epochs} epochs"
+
+
+def _generated(trial: FrozenTrial) -> list[str]:
+    """The trial's generated answers beside their references, as a markdown table."""
+    line, samples = facts.generated(trial)
+    if not line:
+        return []
+    out = [f"**generated answers:** {line}", ""]
+    if samples:
+        out += ["| prompt | answer | reference |", "| --- | --- | --- |"]
+        for s in samples:
+            out.append(
+                "| " + " | ".join(_cell(s.get(k, "")) for k in ("prompt", "prediction", "reference")) + " |"
+            )
+        out.append("")
+    return out
+
+
+def _cell(text: str) -> str:
+    """A markdown table cell: one line, pipes escaped, at most 200 characters."""
+    one = " ".join(str(text).split()).replace("|", "\\|")
+    return one[:200] + ("…" if len(one) > 200 else "")
 
 
 def save_trial_note(study: optuna.Study, trial: FrozenTrial, body: str) -> None:

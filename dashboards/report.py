@@ -48,6 +48,9 @@ table.sortable th { position: sticky; top: 0; background: #f0f0f0; cursor: point
 table.sortable th { padding: 4px 8px; }
 table.sortable th[data-dir=asc]::after { content: " \\25B2"; }
 table.sortable th[data-dir=desc]::after { content: " \\25BC"; }
+table.generated { border-collapse: collapse; font-size: 13px; }
+table.generated td, table.generated th { padding: 4px 8px; border-top: 1px solid #eee; text-align: left; }
+table.generated td { white-space: pre-wrap; vertical-align: top; max-width: 30em; }
 table.sortable td { padding: 2px 8px; border-top: 1px solid #eee; white-space: nowrap; }
 tr.best td { background: #fff3cd; }
 .COMPLETE { color: #1f77b4; } .PRUNED { color: #e06c00; } .FAIL { color: #b00020; }
@@ -214,7 +217,7 @@ def _header(name, direction, metric, trials, spec, best, storage_url) -> str:
         f" &middot; {len(trials)} trials</p>"
         f'<p class="counts">{spans}</p>'
     )
-    return head + _best_block(name, metric, best, spec, storage_url)
+    return head + _best_block(name, metric, best, spec, storage_url) + _generated_block(best)
 
 
 def _best_block(name: str, metric: str, best: FrozenTrial | None, spec, storage_url) -> str:
@@ -231,6 +234,26 @@ def _best_block(name: str, metric: str, best: FrozenTrial | None, spec, storage_
         f'<div class="best"><b>Best: trial {best.number}</b> &mdash; {html.escape(metric)} '
         f"<b>{facts.fmt(facts.finite_value(best))}</b>{extra}{at_text}; checkpoint {status}<br>{items}"
         f"<pre>{html.escape(facts.export_command(name, best.number, storage_url))}</pre></div>"
+    )
+
+
+def _generated_block(best: FrozenTrial | None) -> str:
+    """The best trial's generated answers beside their references (``evaluation.generate``)."""
+    if best is None:
+        return ""
+    line, samples = facts.generated(best)
+    if not line:
+        return ""
+    cells = ("prompt", "prediction", "reference")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(s.get(k, '')))}</td>" for k in cells) + "</tr>"
+        for s in samples
+    )
+    head = "<tr><th>prompt</th><th>answer</th><th>reference</th></tr>"
+    table = f'<table class="generated">{head}{rows}</table>' if samples else ""
+    return (
+        f'<h2 id="generated">Generated answers of trial {best.number}</h2>'
+        f'<p class="meta">{html.escape(line)}</p>{table}'
     )
 
 

@@ -45,7 +45,9 @@ def _cell(shown: str, sort_key: Any = None, cls: str = "") -> str:
     return f'<td data-v="{html.escape(key, quote=True)}"{klass}>{html.escape(shown)}</td>'
 
 
-def _row(t: FrozenTrial, params: list[str], spec: StudySpec | None, best: int | None) -> str:
+def _row(
+    t: FrozenTrial, params: list[str], spec: StudySpec | None, best: int | None, generates: bool = False
+) -> str:
     value = facts.finite_value(t)
     last = facts.last_value(t)
     epoch = facts.epochs_reached(t, spec)
@@ -61,8 +63,11 @@ def _row(t: FrozenTrial, params: list[str], spec: StudySpec | None, best: int | 
         _cell(facts.fmt(last), last),
         _cell(f"{epoch:g}" if epoch is not None else "-", epoch),
         _cell(f"{wall:.0f}" if wall is not None else "-", wall),
-        _cell(status if status != "none" else "-", status, cls=f"ckpt {status}"),
     ]
+    if generates:  # evaluation.generate: the seconds spent generating and scoring answers
+        gen = t.user_attrs.get("generate_s")
+        cells.append(_cell(f"{gen:.1f}" if isinstance(gen, int | float) else "-", gen))
+    cells.append(_cell(status if status != "none" else "-", status, cls=f"ckpt {status}"))
     for name in params:
         v = t.params.get(name)
         cells.append(_cell(facts.fmt(v), v))
@@ -77,9 +82,11 @@ def trials_table(
     """Every trial as one row: state, value, last eval, epochs, wall time, checkpoint, params, note."""
     if not trials:
         return '<p class="empty">no trials yet; start some with <code>hpo run</code></p>'
-    heads = ["#", "state", "value", "last eval", "epochs", "wall s", "checkpoint", *params, "note"]
+    generates = any("generate_s" in t.user_attrs for t in trials)
+    gen = ["generate s"] if generates else []
+    heads = ["#", "state", "value", "last eval", "epochs", "wall s", *gen, "checkpoint", *params, "note"]
     head = "".join(f'<th title="sort by {html.escape(h)}">{html.escape(h)}</th>' for h in heads)
-    rows = "\n".join(_row(t, params, spec, best) for t in trials)
+    rows = "\n".join(_row(t, params, spec, best, generates) for t in trials)
     return (
         f'<table class="sortable" id="trials"><thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>'
         f"</table>\n<script>{SORT_JS}</script>"

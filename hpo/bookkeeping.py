@@ -70,8 +70,14 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "started_at",
         "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
         "ddp_backend",
+        "generate_s",  # evaluation.generate: seconds generating and scoring answers, tokens generated,
+        "generated_tokens",
+        "generated_epoch",  # and the evaluation whose answers are kept (the best one's when it generated)
     )
     out = {k: last[k] for k in keys if last.get(k) is not None}
+    for key in ("generated_metrics", "generated_samples"):  # JSON strings in Ray's flat results
+        if isinstance(last.get(key), str):
+            out[key] = json.loads(last[key])
     if "best_eval_loss" in out:
         out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
     return out

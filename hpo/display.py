@@ -386,6 +386,11 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
             f"checkpoint {kept}"
         )
         console.print("  " + fmt_params({**info["spec"]["space"], **best["params"]}))
+        if best.get("generated"):
+            said = ", ".join(f"{k} {v:.4g}" for k, v in best["generated"].items())
+            console.print(
+                f"  generated answers: {said} (generating took {best.get('generate_s') or 0:.1f} s)"
+            )
         if best["checkpoint_kept"]:
             console.print(
                 f"export: hpo export{where} --study {name} --trial {best['trial']} --out exports/{name}"

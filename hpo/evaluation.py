@@ -37,6 +37,18 @@ def eval_marks(config: dict[str, Any]) -> Callable[[int], bool] | None:
     return wanted
 
 
+def generate_marks(config: dict[str, Any]) -> Callable[[int], bool]:
+    """Which evaluation marks also generate answers (``evaluation.generate``; the end of the budget
+    always does): every one when the objective is a generation metric (it picks the best
+    checkpoint), else the first mark at or after each ASHA rung and max_t, and every whole epoch."""
+    if config.get("objective_generated"):
+        return lambda mark: True
+    epochs = config.get("generate_epochs") or []
+    wanted = eval_marks({"eval_epochs": epochs, "eval_every": config["eval_every"]})
+    assert wanted is not None  # eval_epochs given
+    return wanted
+
+
 def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None, autocast=None) -> dict:
     """Token-weighted mean next-token loss, its perplexity, and next-token accuracy (argmax equals
     the label) over every loss-carrying token of ``ids``/``labels`` (no label smoothing)."""

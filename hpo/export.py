@@ -176,6 +176,7 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
         "best_eval_loss": trial.user_attrs.get("best_eval_loss"),
         "best_perplexity": trial.user_attrs.get("best_perplexity"),
         "best_epoch": trial.user_attrs.get("best_epoch"),
+        "generated": trial.user_attrs.get("generated_metrics"),  # evaluation.generate's scores, if any
         "hyperparameters": hyper,
         "trained_on": {k: trial.user_attrs.get(k) for k in ("device", "precision")},
         "base_model": spec.model,
@@ -298,6 +299,9 @@ def model_card(info: dict[str, Any]) -> str:
     obj = info["objective"]
     value = f"{obj['value']:.4f}" if isinstance(obj["value"], float) else obj["value"]
     ppl = info.get("best_perplexity")
+    generated = "".join(  # evaluation.generate: scores of the answers the trial generated
+        f"\n| {k} (generated answers) | {v:.4f} |" for k, v in (info.get("generated") or {}).items()
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -314,7 +318,7 @@ chosen by an hpo study (`{info["study"]}` in `{info["storage"]}`, trial {info["t
 | --- | --- |
 | {obj["metric"]} ({obj["direction"]}) | {value} |
 {_other_objectives(info)}| perplexity | {f"{ppl:.3f}" if isinstance(ppl, float) else ppl} |
-| best epoch | {info.get("best_epoch")} |
+| best epoch | {info.get("best_epoch")} |{generated}
 
 {_confirmed_section(info)}## Hyperparameters
 | name | value |

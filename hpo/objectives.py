@@ -2,10 +2,12 @@
 one (``objectives: [{metric, direction}, ...]``), a finished trial's values, and the Pareto front.
 
 A metric is either a *quality* metric the trial evaluates (``specsections.METRICS``: eval_loss,
-perplexity, token_accuracy, and any metric added there), taken at the trial's best checkpoint, or a
-*cost* (``COSTS``) taken from the trial's last report: what the trial as a whole spent. A new cost
-is one entry in ``COSTS``; a new quality metric is one entry in ``METRICS``. The first objective
-must be a quality metric: ASHA compares trials on it and the best checkpoint is chosen by it.
+perplexity, token_accuracy; ``textmetrics.GENERATED`` on generated answers: exact_match, rouge_l,
+chrf; or the custom metric ``evaluation.generate.metric`` names), taken at the trial's best
+evaluation, or a *cost* (``COSTS``) taken from the trial's last report: what the trial as a whole
+spent. A new cost is one entry in ``COSTS``; a new quality metric is one entry in those tables. The
+first objective must be a quality metric: ASHA compares trials on it and the best checkpoint is
+chosen by it.
 Pure: plain values only (no Optuna, no Ray), unit-tested in tests/test_objectives.py.
 """
 
@@ -19,15 +21,29 @@ from pydantic import Field, model_validator
 
 from hpo.params import Frozen
 from hpo.specsections import METRICS
+from hpo.textmetrics import GENERATED
 
 
 @dataclass(frozen=True)
 class Cost:
-    """A cost metric: the key of the trial's report that holds it, and what it measures."""
+    """A cost metric: the key of the trial's last report that holds it (divided by the ``per`` key's
+    value and scaled, for a rate), what it measures, and the spec section it needs."""
 
     key: str
     means: str
-    needs: str | None = None  # a spec section it needs, e.g. "evaluation.generate"
+    per: str | None = None
+    scale: float = 1.0
+    needs: str | None = None  # e.g. "evaluation.generate"
+
+    def of(self, last: Mapping[str, Any]) -> float | None:
+        """Its value in a trial's last report, or None when the report lacks it."""
+        value = last.get(self.key)
+        if value is None:
+            return None
+        if self.per is None:
+            return float(value) * self.scale
+        per = last.get(self.per)
+        return float(value) * self.scale / float(per) if per else None
 
 
 #: Cost metrics (always minimized), by name.
@@ -36,7 +52,11 @@ COSTS: dict[str, Cost] = {
     "trainable_params": Cost("trainable_params", "parameters the trial trained (LoRA: the adapter's)"),
     "tokens_seen": Cost("tokens", "loss-carrying tokens the trial trained on"),
     "generate_ms_per_token": Cost(
-        "generate_ms_per_token", "milliseconds per generated token", needs="evaluation.generate"
+        "generate_s",
+        "milliseconds per generated token, all its generations together",
+        per="generated_tokens",
+        scale=1000.0,
+        needs="evaluation.generate",
     ),
 }
 #: Samplers that handle several objectives (Optuna's TPE, NSGA-II, GP; random and grid trivially).
@@ -44,15 +64,20 @@ MULTI_SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 
 
 def direction_of(metric: str) -> str | None:
-    """The direction ``metric`` is optimized in, or None when it is not a known metric."""
-    if metric in METRICS:
-        return METRICS[metric]
+    """The direction a built-in ``metric`` is optimized in, or None (a custom metric, or unknown)."""
+    if metric in METRICS or metric in GENERATED:
+        return {**METRICS, **GENERATED}[metric]
     return "minimize" if metric in COSTS else None
 
 
 def known() -> list[str]:
-    """Every metric an objective may name: quality metrics first, then costs."""
-    return [*METRICS, *COSTS]
+    """Every built-in metric an objective may name: quality metrics first, then costs."""
+    return [*METRICS, *GENERATED, *COSTS]
+
+
+def generated(metric: str) -> bool:
+    """Whether ``metric`` is scored on generated answers (a built-in one or a custom metric)."""
+    return metric not in METRICS and metric not in COSTS
 
 
 class ObjectiveEntry(Frozen):
@@ -66,17 +91,22 @@ class ObjectiveEntry(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _default_direction(cls, data: Any) -> Any:
+        """A built-in metric's direction is filled in; a custom metric (``evaluation.generate.metric``)
+        is named with its direction."""
         if isinstance(data, dict) and "direction" not in data and isinstance(data.get("metric"), str):
             wanted = direction_of(data["metric"])
-            return {**data, "direction": wanted} if wanted else data
+            if wanted is None:
+                raise ValueError(
+                    f"unknown metric {data['metric']!r}; choose one of {', '.join(known())}, or give a "
+                    "custom metric's name with its direction"
+                )
+            return {**data, "direction": wanted}
         return data
 
     @model_validator(mode="after")
-    def _known(self) -> ObjectiveEntry:
+    def _own_direction(self) -> ObjectiveEntry:
         wanted = direction_of(self.metric)
-        if wanted is None:
-            raise ValueError(f"unknown metric {self.metric!r}; choose one of {', '.join(known())}")
-        if wanted != self.direction:
+        if wanted is not None and wanted != self.direction:
             verb = wanted.removesuffix("e") + "ed"
             raise ValueError(f"{self.metric} must be {verb} (got direction {self.direction!r})")
         return self
@@ -89,21 +119,29 @@ def list_problems(entries: Sequence[ObjectiveEntry]) -> list[str]:
     names = [e.metric for e in entries]
     twice = sorted({n for n in names if names.count(n) > 1})
     problems = [f"{', '.join(twice)} named twice; each metric once"] if twice else []
-    if names[0] not in METRICS:
+    if names[0] in COSTS:
         problems.append(
             f"the first objective ({names[0]}) is what ASHA compares and the best checkpoint is chosen by: "
-            f"make it a quality metric ({', '.join(METRICS)})"
+            f"make it a quality metric ({', '.join([*METRICS, *GENERATED])})"
         )
     return problems
 
 
-def needs_problems(entries: Sequence[ObjectiveEntry], has: Mapping[str, bool]) -> list[str]:
-    """Costs whose spec section is missing (``has``: section path -> whether the spec sets it)."""
+def needs_problems(entries: Sequence[ObjectiveEntry], generates: Sequence[str] | None) -> list[str]:
+    """Objectives the spec's ``evaluation`` cannot serve (``generates``: the metrics its
+    ``evaluation.generate`` scores, None without it)."""
     out = []
     for e in entries:
         cost = COSTS.get(e.metric)
-        if cost is not None and cost.needs and not has.get(cost.needs):
-            out.append(f"{e.metric} needs generated answers: set {cost.needs} (or drop {e.metric})")
+        if cost is not None:
+            if cost.needs and generates is None:
+                out.append(f"{e.metric} needs generated answers: set {cost.needs} (or drop {e.metric})")
+        elif e.metric in GENERATED and generates is None:
+            out.append(f"{e.metric} is scored on generated answers: set evaluation.generate")
+        elif generated(e.metric) and e.metric not in (generates or []):
+            out.append(
+                f"unknown metric {e.metric!r}; a custom metric is named in evaluation.generate.metric.name"
+            )
     return out
 
 
@@ -115,11 +153,12 @@ def values_of(metrics: Sequence[str], last: Mapping[str, Any]) -> tuple[list[flo
     """
     values, missing = [], []
     for i, m in enumerate(metrics):
-        key = "best_objective" if i == 0 else (f"best_{m}" if m in METRICS else COSTS[m].key)
-        if last.get(key) is None:
+        key = "best_objective" if i == 0 else f"best_{m}"  # quality: at the best evaluation
+        value = COSTS[m].of(last) if m in COSTS else last.get(key)
+        if value is None:
             missing.append(m)
         else:
-            values.append(float(last[key]))
+            values.append(float(value))
     return values, missing
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import placement, raystart, resources
+from hpo import objectives, placement, raystart, resources
 from hpo.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def _config_maker(
     warm_address: str | None = None,
     mem=None,
 ) -> Callable:
-    training = spec.training
+    training, gen = spec.training, spec.evaluation.generate
 
     def make(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
         return {
@@ -265,6 +265,7 @@ def _config_maker(
             "warmup_ratio": training.warmup_ratio,
             "max_micro_batch": training.max_micro_batch,  # auto: the largest that fits (hpo.memory)
             "gradient_checkpointing": training.gradient_checkpointing,
+            "compile": training.compile,  # auto: large models where a compiler is found
             "memory_bytes": mem.per_trial if mem else None,  # the trial's host memory share
             "hold_memory": bool(mem and spec.resources.memory_gb),  # resources.memory_gb is a hard limit
             "max_grad_norm": training.max_grad_norm,
@@ -274,6 +275,12 @@ def _config_maker(
             "l1": training.l1,
             "early_stopping_patience": training.early_stopping_patience,
             "objective": spec.objective.metric,
+            "objective_direction": spec.objective.direction,
+            # a generation metric among the objectives: every evaluation generates (its best is kept)
+            "objective_generated": any(objectives.generated(m) for m in spec.metrics),
+            "generate": gen.model_dump() if gen else None,  # evaluation.generate (hpo/generation.py)
+            "generate_seed": spec.seed,  # every trial answers the same prompts
+            "generate_epochs": spec.eval_epochs_asha(),  # ASHA's rungs and max_t (none without ASHA)
             "precision": training.precision,  # auto: placement.precision decides on the trial's device
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,

@@ -28,7 +28,7 @@ from pydantic import (
 from hpo import models, placement
 from hpo import objectives as objectives_mod
 from hpo.errors import SpecError
-from hpo.objectives import MULTI_SAMPLERS, ObjectiveEntry
+from hpo.objectives import COSTS, MULTI_SAMPLERS, ObjectiveEntry
 from hpo.params import (
     ADAPTER_SEARCHABLE,
     LR_SCHEDULERS,
@@ -50,12 +50,16 @@ from hpo.specsections import (
     METRICS,
     AdapterSpec,
     AshaSpec,
+    CustomMetricSpec,
     DataSpec,
+    EvaluationSpec,
+    GenerateSpec,
     NoSchedule,
     ObjectiveSpec,
     ResourcesSpec,
     Schedule,
     TrainingSpec,
+    generation_problem,
     resolve_path,
 )
 
@@ -73,7 +77,10 @@ __all__ = [
     "StudySpec",
     "AdapterSpec",
     "AshaSpec",
+    "CustomMetricSpec",
     "DataSpec",
+    "EvaluationSpec",
+    "GenerateSpec",
     "NoSchedule",
     "ObjectiveSpec",
     "ResourcesSpec",
@@ -97,6 +104,9 @@ class StudySpec(Frozen):
     )
     data: DataSpec
     objective: ObjectiveSpec = ObjectiveSpec()
+    evaluation: EvaluationSpec = Field(
+        default=EvaluationSpec(), validate_default=True, description="metrics on generated answers"
+    )
     objectives: list[ObjectiveEntry] | None = Field(
         default=None,
         description="several objectives instead of objective: a multi-objective study (Pareto front); "
@@ -133,7 +143,7 @@ class StudySpec(Frozen):
                 "of {metric, direction})"
             )
         first = data["objectives"][0] if isinstance(data["objectives"], list) and data["objectives"] else None
-        if isinstance(first, dict) and first.get("metric") in METRICS:
+        if isinstance(first, dict) and isinstance(first.get("metric"), str) and first["metric"] not in COSTS:
             data = {**data, "objective": {k: v for k, v in first.items() if k in ("metric", "direction")}}
         return data
 
@@ -147,13 +157,22 @@ class StudySpec(Frozen):
 
     @model_validator(mode="after")
     def _objectives_need(self) -> StudySpec:
-        generate = getattr(getattr(self, "evaluation", None), "generate", None)  # hpo's generated answers
+        scored = self.evaluation.metrics() if self.evaluation.generate is not None else None
         problems = objectives_mod.needs_problems(
-            self.objectives or [], {"evaluation.generate": bool(generate)}
-        )
+            (self.objectives or [])[1:], scored
+        )  # the first: objective's check
         if problems:
             raise ValueError("objectives: " + "; ".join(problems))
         return self
+
+    @field_validator("evaluation", mode="after")
+    @classmethod
+    def _generation(cls, v: EvaluationSpec, info: ValidationInfo) -> EvaluationSpec:
+        objective, data = info.data.get("objective"), info.data.get("data")
+        problem = objective and generation_problem(objective, v, getattr(data, "format", None))
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("training", mode="after")
     @classmethod
@@ -271,8 +290,14 @@ class StudySpec(Frozen):
     def eval_epochs(self) -> list[float] | None:
         """The epochs a trial must evaluate at besides whole epochs and its budget's end (the ASHA
         rungs and max_t), or None when it evaluates at every ``eval_every`` mark."""
-        if self.training.eval_at == "every" or not isinstance(self.schedule, AshaSpec):
+        if self.training.eval_at == "every":
             return None
+        return self.eval_epochs_asha() or None
+
+    def eval_epochs_asha(self) -> list[float]:
+        """The epochs at which ASHA reads a trial: its rungs and max_t (none without ASHA)."""
+        if not isinstance(self.schedule, AshaSpec):
+            return []
         return [*self.asha_rungs(), self.asha_max_t()]
 
     def to_json(self) -> str:
@@ -340,7 +365,8 @@ def _format_errors(err: ValidationError) -> list[str]:
         got = e.get("input")
         # a check of the whole spec names its field itself ("objectives: ...")
         line = msg if loc == "(top level)" and re.match(r"[a-z_]+(\.\w+)*: ", msg) else f"{loc}: {msg}"
-        if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show
+        if e["type"] not in ("missing", "extra_forbidden") and shown:
             line += f" (got {got!r})"
         key = (loc, msg)
         if key not in seen:  # a union reports one error per branch; keep the distinct ones

@@ -43,6 +43,14 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
     if problem:  # a searched dimension that changes nothing: refused before anything is written
         raise SpecError(str(spec_path), [problem])
     report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
+    if study_spec.evaluation.generate is not None and report.get("kind") == "text":
+        raise SpecError(
+            str(spec_path),
+            [
+                f"evaluation.generate: {study_spec.data.path} holds plain text (no prompts to answer); "
+                "use prompt/completion or chat data, or remove evaluation.generate"
+            ],
+        )
     storage_mod.create(study_spec, storage, data_report=report)
     log.info(found.note)
     return study_spec

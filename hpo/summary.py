@@ -122,4 +122,7 @@ def summarize(study, storage_url: str, counts: dict[str, int], best: FrozenTrial
             "checkpoint": best.user_attrs.get("checkpoint"),
             "checkpoint_kept": checkpoint_kept(best),
         }
+        if isinstance(best.user_attrs.get("generated_metrics"), dict):  # evaluation.generate
+            out["best"]["generated"] = best.user_attrs["generated_metrics"]
+            out["best"]["generate_s"] = best.user_attrs.get("generate_s")
     return out

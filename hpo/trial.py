@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import collective, distributed, evaluation, gcpause, lmhead, memory, trialsetup
+from hpo import collective, distributed, evaluation, gcpause, generation, lmhead, memory, trialsetup
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -67,7 +67,9 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
             ``cpus``, ``gpus``; the training options (``lr_scheduler``, ``warmup_ratio``,
             ``gradient_accumulation_steps``, ``max_grad_norm``, ``label_smoothing``, ``l1``) when
             ``params`` does not carry them; optional ``early_stopping_patience``, ``objective``
-            (eval_loss | perplexity | token_accuracy, default eval_loss) and ``precision`` (auto |
+            (eval_loss | perplexity | token_accuracy | a generation metric, default eval_loss; its
+            direction in ``objective_direction``), ``generate`` (``evaluation.generate``: answers
+            scored at ``evaluation.generate_marks``, hpo/generation.py) and ``precision`` (auto |
             bf16 | fp32, default auto: ``placement.precision``; the choice is written to
             ``config["placement"]["precision"]``).
         report: called with each evaluation's metrics; the last call has ``budget_done=True`` (also
@@ -176,15 +178,19 @@ def _run(
         model.config.use_cache = False
     if device.type == "cpu":  # dropout masks drawn a quarter as often, no float copies (hpo.dropout)
         fast_dropout.speed_up(model)
+    config["placement"]["compile"] = trialsetup.compile_blocks(model, config.get("compile", "auto"), device)
     dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
-    opt = torch.optim.AdamW(_param_groups(model, p["weight_decay"]), lr=p["learning_rate"])
+    opt = trialsetup.optimizer(_param_groups(model, p["weight_decay"]), p["learning_rate"], device)
     cap = trialsetup.micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
     bs, micro = trialsetup.batching(  # data-parallel: each rank takes batch_size / world blocks of a step
         int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
     )
     config = {**config, "max_micro_batch": min(cap, 64)}  # evaluation: no activations kept, up to 64
     config["placement"]["micro_batch"] = micro
+    generator = None  # evaluation.generate: answers scored at some evaluations (hpo/generation.py)
+    if config.get("generate"):
+        generator = generation.Generator(config, val, config["max_micro_batch"])
     bs *= dist.world  # blocks per optimizer step, all ranks together
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
@@ -194,9 +200,11 @@ def _run(
     # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
     gen = torch.Generator().manual_seed(o["seed"])
     every = float(config["eval_every"])
-    state = _State(config.get("objective", "eval_loss"), time.perf_counter())
+    objective = config.get("objective", "eval_loss")
+    state = _State(objective, time.perf_counter(), config.get("objective_direction"))
+    state.generator = generator
+    wanted, generates = evaluation.eval_marks(config), evaluation.generate_marks(config)
     state.trainable_params = sum(t.numel() for t in model.parameters() if t.requires_grad)
-    wanted = evaluation.eval_marks(config)
     step, next_mark = 0, evaluation.next_mark(0, steps_per_epoch, every, 1, wanted)
     threads = trialsetup.Threads(config.get("threads_file"))
     model.train()
@@ -220,8 +228,11 @@ def _run(
             epoch = step / steps_per_epoch
             if epoch + 1e-9 >= next_mark * every or step == total_steps:
                 mark = next_mark * every if epoch + 1e-9 >= next_mark * every else epoch
+                generate = generator is not None and (step == total_steps or generates(next_mark))
                 next_mark = evaluation.next_mark(step, steps_per_epoch, every, next_mark, wanted)
-                metrics = _evaluate_and_keep(model, val, config, state, autocast, device, mark, step, dist)
+                metrics = _evaluate_and_keep(
+                    model, val, config, state, autocast, device, mark, step, dist, generate
+                )
                 stop = dist.agree(state.patience_ran_out(config.get("early_stopping_patience")))
                 metrics["budget_done"] = step == total_steps or stop
                 metrics["early_stopped"] = stop and step < total_steps
@@ -235,11 +246,12 @@ def _run(
 class _State:
     """Running totals of one trial, and its best evaluation by the objective."""
 
-    def __init__(self, objective: str, started: float):
+    def __init__(self, objective: str, started: float, direction: str | None = None):
         from hpo.spec import METRICS
 
         self.objective, self.started = objective, started
-        self.sign = 1.0 if METRICS[objective] == "minimize" else -1.0  # compare as a loss
+        direction = direction or METRICS[objective]
+        self.sign = 1.0 if direction == "minimize" else -1.0  # compare as a loss
         self.best = math.inf  # sign * objective of the best evaluation
         self.best_metrics: dict[str, float] = {}
         self.best_epoch = 0.0
@@ -249,6 +261,7 @@ class _State:
         self.loss_sum, self.loss_n = 0.0, 0
         self.checkpoint: str | None = None
         self.trainable_params = 0  # a cost objective (trainable_params)
+        self.generator: generation.Generator | None = None
 
     def add_train(self, loss: float, tokens: int, step: int, config: dict[str, Any]) -> None:
         if not math.isfinite(loss):
@@ -277,7 +290,16 @@ class _State:
 
 
 def _evaluate_and_keep(
-    model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=collective.SINGLE
+    model,
+    val,
+    config,
+    state: _State,
+    autocast,
+    device,
+    epoch: float,
+    step: int,
+    dist=collective.SINGLE,
+    generate: bool = False,
 ) -> dict:
     t0 = time.perf_counter()
     m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
@@ -291,12 +313,18 @@ def _evaluate_and_keep(
         autocast=autocast,
     )
     state.eval_s += time.perf_counter() - t0
-    if state.improved(m, epoch) and dist.is_main:
+    shown = None
+    if generate and state.generator is not None:  # answers scored (hpo/generation.py), timed apart
+        generated, shown = state.generator.run(model, device, autocast, dist)
+        m = {**m, **generated}
+    improved = state.improved(m, epoch)
+    if improved and dist.is_main:
         t1 = time.perf_counter()
         state.checkpoint = save_checkpoint(model, config, step)
         state.save_s += time.perf_counter() - t1
     return {
         **m,
+        **(state.generator.report(m, shown, improved, epoch) if state.generator else {}),
         "epoch": round(epoch, 6),
         "step": step,
         "train_loss": state.take_train_loss(),

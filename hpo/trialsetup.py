@@ -4,8 +4,10 @@ spec's ``max_micro_batch``, or for ``auto`` the largest that fits its memory, ``
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -32,6 +34,76 @@ def device(config: dict[str, Any]):
     if choice.note:
         log.warning("trial %s: %s", config.get("trial_number"), choice.note)
     return torch.device(choice.device)
+
+
+def optimizer(groups: list[dict[str, Any]], lr: float, device):
+    """AdamW over ``groups`` with torch's fused kernel on CPU and CUDA: one pass over each
+    parameter's weights, gradient and moments instead of a dozen elementwise ops (the for-loop
+    version torch picks by default on CPU). The same update (HF ``Trainer``'s default optimizer,
+    ``adamw_torch_fused``, uses the same kernel). Measured on SmolLM2-135M, one thread: 1.09 s ->
+    0.26 s an optimizer step, median of 4 (a micro-batch 8 x 256 step's forward and backward takes ~7 s)."""
+    import torch
+
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
+#: ``training.compile: auto`` compiles models from this size up. Below it a step takes milliseconds
+#: and even a compile from torch's on-disk cache (~2 s a process) does not pay for itself.
+COMPILE_MIN_PARAMS = 50_000_000
+
+
+def compile_blocks(model, setting: bool | str, device) -> str:
+    """Compile each of the model's repeated blocks (its decoder layers) with ``torch.compile``.
+
+    "Regional" compilation, as PyTorch recommends for transformers: the blocks share one compiled
+    graph, so the compile costs one block's, not the whole model's; the embeddings and the head
+    stay eager (``hpo.lmhead`` runs the head). Inductor fuses a block's elementwise work (norms,
+    rotary embedding, activation, the autocast casts) into a few kernels. Measured on SmolLM2-135M
+    (micro-batch 8 x 256, bf16 autocast, one thread, CPU seconds, medians): forward + backward
+    7.5 -> 5.6 s; the first compile on a machine ~1-3 min, later processes ~2 s from the cache.
+
+    Returns what was done, for the trial's attributes ("30 blocks", or "off: why")."""
+    if setting is False:
+        return "off"
+    blocks = _repeated_blocks(model)
+    if not blocks:
+        return "off: no repeated blocks"
+    if setting == "auto":
+        why = _auto_skips(model, device)
+        if why:
+            return f"off: {why}"
+    for block in blocks:
+        block.compile()
+    return f"{len(blocks)} blocks"
+
+
+def _repeated_blocks(model) -> list:
+    """The longest ``ModuleList`` of one class of module: a transformer's layers."""
+    import torch
+
+    best: list[Any] = []
+    for m in model.modules():
+        longer = isinstance(m, torch.nn.ModuleList) and len(m) > max(1, len(best))
+        if longer and len({type(c) for c in m}) == 1:
+            best = list(m)
+    return best
+
+
+def _auto_skips(model, device) -> str | None:
+    """Why ``compile: auto`` leaves this model eager, or None."""
+    n = sum(p.numel() for p in model.parameters())
+    if n < COMPILE_MIN_PARAMS:
+        return f"{n / 1e6:.1f}M parameters (auto compiles from {COMPILE_MIN_PARAMS / 1e6:.0f}M)"
+    if getattr(model, "is_gradient_checkpointing", False):
+        return "gradient checkpointing is on"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++")):
+        return "no C++ compiler on PATH (torch.compile needs one on CPU)"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {device.type}"
+    return None
 
 
 def precision(config: dict[str, Any], device) -> str:

@@ -183,6 +183,41 @@ CASES = [
         with_spec(objective={"metric": "eval_loss", "direction": "maximize"}),
         ("objective", "must be minimized"),
     ),
+    Case("unknown-metric", with_spec(objective={"metric": "rouge"}), ("objective", "unknown metric 'rouge'")),
+    Case(
+        "generated-metric-without-generate",
+        with_spec(objective={"metric": "rouge_l"}),
+        ("evaluation", "objective rouge_l is scored on generated answers", "generate:"),
+    ),
+    Case(
+        "custom-metric-file-missing",
+        with_spec(evaluation={"generate": {"metric": {"python": "metrics.py:score"}}}),
+        ("evaluation.generate.metric.python", "metrics.py (paths are relative", "file not found"),
+    ),
+    Case(
+        "custom-metric-function-missing",
+        then(
+            lambda t: (t / "metrics.py").write_text("def other(p, r):\n    return 1.0\n"),
+            with_spec(evaluation={"generate": {"metric": {"python": "metrics.py:score"}}}),
+        ),
+        ("evaluation.generate.metric.python", "defines no function score"),
+    ),
+    Case(
+        "generate-on-text-data",
+        then(
+            lambda t: (t / "docs.jsonl").write_text(jsonl(*({"text": f"document {i}"} for i in range(40)))),
+            with_spec(data={"path": "docs.jsonl"}, evaluation={"generate": {"samples": 8}}),
+        ),
+        ("evaluation.generate", "docs.jsonl holds plain text", "prompt/completion or chat data"),
+    ),
+    Case(
+        "generate-on-text-format",
+        then(
+            lambda t: (t / "docs.txt").write_text("".join(f"document {i}\n" for i in range(40))),
+            with_spec(data={"path": "docs.txt", "format": "text"}, evaluation={"generate": {}}),
+        ),
+        ("evaluation", "generate needs prompts and references"),
+    ),
     Case(
         "unknown-data-format",
         with_spec(data={"format": "parquet"}),

@@ -44,6 +44,11 @@ CASES = [
         ("objectives: generate_ms_per_token needs generated answers", "evaluation.generate"),
     ),
     Case(
+        "objectives-generated-metric-without-generation",
+        with_spec(objectives=[{"metric": "eval_loss"}, {"metric": "rouge_l"}]),
+        ("objectives: rouge_l is scored on generated answers", "evaluation.generate"),
+    ),
+    Case(
         "objectives-cost-maximized",
         with_spec(objectives=[{"metric": "eval_loss"}, {"metric": "tokens_seen", "direction": "maximize"}]),
         ("objectives.1", "tokens_seen must be minimized"),

@@ -15,11 +15,12 @@ import pytest
 from tests.conftest import small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "ray", "transformers", "datasets")
+HEAVY = ("torch", "ray", "transformers", "datasets", "nltk", "sacrebleu")
 LIGHT = (
     "hpo.cli",
     "hpo.spec",
     "hpo.specsections",
+    "hpo.textmetrics",
     "hpo.space",
     "hpo.storage",
     "hpo.storageurl",
@@ -56,6 +57,7 @@ LAYERS = {
     "gcpause": 0,
     "models": 1,
     "specsections": 1,
+    "textmetrics": 1,
     "spec": 1,
     "params": 1,
     "space": 1,
@@ -80,6 +82,7 @@ LAYERS = {
     "distributed": 2,
     "trialsetup": 2,
     "evaluation": 2,
+    "generation": 2,
     "trialmemory": 2,
     "faultinject": 2,
     "trial": 2,
@@ -112,6 +115,7 @@ TORCH_ALLOWED = {
     "hpo/collective.py",
     "hpo/trialsetup.py",
     "hpo/evaluation.py",
+    "hpo/generation.py",
     "hpo/trialmemory.py",
     "hpo/faultinject.py",
     "hpo/warmstart.py",

@@ -19,7 +19,8 @@ def test_every_metric_has_one_direction():
     assert objectives.direction_of("token_accuracy") == "maximize"
     assert all(objectives.direction_of(c) == "minimize" for c in objectives.COSTS)
     assert objectives.direction_of("bleu") is None
-    assert objectives.known()[:3] == ["eval_loss", "perplexity", "token_accuracy"]
+    assert objectives.known()[:4] == ["eval_loss", "perplexity", "token_accuracy", "exact_match"]
+    assert objectives.direction_of("rouge_l") == "maximize" and objectives.generated("rouge_l")
 
 
 def test_values_come_from_the_best_evaluation_and_the_end_of_the_trial():
@@ -34,6 +35,9 @@ def test_values_come_from_the_best_evaluation_and_the_end_of_the_trial():
         ["token_accuracy", "eval_loss", "train_seconds", "tokens_seen"], last
     )
     assert values == [0.6, 2.0, 12.5, 900.0] and missing == []
+    gen = {"best_objective": 0.4, "best_rouge_l": 0.4, "generate_s": 2.0, "generated_tokens": 500}
+    values, missing = objectives.values_of(["rouge_l", "generate_ms_per_token"], gen)
+    assert values == [0.4, 4.0] and missing == []  # 2 s over 500 tokens: 4 ms a token
     values, missing = objectives.values_of(["eval_loss", "trainable_params"], {"best_objective": 2.0})
     assert missing == ["trainable_params"]
 
@@ -64,11 +68,15 @@ def test_list_problems():
     assert objectives.list_problems(ok) == []
     assert "twice" in objectives.list_problems([ok[0], ok[0]])[0]
     assert "quality metric" in objectives.list_problems(ok[::-1])[0]
-    assert objectives.needs_problems([*ok, entry(metric="generate_ms_per_token")], {}) != []
-    assert (
-        objectives.needs_problems([entry(metric="generate_ms_per_token")], {"evaluation.generate": True})
-        == []
-    )
+    gen_cost, rouge = entry(metric="generate_ms_per_token"), entry(metric="rouge_l")
+    custom = entry(metric="tone", direction="maximize")  # a custom metric names its direction
+    assert "evaluation.generate" in objectives.needs_problems([*ok, gen_cost], None)[0]
+    assert "evaluation.generate" in objectives.needs_problems([rouge], None)[0]
+    scored = ["exact_match", "rouge_l", "chrf", "tone"]
+    assert objectives.needs_problems([gen_cost, rouge, custom], scored) == []
+    assert "unknown metric 'tone'" in objectives.needs_problems([custom], scored[:3])[0]
+    with pytest.raises(ValueError, match="unknown metric 'tone'"):
+        entry(metric="tone")
 
 
 def _trial(number, values, state=TrialState.COMPLETE, **attrs):

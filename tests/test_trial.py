@@ -326,3 +326,25 @@ print("FROZEN", frozen, "TRACKED", len(gc.get_objects()), "MODEL_FREED", models[
     _, frozen, _, tracked, _, freed = r.stdout.split()[-6:]
     assert int(frozen) > 100_000 and int(tracked) < int(frozen) // 10  # what gc still walks is small
     assert freed == "True"  # the trial's model did not outlive it
+
+
+def test_compiled_blocks_train_to_the_eager_losses(prepared, tiny_model, tmp_path):
+    """``training.compile: true`` compiles the decoder blocks (auto would leave a 1.35M model eager)
+    and trains to the eager losses; the trial says what it did."""
+    eager = {**_config(prepared, tiny_model, tmp_path / "e", dropout=0.1), "compile": "auto"}
+    compiled = {**_config(prepared, tiny_model, tmp_path / "c", dropout=0.1), "compile": True}
+    a, b = _reports(eager), _reports(compiled)
+    assert eager["placement"]["compile"].startswith("off: 1.")  # under COMPILE_MIN_PARAMS
+    n_layer = json.loads((Path(tiny_model) / "config.json").read_text())["n_layer"]
+    assert compiled["placement"]["compile"] == f"{n_layer} blocks"
+    assert all(abs(x["eval_loss"] - y["eval_loss"]) < 0.02 for x, y in zip(a, b, strict=True))
+
+
+def test_compile_auto_skips_small_models_and_finds_the_layers():
+    layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), layers)
+    assert len(trialsetup._repeated_blocks(model)) == 3
+    assert trialsetup.compile_blocks(model, False, torch.device("cpu")) == "off"
+    assert trialsetup.compile_blocks(model, "auto", torch.device("cpu")).startswith("off: 0.0M parameters")
+    lone = torch.nn.Linear(2, 2)
+    assert trialsetup.compile_blocks(lone, True, torch.device("cpu")) == "off: no repeated blocks"
