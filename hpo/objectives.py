@@ -42,8 +42,8 @@ class Cost:
             return None
         if self.per is None:
             return float(value) * self.scale
-        per = last.get(self.per)
-        return float(value) * self.scale / float(per) if per else None
+        per = last.get(self.per)  # a trial whose answers were all empty generated 0 tokens: count 1
+        return float(value) * self.scale / max(float(per), 1.0) if per is not None else None
 
 
 #: Cost metrics (always minimized), by name.

@@ -125,3 +125,35 @@ def test_every_multi_objective_sampler_samples_a_two_objective_study(tmp_path, s
         params = space.suggest(trial, s.space)
         study.tell(trial, [float(params["batch_size"]) / (i + 1), float(params["epochs"] * i)])
     assert len(study.best_trials) >= 1 and all(len(t.values) == 2 for t in study.trials)
+
+
+def test_a_real_trial_reports_every_objective_a_study_can_name(prepared, tiny_model, tmp_path):
+    """The trial loop on the tiny model with generation: its last report holds a value for every
+    built-in quality metric and cost (what the bridge tells a multi-objective study)."""
+    from hpo import trial
+    from tests.conftest import trial_config
+
+    params = {"learning_rate": 2e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0, "weight_decay": 0.0}
+    config = trial_config(
+        prepared,
+        tiny_model,
+        tmp_path / "t",
+        params,
+        placement={},
+        generate={"samples": 4, "max_new_tokens": 8, "normalize": ["strip"], "show": 1, "metric": None},
+        generate_seed=0,
+        objective="eval_loss",
+        objective_direction="minimize",
+        objective_generated=True,  # a generated metric among the objectives: every evaluation generates
+    )
+    reports: list = []
+    trial.run(config, reports.append)
+    metrics = ["eval_loss", *[m for m in objectives.known() if m != "eval_loss"]]
+    values, missing = objectives.values_of(metrics, reports[-1])
+    assert missing == [], (missing, {k: v for k, v in reports[-1].items() if "gen" in k})
+    assert len(values) == len(metrics)
+    by_name = dict(zip(metrics, values, strict=True))
+    assert by_name["trainable_params"] > 0 and by_name["tokens_seen"] == reports[-1]["tokens"]
+    assert by_name["generate_ms_per_token"] == 1000 * reports[-1]["generate_s"] / max(
+        1, reports[-1]["generated_tokens"]
+    )
