@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import storage as storage_mod
 from hpo.errors import HpoError
-from hpo.summary import checkpoint_kept
+from hpo.summary import checkpoint_kept, first_value
 
 if TYPE_CHECKING:
     import optuna
@@ -81,7 +81,7 @@ def wall_seconds(trial: FrozenTrial) -> float | None:
 
 def finite_value(trial: FrozenTrial) -> float | None:
     """A COMPLETE trial's value when it is a finite number, else None."""
-    value = trial.value if trial.state == TrialState.COMPLETE else None
+    value = first_value(trial) if trial.state == TrialState.COMPLETE else None
     return float(value) if value is not None and math.isfinite(value) else None
 
 

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 
 from dashboards import facts
 from hpo import storage as storage_mod
-from hpo.summary import best_complete
+from hpo.summary import CONFIRM_OF_ATTR, CONFIRM_SEED_ATTR, best_complete, first_value, is_confirm
 
 if TYPE_CHECKING:
     import optuna
@@ -37,6 +37,14 @@ def trial_note(study_name: str, trial: FrozenTrial, spec: StudySpec | None, stor
     """The markdown note of a finished trial."""
     metric = spec.objective.metric if spec is not None else "objective"
     lines = [f"### Trial {trial.number} · {trial.state.name}", ""]
+    if is_confirm(trial):  # ``hpo confirm``: not a search trial
+        of, seed = trial.user_attrs.get(CONFIRM_OF_ATTR), trial.user_attrs.get(CONFIRM_SEED_ATTR)
+        lines = [f"### Trial {trial.number} · CONFIRM of trial {of} (seed {seed}) · {trial.state.name}", ""]
+        lines += [
+            "A confirm run (`hpo confirm`): the configuration of trial "
+            f"{of} retrained with a new seed at its full budget; not a search trial.",
+            "",
+        ]
     lines += [_outcome(trial, metric, spec), ""]
     lines += ["| hyperparameter | value |", "| --- | --- |"]
     lines += [f"| {k} | {facts.fmt(v)} |" for k, v in facts.hyperparameters(trial, spec).items()]
@@ -72,8 +80,12 @@ def _outcome(trial: FrozenTrial, metric: str, spec: StudySpec | None) -> str:
     at = trial.user_attrs.get("best_epoch")
     best = f"best eval loss **{facts.fmt(loss)}** (perplexity {facts.fmt(ppl, 2)})"
     best += f" at epoch {at:g}" if isinstance(at, int | float) else ""
-    show_value = trial.value is not None and metric != "eval_loss"
-    head = f"{metric} **{facts.fmt(trial.value)}**; " if show_value else ""
+    value = first_value(trial)
+    show_value = value is not None and metric != "eval_loss"
+    head = f"{metric} **{facts.fmt(value)}**; " if show_value else ""
+    if spec is not None and spec.objectives and trial.values:  # several objectives: each one
+        head = "; ".join(f"{m} **{facts.fmt(v)}**" for m, v in zip(spec.metrics, trial.values, strict=False))
+        head += "; "
     stopped = "stopped by ASHA at" if trial.state.name == "PRUNED" else "trained"
     return f"{head}{best}; {stopped} {epochs} epochs"
 
@@ -152,7 +164,7 @@ class NoteWriter:
         if self.spec is not None:
             with warnings.catch_warnings():  # set_metric_names is "experimental" since optuna 3.2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.set_metric_names([self.spec.objective.metric])
+                self.study.set_metric_names(self.spec.metrics)
 
     def __call__(self, event: Any) -> None:
         self.forward(event)
@@ -196,7 +208,7 @@ class NoteWriter:
 
         from hpo.export import _info, model_card
 
-        best = best_complete(self.study.get_trials(deepcopy=False), self.study.direction)
+        best = best_complete(self.study.get_trials(deepcopy=False), self.study.directions[0])
         if best is None or self.spec is None or self.artifact_dir is None:
             return
         name = CARD_NAME.format(number=best.number)

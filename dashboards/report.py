@@ -71,7 +71,7 @@ def build_report(study: optuna.Study, out_path: str | Path, storage_url: str | N
     """
     trials = study.get_trials(deepcopy=False)
     spec = facts.spec_or_none(study)
-    page = render(study.study_name, study.direction, trials, spec, storage_url)
+    page = render(study.study_name, study.directions[0], trials, spec, storage_url)
     return _write(Path(out_path), page)
 
 
@@ -88,6 +88,10 @@ def render(
     best = best_complete(trials, direction)
     metric = spec.objective.metric if spec is not None else "objective"
     body = [_header(name, direction, metric, trials, spec, best, storage_url)]
+    if (
+        spec is not None and spec.objectives
+    ):  # several objectives: the front first, then the first one's plots
+        body.append(_pareto_section(name, trials, spec, storage_url))
     body.extend(_figures(direction, trials, spec, best, metric))
     params = _param_names(trials, spec)
     body.append('<h2 id="table">Trials</h2><p class="meta">click a column to sort</p>')
@@ -137,6 +141,20 @@ def _figures(direction, trials: list[FrozenTrial], spec, best: FrozenTrial | Non
     return out
 
 
+def _pareto_section(name: str, trials: list[FrozenTrial], spec: StudySpec, url: str | None) -> str:
+    """The Pareto front: a figure of the first two objectives and each point's export command."""
+    from dashboards import pareto
+
+    fig = pareto.figure(trials, spec, name, url)
+    caption = (
+        f"{', '.join(spec.metrics)}: red, the trials no other beats on every objective (hover for the "
+        f"values and the export command); the plots below rank by the first, {spec.metrics[0]}"
+    )
+    return _section("pareto", "Pareto front", [("pareto", fig)], caption) + pareto.commands(
+        trials, spec, name, url
+    )
+
+
 def _section(
     anchor: str, title: str, figs: list[tuple[str, go.Figure]], caption: str = "", grid: bool = False
 ) -> str:
@@ -157,9 +175,28 @@ def _memory_study(trials: list[FrozenTrial], direction) -> optuna.Study:
     storage, not once per plot). Every trial is copied so trial numbers stay the same."""
     import optuna
 
+    from hpo.summary import first_value
+
     study = optuna.create_study(direction=direction)
+    several = [t for t in trials if t.values is not None and len(t.values) > 1]
+    if several:  # several objectives: the copies carry the first one (what these plots rank by)
+        trials = [_first_only(t, first_value) if t.values is not None else t for t in trials]
     study.add_trials(trials)
     return study
+
+
+def _first_only(t: FrozenTrial, first_value) -> FrozenTrial:
+    """A copy of ``t`` with only its first objective's value."""
+    import optuna
+
+    return optuna.trial.create_trial(
+        state=t.state,
+        values=[first_value(t)],
+        params=t.params,
+        distributions=t.distributions,
+        user_attrs=t.user_attrs,
+        intermediate_values=t.intermediate_values,
+    )
 
 
 def _param_names(trials: list[FrozenTrial], spec: StudySpec | None) -> list[str]:
@@ -195,7 +232,7 @@ def _best_block(name: str, metric: str, best: FrozenTrial | None, spec, storage_
     at_text = f" at epoch {at:g}" if isinstance(at, int | float) else ""
     return (
         f'<div class="best"><b>Best: trial {best.number}</b> &mdash; {html.escape(metric)} '
-        f"<b>{facts.fmt(best.value)}</b>{extra}{at_text}; checkpoint {status}<br>{items}"
+        f"<b>{facts.fmt(facts.finite_value(best))}</b>{extra}{at_text}; checkpoint {status}<br>{items}"
         f"<pre>{html.escape(facts.export_command(name, best.number, storage_url))}</pre></div>"
     )
 

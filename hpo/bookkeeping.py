@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from hpo.summary import is_imported
+from hpo.summary import CONFIRM_OF_ATTR, first_value, is_confirm, is_imported, pareto
 
 ERROR_FILE = "error.json"
 BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained all its epochs
@@ -28,10 +29,11 @@ def counted(trials: list) -> list:
     return [t for t in trials if not is_imported(t)]
 
 
-def finished_and_running(trials: list) -> tuple[int, int]:
-    """(COMPLETE + PRUNED, RUNNING) among ``trials``, imported ones left out: what counts towards
-    the target."""
-    trials = counted(trials)
+def finished_and_running(trials: list, confirm: bool = False) -> tuple[int, int]:
+    """(COMPLETE + PRUNED, RUNNING) among ``trials``: what counts towards the target. Search trials
+    and confirm runs (``hpo confirm``) count apart: ``confirm`` picks which; imported trials
+    (``warm_start``) count toward neither."""
+    trials = [t for t in counted(trials) if is_confirm(t) == confirm]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return finished, sum(t.state == TrialState.RUNNING for t in trials)
 
@@ -64,6 +66,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "trial_s",
         "tokens",
         "tokens_per_s",
+        "trainable_params",
         "best_token_accuracy",
         "early_stopped",
         "device",  # where it trained (cpu, cuda), in what precision, and why not on the GPU it asked for
@@ -90,17 +93,37 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
+def protected(trials: list, directions: Sequence[str]) -> set[int]:
+    """Trials whose checkpoint stays whatever ``keep_top_k`` says: with several objectives, the
+    Pareto front (each is an export choice); each confirmed configuration's best confirm run."""
+    keep = {t.number for t in pareto(trials, directions)} if len(directions) > 1 else set()
+    sign = 1 if directions[0] == "minimize" else -1
+    best_run: dict[Any, Any] = {}
+    for t in trials:
+        if is_confirm(t) and t.state == TrialState.COMPLETE and (v := first_value(t)) is not None:
+            of = t.user_attrs.get(CONFIRM_OF_ATTR)
+            if of not in best_run or sign * v < sign * float(first_value(best_run[of]) or 0.0):
+                best_run[of] = t
+    return keep | {t.number for t in best_run.values()}
+
+
+def checkpoints_to_delete(trials: list, keep: int, direction, also: set[int] | None = None) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
-    except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted
+    except the ``keep`` best COMPLETE search trials' and those of ``also`` (``protected``);
+    RUNNING trials keep theirs, and so do interrupted
     ones (and any trial a queued or running trial was re-queued from) until the trial re-queued
     from them has finished, and any checkpoint a queued or running trial is to resume from (down a
     chain of re-queues: a trial interrupted before its own first checkpoint passes on the one it
     resumed from)."""
     trials = counted(trials)  # imported trials hold no checkpoint here, nor a place among the best
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and first_value(t) is not None and not is_confirm(t)
+    ]
     sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
-    winners = {t.number for t in sorted(complete, key=lambda t: sign * t.value)[:keep]}
+    ranked = sorted(complete, key=lambda t: sign * float(first_value(t) or 0.0))
+    winners = {t.number for t in ranked[:keep]} | (also or set())
     resumed = {t.user_attrs.get("requeued_from") for t in trials if t.state.is_finished()}
     pending = {t.user_attrs.get("requeued_from") for t in trials if not t.state.is_finished()}
     needed = {t.user_attrs.get("resume_checkpoint") for t in trials if not t.state.is_finished()}

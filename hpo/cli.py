@@ -266,6 +266,42 @@ def run_cmd(
         raise typer.Exit(130)
 
 
+@app.command("confirm")
+def confirm_cmd(
+    top: int = typer.Option(
+        3, "--top", help="configurations to retrain, best first (several objectives: of the Pareto front)"
+    ),
+    seeds: int = typer.Option(3, "--seeds", help="new seeds per configuration"),
+    study: str = StudyOpt,
+    storage: str = StorageOpt,
+    runs_dir: Path = typer.Option(
+        None, "--runs-dir", help="checkpoints and Ray files (default runs/<study>)"
+    ),
+    address: str = typer.Option(None, "--address", help="join this Ray cluster (HOST:PORT)"),
+    concurrency: int = typer.Option(None, "--concurrency", help="runs at once (default: as resources allow)"),
+) -> None:
+    """Retrain the best configurations with new seeds at their full budget; print mean ± std each.
+
+    Runs are trials tagged `confirm` (not counted toward --trials); rerun to finish missing ones.
+    Example: hpo confirm --study demo --top 3 --seeds 3
+    """
+    from dashboards.notes import NoteWriter
+    from hpo import storage as storage_mod
+    from hpo.confirm import confirm_study
+    from hpo.display import make_progress, print_confirm_summary
+
+    loaded = storage_mod.load(study, storage)
+    with make_progress(_echo, time.time(), top * seeds, study=loaded) as progress:
+        notes = NoteWriter(loaded, progress, storage_mod.resolve_url(storage))  # each run's dashboard note
+        result = confirm_study(
+            study, top, seeds, storage, runs_dir, on_event=notes, address=address, concurrency=concurrency
+        )
+    notes.finish()
+    print_confirm_summary(result, _echo)
+    if result.run is not None and result.run.interrupted:
+        raise typer.Exit(130)
+
+
 @app.command("export")
 def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="destination folder"),

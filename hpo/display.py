@@ -143,7 +143,7 @@ def make_progress(
     console = Console(highlight=False)
     if live is None:
         live = console.is_terminal and not console.is_dumb_terminal
-    maximize = study is not None and study.direction.name == "MAXIMIZE"
+    maximize = study is not None and study.directions[0].name == "MAXIMIZE"
     return LiveProgress(target, t0, study, console) if live else EventPrinter(echo, t0, target, maximize)
 
 
@@ -162,7 +162,7 @@ class LiveProgress:
         from rich.console import Console
 
         self.target, self.t0, self.study = target, t0, study
-        self.maximize = study is not None and study.direction.name == "MAXIMIZE"
+        self.maximize = study is not None and study.directions[0].name == "MAXIMIZE"
         self.console = console or Console(highlight=False)
         self.counts = {"complete": 0, "pruned": 0, "fail": 0}
         self.before = {"complete": 0, "pruned": 0, "fail": 0}
@@ -178,14 +178,15 @@ class LiveProgress:
 
     def _seed(self, study: Any) -> None:
         """Counts and best value of the trials the study held before this run."""
-        from hpo.summary import best_complete, state_counts
+        from hpo.summary import best_complete, first_value, state_counts
 
         trials = study.get_trials(deepcopy=False)
         c = state_counts(trials)
         self.before = {"complete": c["COMPLETE"], "pruned": c["PRUNED"], "fail": c["FAIL"]}
-        best = best_complete(trials, study.direction)
-        if best is not None and best.value is not None:
-            self.best = (best.value, best.number)
+        best = best_complete(trials, study.directions[0])
+        value = first_value(best) if best is not None else None
+        if best is not None and value is not None:
+            self.best = (value, best.number)
 
     def __enter__(self) -> LiveProgress:
         from rich.live import Live
@@ -334,7 +335,16 @@ def print_run_summary(s, echo: Callable[[str], None]) -> None:
 
         for line in run_lines(s):
             echo(line)
-    if s.best_trial is not None:
+    if s.metrics:  # several objectives: no single best, a front
+        echo(f"Pareto front of {', '.join(s.metrics)}: {len(s.pareto)} trial(s)")
+        for number, values in s.pareto:
+            echo(
+                f"  trial {number}: "
+                + "  ".join(f"{m} {v:.4g}" for m, v in zip(s.metrics, values, strict=False))
+            )
+        if s.pareto:
+            echo(f"export one: hpo export --study {s.study} --trial {s.pareto[0][0]} --out exports/{s.study}")
+    elif s.best_trial is not None:
         echo(f"best: trial {s.best_trial} value {s.best_value:.4f}  {fmt_params(s.best_params)}")
         echo("export it: hpo export --out exports/" + s.study + "-best" + f" --study {s.study}")
 
@@ -355,6 +365,29 @@ def warm_start_line(warm: dict[str, Any]) -> str:
     return line
 
 
+def _print_pareto(console: Any, info: dict[str, Any], where: str) -> None:
+    """Several objectives: the Pareto front, one line per trial with its export command."""
+    from rich.markup import escape
+
+    goals = ", ".join(f"{o['metric']} ({o['direction']})" for o in info["objectives"])
+    console.print(f"objectives: {goals}" + (f"; {info['asha']}" if info.get("asha") else ""))
+    front = info["pareto"]
+    if not front:
+        console.print("Pareto front: no COMPLETE trial yet")
+        return
+    console.print(f"Pareto front ({len(front)} trials; none is better on every objective):")
+    for p in front:
+        values = "  ".join(f"{m} {v:.4g}" for m, v in p["values"].items())
+        kept = "" if p["checkpoint_kept"] else "  (checkpoint deleted)"
+        console.print(f"  trial {p['trial']}: {values}  {escape(fmt_params(p['params']))}{kept}")
+        if p["checkpoint_kept"]:
+            console.print(
+                f"    export: hpo export{where} --study {info['study']} --trial {p['trial']} "
+                f"--out exports/{info['study']}-{p['trial']}",
+                soft_wrap=True,
+            )
+
+
 def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
     """``hpo study show`` as rich tables."""
     from rich.console import Console
@@ -363,8 +396,8 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
     console = Console(highlight=False)
     c = info["counts"]
     console.print(
-        f"study [bold]{info['study']}[/bold] in {info['storage']} ({info['direction']} "
-        f"{info['spec']['objective']['metric']})"
+        f"study [bold]{info['study']}[/bold] in {info['storage']}"
+        + ("" if "pareto" in info else f" ({info['direction']} {info['spec']['objective']['metric']})")
     )
     states = Table(show_header=True, box=None)
     for name in c:
@@ -379,7 +412,9 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
     best = info["best"]
     name = info["study"]
     where = "" if info["storage"] == "sqlite:///hpo.db" else f" --storage {info['storage']}"
-    if best is None:
+    if "pareto" in info:
+        _print_pareto(console, info, where)
+    elif best is None:
         console.print("best: no COMPLETE trial yet")
     else:
         kept = "kept" if best["checkpoint_kept"] else "deleted"
@@ -399,6 +434,11 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
             )
     if c["COMPLETE"] + c["PRUNED"]:
         console.print(f"report: hpo report{where} --study {name} --out {name}-report.html", soft_wrap=True)
+    for c in info.get("confirmed", []):
+        stats = "  ".join(
+            f"{m} {mu:.4f} ± {sd:.4f}" for m, mu, sd in zip(c["metrics"], c["mean"], c["std"], strict=False)
+        )
+        console.print(f"confirmed (hpo confirm): trial {c['source']}: {stats} over {len(c['runs'])} seed(s)")
     if info.get("disk_peak_mb") is not None:
         console.print(f"checkpoint disk high-water: {info['disk_peak_mb']:.1f} MB")
     if show_trials and info.get("trials"):
@@ -413,6 +453,26 @@ def print_summary(info: dict[str, Any], show_trials: bool = False) -> None:
                 fmt_params(t["params"]),
                 f"{t['duration_s']:.0f}" if t["duration_s"] else "",
                 "yes" if t["checkpoint_kept"] else "",
-                (t["error"] or "")[:40],
+                (t["error"] or (f"confirm of #{t['confirm_of']}" if t.get("confirm_of") is not None else ""))[
+                    :40
+                ],
             )
         console.print(table)
+
+
+def print_confirm_summary(c, echo: Callable[[str], None]) -> None:
+    """The lines after ``hpo confirm``: mean ± std per configuration, best first."""
+    queued = f"queued {c.queued} new run(s)" if c.queued else "no new run needed"
+    echo(f"confirm {c.study!r}: configurations of trials {', '.join(map(str, c.sources))}; {queued}")
+    if c.failed:
+        echo(f"{c.failed} confirm run(s) failed; rerun the same command to retry them")
+    for r in c.results:
+        stats = "  ".join(
+            f"{m} {mu:.4f} ± {sd:.4f}" for m, mu, sd in zip(c.metrics, r.mean, r.std, strict=False)
+        )
+        found = f" (search: {r.source_values[0]:.4f})" if r.source_values else ""
+        params = fmt_params(c.params.get(r.source, {}))
+        echo(f"  trial {r.source}: {stats} over {len(r.runs)} seed(s) {r.seeds}{found}  {params}")
+    if c.results and len(c.metrics) == 1:
+        best = c.results[0].source
+        echo(f"best confirmed: trial {best}; `hpo export --study {c.study} --out DIR` exports it")

@@ -18,9 +18,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import confirmed
 from hpo import storage as storage_mod
 from hpo.errors import UsageError
-from hpo.summary import IMPORTED_ATTR, best_complete, is_imported
+from hpo.summary import IMPORTED_ATTR, best_complete, checkpoint_kept, first_value, is_imported, pareto
 
 WEIGHT_SUFFIXES = (".safetensors",)
 
@@ -62,13 +63,15 @@ def export_best(
     _check_destination(out, force)
     loaded = storage_mod.load(study, storage)
     spec = storage_mod.spec_of(loaded)
-    chosen = _choose(loaded, trial)
+    chosen, confirm = _choose(loaded, trial, spec)
     source = _checkpoint(chosen, loaded.study_name)
     url = storage_mod.mask(storage_mod.resolve_url(storage))
     info = _info(loaded.study_name, url, spec, chosen)
+    if confirm is not None:
+        info["confirmed"] = confirm
     info["dtype"] = chosen.user_attrs.get("base_dtype") if dtype == "auto" else dtype
     _write(_files(source, merge, chosen.number), out, info, force)
-    return Exported(str(out), loaded.study_name, chosen.number, chosen.value, info["hyperparameters"])
+    return Exported(str(out), loaded.study_name, chosen.number, first_value(chosen), info["hyperparameters"])
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -81,13 +84,20 @@ def _check_destination(out: Path, force: bool) -> None:
         raise UsageError(f"--out {out}: {above} is a file, not a folder; give a folder path")
 
 
-def _choose(study, number: int | None) -> FrozenTrial:
+def _choose(study, number: int | None, spec) -> tuple[FrozenTrial, dict[str, Any] | None]:
+    """The trial to export, and (chosen by ``hpo confirm``'s results) what its configuration's
+    confirm runs found."""
     trials = study.get_trials(deepcopy=False)
+    if number is None and spec.objectives:
+        raise UsageError(pareto_refusal(study.study_name, trials, spec))
     if number is None:
-        best = best_complete(trials, study.direction)
+        preferred = _confirmed_choice(trials, spec)
+        if preferred is not None:
+            return preferred
+        best = best_complete(trials, study.directions[0])
         if best is None:
             raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run `hpo run` first")
-        return best
+        return best, None
     for t in trials:
         if t.number == number:
             if is_imported(t):
@@ -98,9 +108,45 @@ def _choose(study, number: int | None) -> FrozenTrial:
                 )
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 raise UsageError(f"trial {number} is {t.state.name}; export a COMPLETE or PRUNED trial")
-            return t
+            return t, None
     have = f"trials 0..{len(trials) - 1}" if trials else "it has no trials yet"
     raise UsageError(f"study {study.study_name!r} has no trial {number} ({have}); check --trial")
+
+
+def _confirmed_choice(trials: list[FrozenTrial], spec) -> tuple[FrozenTrial, dict[str, Any]] | None:
+    """The configuration with the best confirmed mean (``hpo confirm``): its best run that kept a
+    checkpoint, and the facts the model card states; None before any confirm run."""
+    best = confirmed.preferred(trials, spec.directions)
+    run = confirmed.export_run(trials, best, spec.directions[0], checkpoint_kept) if best else None
+    if best is None or run is None:
+        return None
+    facts = {
+        "configuration_of": best.source,
+        "metric": spec.metrics[0],
+        "mean": best.mean[0],
+        "std": best.std[0],
+        "runs": best.runs,
+        "seeds": best.seeds,
+        "exported_run": run.number,
+    }
+    return run, facts
+
+
+def pareto_refusal(name: str, trials: list[FrozenTrial], spec) -> str:
+    """Why ``hpo export`` needs ``--trial`` with several objectives, and the Pareto trials to pick."""
+    front = pareto(trials, spec.directions)
+    head = (
+        f"study {name!r} has {len(spec.metrics)} objectives ({', '.join(spec.metrics)}): no single best; "
+        f"pick a trial of the Pareto front with --trial N"
+    )
+    if not front:
+        return f"{head} (it has no COMPLETE trial yet; run `hpo run` first)"
+    lines = [
+        f"  trial {t.number}: "
+        + "  ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values, strict=True))
+        for t in front
+    ]
+    return "\n".join([head + ":", *lines])
 
 
 def _checkpoint(trial: FrozenTrial, study_name: str) -> Path:
@@ -127,8 +173,12 @@ def _info(study_name: str, url: str, spec, trial: FrozenTrial) -> dict[str, Any]
         "objective": {
             "metric": spec.objective.metric,
             "direction": spec.objective.direction,
-            "value": trial.value,
+            "value": first_value(trial),
         },
+        "objectives": [
+            {**o.model_dump(), "value": v}
+            for o, v in zip(spec.objectives or [], trial.values or [], strict=False)
+        ],
         "best_eval_loss": trial.user_attrs.get("best_eval_loss"),
         "best_perplexity": trial.user_attrs.get("best_perplexity"),
         "best_epoch": trial.user_attrs.get("best_epoch"),
@@ -226,6 +276,26 @@ def _trained_on(info: dict[str, Any]) -> str:
     return " on ".join(str(v) for v in (precision, on.get("device")) if v) or "-"
 
 
+def _other_objectives(info: dict[str, Any]) -> str:
+    """Model-card rows of the objectives after the first (several objectives), each with a newline."""
+    return "".join(
+        f"| {o['metric']} ({o['direction']}) | {o['value']:.6g} |\n" for o in info.get("objectives", [])[1:]
+    )
+
+
+def _confirmed_section(info: dict[str, Any]) -> str:
+    """Why this run was exported when ``hpo confirm`` chose it (empty otherwise)."""
+    c = info.get("confirmed")
+    if not c:
+        return ""
+    return (
+        f"## Confirmed\nChosen by `hpo confirm`: the configuration of trial {c['configuration_of']} has the "
+        f"best confirmed mean, {c['metric']} {c['mean']:.4f} ± {c['std']:.4f} over {len(c['runs'])} new "
+        f"seed(s) {c['seeds']} (runs {', '.join(map(str, c['runs']))}, full budget, no early stopping); "
+        f"this export is its run {c['exported_run']}.\n\n"
+    )
+
+
 def model_card(info: dict[str, Any]) -> str:
     """A Hugging Face style README.md with YAML metadata for the exported model."""
     hp = "\n".join(
@@ -253,10 +323,10 @@ chosen by an hpo study (`{info["study"]}` in `{info["storage"]}`, trial {info["t
 | metric | value |
 | --- | --- |
 | {obj["metric"]} ({obj["direction"]}) | {value} |
-| perplexity | {f"{ppl:.3f}" if isinstance(ppl, float) else ppl} |
+{_other_objectives(info)}| perplexity | {f"{ppl:.3f}" if isinstance(ppl, float) else ppl} |
 | best epoch | {info.get("best_epoch")} |{generated}
 
-## Hyperparameters
+{_confirmed_section(info)}## Hyperparameters
 | name | value |
 | --- | --- |
 {hp}

@@ -157,6 +157,11 @@ def history(study_spec: StudySpec, url: str | None, source: str) -> History | No
         earlier_spec = storage_mod.spec_of(earlier)
     except UsageError as e:  # an Optuna study hpo did not create
         raise refuse(str(e)) from None
+    if earlier_spec.objectives or study_spec.objectives:  # trials with several values: not yet
+        raise refuse(
+            "warm_start imports single-objective studies only (one of the two has objectives:); "
+            "remove warm_start or use one objective in both"
+        )
     old = (earlier_spec.objective.metric, earlier_spec.objective.direction)
     problem = objective_problem(old, (study_spec.objective.metric, study_spec.objective.direction))
     if problem:

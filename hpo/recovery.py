@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from hpo import storage as storage_mod
 from hpo.spec import StudySpec
 from hpo.storage import ENQUEUED_ATTR
+from hpo.summary import is_confirm
 
 
 def requeue(
@@ -82,6 +83,8 @@ def recover_stale(study: optuna.Study, spec: StudySpec, running_here: bool = Fal
     recovered += storage_mod.fail_stale(study)
     for frozen in recovered:
         attrs = frozen.user_attrs
+        if is_confirm(frozen):  # a confirm run is not re-queued: `hpo confirm` again runs what is missing
+            continue
         requeue(
             study, frozen.number, _drawn(frozen), spec, attrs.get("trial_dir"), attrs.get("resume_checkpoint")
         )
@@ -109,6 +112,7 @@ def _unqueued(trials: list, searched: set[str], this_process_alive: bool = False
             t.state != TrialState.FAIL
             or not isinstance(by, dict)
             or t.number in requeued
+            or is_confirm(t)
             or not searched.intersection(_drawn(t))
         ):
             continue

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import placement, raystart, resources
+from hpo import objectives, placement, raystart, resources
 from hpo.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class RunOptions:
     gpus_per_trial: float | None = None  # overrides the spec's resources.gpus_per_trial
     max_failures: int = 5  # stop after this many trials in a row fail alike
     time_budget_s: float | None = None  # the run's time budget (hpo/budget.py); None: none
+    confirm: bool = False  # run the queued confirm runs (`hpo confirm`); target counts those only
 
 
 @dataclass
@@ -73,6 +74,8 @@ class RunSummary:
     budget_s: float | None = None  # the time budget this run had
     budget_stopped: list[int] = field(default_factory=list)  # trials stopped at its deadline, re-queued
     budget_note: str | None = None  # why the budget started no more trials
+    metrics: list[str] = field(default_factory=list)  # several objectives: their metrics, in order
+    pareto: list[tuple[int, list[float]]] = field(default_factory=list)  # and the front: (trial, values)
 
 
 def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunSummary:
@@ -89,7 +92,7 @@ def run(study, spec, opts: RunOptions, on_event: Callable | None = None) -> RunS
     from hpo import basemodel, warmstart
 
     t0 = time.time()
-    finished = _finished(study)
+    finished = _finished(study, opts.confirm)
     summary = RunSummary(study.study_name, opts.target, finished, budget_s=opts.time_budget_s)
     model_path, warm = "", None
     if finished < opts.target:
@@ -127,6 +130,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
         summary.concurrency = concurrency
         summary.notes += plan.notes + resources.cluster_notes(study, opts)
         summary.notes += resources.memory_notes(mem, concurrency)
+        summary.notes += objectives_note(spec)
         address = raystart.cluster_address(opts.address)
         if started and not address and not gpus:  # every trial runs on this machine's CPUs
             note = placement.precision_note(spec.training.precision, placement.cpu_flags())
@@ -151,6 +155,7 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
                 opts.max_failures,
                 (threads_file, int(cpus), concurrency) if threads_file else None,
                 deadline,
+                confirm=opts.confirm,
             )
             tuner = _tuner(spec, opts, bridge, asked, concurrency, run_id, _stop_callback(stop))
             try:
@@ -170,6 +175,16 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
     if summary.stop_reason and not summary.interrupted:
         raise RunError(f"stopped: {summary.stop_reason}; fix the cause, then rerun the same command")
     return summary
+
+
+def objectives_note(spec) -> list[str]:
+    """What ASHA does with several objectives: it compares trials on the first one only."""
+    if not spec.objectives or spec.schedule.type != "asha":
+        return []
+    return [
+        f"ASHA stops trials on the first objective ({spec.metrics[0]}) only; "
+        f"{', '.join(spec.metrics[1:])} count on finished trials (the Pareto front)"
+    ]
 
 
 def _warm_wanted(opts: RunOptions) -> bool:
@@ -293,7 +308,8 @@ def _config_maker(
             "early_stopping_patience": training.early_stopping_patience,
             "objective": spec.objective.metric,
             "objective_direction": spec.objective.direction,
-            "objective_generated": spec.objective.generated,  # then every evaluation generates
+            # a generation metric among the objectives: every evaluation generates (its best is kept)
+            "objective_generated": any(objectives.generated(m) for m in spec.metrics),
             "generate": gen.model_dump() if gen else None,  # evaluation.generate (hpo/generation.py)
             "generate_seed": spec.seed,  # every trial answers the same prompts
             "generate_epochs": spec.eval_epochs_asha(),  # ASHA's rungs and max_t (none without ASHA)
@@ -352,11 +368,12 @@ def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id
 # ---------------------------------------------------------------- summaries
 
 
-def _finished(study) -> int:
-    """The study's own finished (COMPLETE + PRUNED) trials: imported ones count toward nothing."""
+def _finished(study, confirm: bool = False) -> int:
+    """The study's own finished (COMPLETE + PRUNED) search trials, or with ``confirm`` its confirm
+    runs: imported ones count toward nothing."""
     from hpo.bookkeeping import finished_and_running
 
-    return finished_and_running(study.get_trials(deepcopy=False))[0]
+    return finished_and_running(study.get_trials(deepcopy=False), confirm)[0]
 
 
 def _record_disk_peak(study, mb: float) -> None:
@@ -365,13 +382,22 @@ def _record_disk_peak(study, mb: float) -> None:
 
 
 def _finish_summary(summary: RunSummary, study, t0: float) -> RunSummary:
-    from hpo.summary import best_complete, state_counts
+    from hpo.storage import spec_of
+    from hpo.summary import best_complete, first_value, is_confirm, pareto, state_counts
 
     trials = study.get_trials(deepcopy=False)
-    summary.counts = state_counts(trials)
+    summary.counts = state_counts([t for t in trials if not is_confirm(t)])  # search trials
     summary.trials_run = sum(summary.counts.values()) - summary.finished_before
-    best = best_complete(trials, study.direction)
+    best = best_complete(trials, study.directions[0])
     if best is not None:
-        summary.best_value, summary.best_trial, summary.best_params = best.value, best.number, best.params
+        summary.best_value, summary.best_trial, summary.best_params = (
+            first_value(best),
+            best.number,
+            best.params,
+        )
+    spec = spec_of(study)
+    if spec.objectives:
+        summary.metrics = spec.metrics
+        summary.pareto = [(t.number, list(t.values)) for t in pareto(trials, spec.directions)]
     summary.wall_s = time.time() - t0
     return summary

@@ -48,12 +48,15 @@ from hpo.bookkeeping import (
     eval_step,
     final_state,
     finished_and_running,
+    protected,
     read_error,
     summary_attrs,
 )
+from hpo.objectives import values_of
 from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
-from hpo.storage import HEARTBEAT_S
+from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
+from hpo.summary import CONFIRM_ATTR, CONFIRM_SEED_ATTR, is_confirm
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class OptunaBridge(Searcher):
             this machine: at the tail of the study the running trials are told to use the idle
             slots' cores (``placement.tail_threads``); None: trials keep their CPUs.
         deadline: the time budget's end (``time.time()`` seconds); None: no budget.
+        confirm: run the study's queued confirm runs (``hpo confirm``) and nothing else; they
+            count toward ``target`` apart from search trials, and are never re-queued.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class OptunaBridge(Searcher):
         max_failures: int = 5,
         threads: tuple[Path, int, int] | None = None,
         deadline: float | None = None,
+        confirm: bool = False,
     ):
         mode = "min" if spec.objective.direction == "minimize" else "max"
         super().__init__(metric=spec.objective.metric, mode=mode)
@@ -110,6 +116,7 @@ class OptunaBridge(Searcher):
         self._on_event = on_event or (lambda e: None)
         self._max_failures = max_failures
         self._threads, self._threads_said = threads, 0
+        self._confirm = confirm  # run the queued confirm runs (`hpo confirm`), never a new sample
         self._live: dict[str, optuna.trial.Trial] = {}
         self._ids: dict[str, int] = {}  # Ray trial id -> the storage's trial id (for heartbeats)
         self._params: dict[str, dict[str, Any]] = {}
@@ -141,10 +148,14 @@ class OptunaBridge(Searcher):
             return None  # other trials may still fail; ask again later
         if not self._budget_allows():
             return Searcher.FINISHED
-        trial = self._study.ask()
-        if self._over_target(trial):
+        if self._confirm and not self._confirm_queued():
+            return Searcher.FINISHED
+        trial = self._ask()
+        if trial is None or self._over_target(trial):
             return None
         params = space.suggest(trial, self._spec.space)
+        if self._confirm:  # its new seed (when the space searches seed, the queue fixed it already)
+            params["seed"] = int(trial.user_attrs[CONFIRM_SEED_ATTR])
         folder = self._trials_dir / f"{trial.number:05d}"
         attrs = {
             "ray_trial_id": trial_id,
@@ -173,19 +184,53 @@ class OptunaBridge(Searcher):
             config["resume_checkpoint"] = attrs["resumed_from"]
         return config
 
+    def _ask(self) -> optuna.trial.Trial | None:
+        """Optuna's next trial (queued ones first) of this run's kind. A queued trial of the other
+        kind is closed FAIL: a confirm run left by a dead `hpo confirm` (it runs it again), or a
+        search trial asked by `hpo confirm` (re-queued for `hpo run`)."""
+        for _ in range(1000):
+            trial = self._study.ask()
+            if bool(trial.user_attrs.get(CONFIRM_ATTR)) == self._confirm:
+                return trial
+            reason = "asked by `hpo confirm`: re-queued" if self._confirm else "a confirm run left queued"
+            trial.set_user_attr("fail_reason", reason)
+            self._study.tell(trial, state=TrialState.FAIL)
+            if self._confirm:
+                queued = {**trial.user_attrs.get(ENQUEUED_ATTR, {}), **trial.params}
+                requeue(
+                    self._study,
+                    trial.number,
+                    queued,
+                    self._spec,
+                    None,
+                    trial.user_attrs.get("resume_checkpoint"),
+                )
+                return None
+        return None
+
+    def _confirm_queued(self) -> bool:
+        """Whether a confirm run waits in the queue."""
+        waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return any(t.user_attrs.get(CONFIRM_ATTR) for t in waiting)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
         if trial is not None:
-            self._record(trial_id, trial, result)
+            self._record(trial_id, trial, result, self._ids[trial_id])
             self._heartbeat(self._ids[trial_id])
 
-    def _record(self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any]) -> None:
+    def _record(
+        self, trial_id: str, trial: optuna.trial.Trial, result: dict[str, Any], storage_id: int
+    ) -> None:
         """Write one evaluation: intermediate value, epoch, and the checkpoint when it moved."""
         previous = self._last.get(trial_id, {})
         if self.metric not in result or result.get("epoch") == previous.get("epoch"):
             return
         step = eval_step(result["epoch"], self._spec.training.eval_every)
-        trial.report(float(result[self.metric]), step)
+        if self._spec.objectives:  # Trial.report refuses a multi-objective study: the first objective's
+            self._storage.set_trial_intermediate_value(storage_id, step, float(result[self.metric]))
+        else:
+            trial.report(float(result[self.metric]), step)
         trial.set_user_attr("epoch", float(result["epoch"]))
         if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
             trial.set_user_attr("checkpoint", result["checkpoint"])
@@ -198,11 +243,11 @@ class OptunaBridge(Searcher):
         with self._lock:
             trial = self._live.pop(trial_id, None)
             params = self._params.pop(trial_id, {})
-            self._ids.pop(trial_id, None)
+            storage_id = self._ids.pop(trial_id, None)
         if trial is None:
             return
-        if result:  # Tune hands a trial's final result (a STOP or its end) here, not to on_trial_result
-            self._record(trial_id, trial, result)
+        if result and storage_id is not None:  # Tune hands a trial's final result here (a STOP or its end)
+            self._record(trial_id, trial, result, storage_id)
         last = self._last.pop(trial_id, {})
         if (self.stopping or self.budget_over) and not error and not last.get(BUDGET_DONE):
             self._interrupt(trial, params, last)
@@ -212,12 +257,19 @@ class OptunaBridge(Searcher):
         self._finish(trial, params, state, last, error_info)
         trials = self._study.get_trials(deepcopy=False)  # one read for both
         self._collect_garbage(trials)
-        self._share_idle_cpus(*finished_and_running(trials))
+        self._share_idle_cpus(*finished_and_running(trials, self._confirm))
 
     # ------------------------------------------------------------ finishing trials
 
     def _finish(self, trial, params, state: TrialState, last: dict[str, Any], error_info) -> None:
         attrs = summary_attrs(last)
+        values: list[float] | None = None
+        if state == TrialState.COMPLETE:
+            values, missing = self._values(last)
+            if missing:
+                message = f"the trial reported no {', '.join(missing)} (an objective)"
+                values, state = None, TrialState.FAIL
+                error_info = {"error_class": "TrialError", "error_message": message}
         if state == TrialState.FAIL:
             info = error_info or {
                 "error_class": "TrialError",
@@ -236,26 +288,31 @@ class OptunaBridge(Searcher):
             attrs["pruned_at_epoch"] = last.get("epoch")
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        value = self._value(last) if state == TrialState.COMPLETE else None
-        self._study.tell(trial, value, state=state)
+        self._study.tell(trial, values, state=state)
         self._counts_cache = (0.0, 0, 0)
         kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
         message = attrs.get("error_message", "") if state == TrialState.FAIL else ""
+        value = values[0] if values else None
         self._on_event(
             Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message)
         )
 
-    def _value(self, last: dict[str, Any]) -> float:
-        """The trial's value: its best objective (the trial reports it for ``config["objective"]``)."""
-        if "best_objective" in last:
-            return float(last["best_objective"])
-        best = float(last["best_eval_loss"])
-        return math.exp(min(best, 50.0)) if self.metric == "perplexity" else best
+    def _values(self, last: dict[str, Any]) -> tuple[list[float], list[str]]:
+        """The trial's values (one per objective) and the objectives its last report lacks. The
+        first is its best objective (the trial reports it for ``config["objective"]``)."""
+        if "best_objective" not in last and "best_eval_loss" in last:  # a report without it
+            best = float(last["best_eval_loss"])
+            last = {
+                **last,
+                "best_objective": math.exp(min(best, 50.0)) if self.metric == "perplexity" else best,
+            }
+        return values_of(self._spec.metrics, last)
 
     def _interrupt(self, trial, params: dict[str, Any], last: dict[str, Any]) -> None:
         """Fail an interrupted trial (Ctrl-C, or the time budget's deadline: ``fail_reason``
         ``budget``, with what it had reached) and re-queue its parameters (the next run tries them
-        first, resuming from its checkpoint when it had one)."""
+        first, resuming from its checkpoint when it had one). A confirm run is not re-queued:
+        `hpo confirm` again runs the missing ones."""
         reason = "budget" if self.budget_over and not self.stopping else "interrupted"
         if reason == "budget":
             self.budget_stopped.append(trial.number)
@@ -263,6 +320,10 @@ class OptunaBridge(Searcher):
                 if value is not None:
                     trial.set_user_attr(key, value)
         trial.set_user_attr("fail_reason", reason)
+        if self._confirm:
+            self._study.tell(trial, state=TrialState.FAIL)
+            self._on_event(Event("interrupted", trial.number, params, message="rerun `hpo confirm`"))
+            return
         trial.set_user_attr(REQUEUER_ATTR, _this_process())
         self._study.tell(trial, state=TrialState.FAIL)
         attrs = trial.user_attrs
@@ -310,7 +371,7 @@ class OptunaBridge(Searcher):
             trials = self._study.get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             )
-            finished, running = finished_and_running(trials)
+            finished, running = finished_and_running(trials, self._confirm)
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
 
@@ -319,7 +380,7 @@ class OptunaBridge(Searcher):
         Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
         alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         trials = counted(self._study.get_trials(deepcopy=False, states=alive))
-        rank = sum(t.number <= trial.number for t in trials)
+        rank = sum(t.number <= trial.number for t in trials if is_confirm(t) == self._confirm)
         if rank <= self._target:
             return False
         trial.set_user_attr("fail_reason", "not needed: other runs hold the last trials of the target")
@@ -386,7 +447,8 @@ class OptunaBridge(Searcher):
 
     def _collect_garbage(self, trials: list | None = None) -> None:
         trials = self._study.get_trials(deepcopy=False) if trials is None else trials
-        for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.direction):
+        also = protected(trials, self._spec.directions)
+        for path in checkpoints_to_delete(trials, self._spec.keep_top_k, self._study.directions[0], also):
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:

@@ -93,5 +93,6 @@ def sampler(
         # CMA-ES samples floats and ints jointly; categoricals fall back to independent random sampling
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s, warn_independent_sampling=False),
         "gp": lambda: optuna.samplers.GPSampler(seed=s),  # needs torch and scipy
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s),  # one objective or several
     }
     return table[name]()

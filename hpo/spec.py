@@ -22,10 +22,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from hpo import models, placement
+from hpo import objectives as objectives_mod
 from hpo.errors import SpecError
+from hpo.objectives import COSTS, MULTI_SAMPLERS, ObjectiveEntry
 from hpo.params import (
     ADAPTER_SEARCHABLE,
     LR_SCHEDULERS,
@@ -93,7 +96,7 @@ __all__ = [
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2")
 
 
 class StudySpec(Frozen):
@@ -108,6 +111,11 @@ class StudySpec(Frozen):
     evaluation: EvaluationSpec = Field(
         default=EvaluationSpec(), validate_default=True, description="metrics on generated answers"
     )
+    objectives: list[ObjectiveEntry] | None = Field(
+        default=None,
+        description="several objectives instead of objective: a multi-objective study (Pareto front); "
+        "the first, a quality metric, is what ASHA compares",
+    )
     space: SpaceSpec = SpaceSpec()
     schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
     training: TrainingSpec = TrainingSpec()
@@ -115,8 +123,10 @@ class StudySpec(Frozen):
     adapter: AdapterSpec | None = Field(
         default=None, validate_default=True, description="train a LoRA adapter instead of all weights"
     )
-    sampler: Literal["tpe", "random", "grid", "cmaes", "gp"] = Field(
-        default="tpe", description="Optuna's sampler; grid needs every searched parameter int or categorical"
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = Field(
+        default="tpe",
+        description="Optuna's sampler; grid needs every searched parameter int or categorical; "
+        "several objectives: tpe, nsga2, gp, random or grid",
     )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="known-good configurations tried first (warm start)"
@@ -127,6 +137,41 @@ class StudySpec(Frozen):
     )
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_objective_key(cls, data: Any, info: ValidationInfo) -> Any:
+        """``objective`` and ``objectives`` exclude each other; ``objective`` becomes the first of
+        ``objectives`` (what ASHA, the trial's best checkpoint and single-value code paths read)."""
+        if not isinstance(data, dict) or data.get("objectives") is None:
+            return data
+        if "objective" in data and not (info.context or {}).get("stored"):
+            raise ValueError(
+                "objectives: objective is set too; keep one (objective: one metric, objectives: a list "
+                "of {metric, direction})"
+            )
+        first = data["objectives"][0] if isinstance(data["objectives"], list) and data["objectives"] else None
+        if isinstance(first, dict) and isinstance(first.get("metric"), str) and first["metric"] not in COSTS:
+            data = {**data, "objective": {k: v for k, v in first.items() if k in ("metric", "direction")}}
+        return data
+
+    @field_validator("objectives", mode="after")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveEntry] | None) -> list[ObjectiveEntry] | None:
+        problems = objectives_mod.list_problems(v) if v is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @model_validator(mode="after")
+    def _objectives_need(self) -> StudySpec:
+        scored = self.evaluation.metrics() if self.evaluation.generate is not None else None
+        problems = objectives_mod.needs_problems(
+            (self.objectives or [])[1:], scored
+        )  # the first: objective's check
+        if problems:
+            raise ValueError("objectives: " + "; ".join(problems))
+        return self
 
     @field_validator("evaluation", mode="after")
     @classmethod
@@ -179,6 +224,11 @@ class StudySpec(Frozen):
     @field_validator("sampler", mode="after")
     @classmethod
     def _grid(cls, v: str, info: ValidationInfo) -> str:
+        several = info.data.get("objectives")
+        if several and v not in MULTI_SAMPLERS:
+            raise ValueError(
+                f"{v} handles one objective; with {len(several)} objectives use {', '.join(MULTI_SAMPLERS)}"
+            )
         space = info.data.get("space")
         if v == "grid" and space is not None:
             floats = [n for n, p in space.searched().items() if isinstance(p, FloatParam)]
@@ -217,6 +267,16 @@ class StudySpec(Frozen):
                 raise ValueError(problem)
             return v
         return _local_model_or_hub_id(v, info)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the study optimizes: the objectives' in order, or the one objective's."""
+        return [o.metric for o in self.objectives] if self.objectives else [self.objective.metric]
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        """The direction of each of ``metrics``."""
+        return [o.direction for o in self.objectives] if self.objectives else [self.objective.direction]
 
     @property
     def max_epochs(self) -> float:
@@ -311,7 +371,8 @@ def _format_errors(err: ValidationError) -> list[str]:
         elif e["type"] == "missing":
             msg = "required field is missing"
         got = e.get("input")
-        line = f"{loc}: {msg}"
+        # a check of the whole spec names its field itself ("objectives: ...")
+        line = msg if loc == "(top level)" and re.match(r"[a-z_]+(\.\w+)*: ", msg) else f"{loc}: {msg}"
         shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show
         if e["type"] not in ("missing", "extra_forbidden") and shown:
             line += f" (got {got!r})"

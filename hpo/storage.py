@@ -252,8 +252,8 @@ def _create_study(
         raise taken
     with _db_errors(url, "creating the study"):
         try:
-            study = optuna.create_study(
-                storage=storage, study_name=name, direction=study_spec.objective.direction
+            study = optuna.create_study(  # several objectives: a multi-objective study
+                storage=storage, study_name=name, directions=study_spec.directions
             )
         except optuna.exceptions.DuplicatedStudyError:  # another process created it just now
             raise taken from None
@@ -310,6 +310,12 @@ def load(
         )
     with _db_errors(url, "loading the study"):
         return _opened(optuna.load_study(study_name=name, storage=storage, sampler=sampler), storage)
+
+
+def direction(study: Any) -> optuna.study.StudyDirection:
+    """The direction of a study's first objective (``study.direction`` refuses a multi-objective
+    study): what single-value code paths (ASHA, the best checkpoint, "best so far") rank by."""
+    return study.directions[0]
 
 
 def spec_of(study: optuna.Study) -> StudySpec:

@@ -141,32 +141,63 @@ def run_study(
 
 def show_study(study: str | None = None, storage: str | None = None, trials: bool = False) -> dict[str, Any]:
     """A study's summary: trials by state, the best trial, its params and checkpoint."""
-    from hpo.summary import best_complete, state_counts, summarize, trial_row
+    from hpo.summary import best_complete, pareto, state_counts, summarize, trial_row
 
     loaded = storage_mod.load(study, storage)
     frozen = loaded.get_trials(deepcopy=False)
-    counts, best = state_counts(frozen), best_complete(frozen, loaded.direction)
+    counts, best = state_counts(frozen), best_complete(frozen, loaded.directions[0])
     rows = [trial_row(t) for t in frozen] if trials else None
     out = summarize(loaded, storage_mod.mask(storage_mod.resolve_url(storage)), counts, best)
     if rows is not None:
         out["trials"] = rows
-    out["spec"] = storage_mod.spec_of(loaded).model_dump()
+    study_spec = storage_mod.spec_of(loaded)
+    out["spec"] = study_spec.model_dump()
     out["data_report"] = storage_mod.data_report(loaded)
+    from dataclasses import asdict
+
+    from hpo.confirmed import aggregate
+
+    out["confirmed"] = [
+        {**asdict(c), "metrics": study_spec.metrics} for c in aggregate(frozen, study_spec.directions)
+    ]
+    if study_spec.objectives:  # several objectives: the Pareto front instead of one best
+        out["objectives"] = [o.model_dump() for o in study_spec.objectives]
+        out["asha"] = runner_note(study_spec)
+        out["pareto"] = [pareto_row(t, study_spec.metrics) for t in pareto(frozen, study_spec.directions)]
     return out
+
+
+def runner_note(study_spec) -> str | None:
+    """What ASHA compares with several objectives (the first one), or None without ASHA."""
+    if study_spec.schedule.type != "asha":
+        return None
+    return f"ASHA stops trials on the first objective ({study_spec.metrics[0]}) only"
+
+
+def pareto_row(t, metrics: list[str]) -> dict[str, Any]:
+    """A trial of the Pareto front as plain values."""
+    from hpo.summary import checkpoint_kept
+
+    return {
+        "trial": t.number,
+        "values": dict(zip(metrics, t.values, strict=True)),
+        "params": t.params,
+        "checkpoint_kept": checkpoint_kept(t),
+    }
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """Every study in the storage with its trial count and best value."""
-    from hpo.summary import best_complete, state_counts
+    from hpo.summary import best_complete, first_value, state_counts
 
     st = storage_mod.open_storage(storage)
     out = []
     for s in st.get_all_studies():
         trials = st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
-        best = best_complete(trials, s.direction)
+        best = best_complete(trials, s.directions[0])
         counts = state_counts(trials)
         row = {"study": s.study_name, "trials": sum(counts.values()), "counts": counts}
-        out.append({**row, "best_value": best.value if best else None})
+        out.append({**row, "best_value": first_value(best) if best else None})
     return out
 
 

@@ -204,6 +204,7 @@ def _run(
     state = _State(objective, time.perf_counter(), config.get("objective_direction"))
     state.generator = generator
     wanted, generates = evaluation.eval_marks(config), evaluation.generate_marks(config)
+    state.trainable_params = sum(t.numel() for t in model.parameters() if t.requires_grad)
     step, next_mark = 0, evaluation.next_mark(0, steps_per_epoch, every, 1, wanted)
     threads = trialsetup.Threads(config.get("threads_file"))
     model.train()
@@ -259,6 +260,7 @@ class _State:
         self.tokens = 0
         self.loss_sum, self.loss_n = 0.0, 0
         self.checkpoint: str | None = None
+        self.trainable_params = 0  # a cost objective (trainable_params)
         self.generator: generation.Generator | None = None
 
     def add_train(self, loss: float, tokens: int, step: int, config: dict[str, Any]) -> None:
@@ -327,8 +329,10 @@ def _evaluate_and_keep(
         "step": step,
         "train_loss": state.take_train_loss(),
         "best_objective": state.sign * state.best,
-        "best_eval_loss": state.best_metrics["eval_loss"],
-        "best_token_accuracy": state.best_metrics["token_accuracy"],
+        # every metric at the best evaluation (best_eval_loss, best_token_accuracy, ...): several
+        # objectives take their other quality metrics from there (hpo/objectives.py)
+        **{f"best_{k}": v for k, v in state.best_metrics.items()},
+        "trainable_params": state.trainable_params,
         "best_epoch": state.best_epoch,
         "checkpoint": state.checkpoint,
         "tokens": state.tokens,

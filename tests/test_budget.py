@@ -100,6 +100,7 @@ def _trial(state, number=0, wall=None, **attrs):
         number=number,
         state=state,
         user_attrs=attrs,
+        values=None,
         datetime_start=start,
         datetime_complete=start + datetime.timedelta(seconds=wall) if wall is not None else None,
     )
@@ -125,7 +126,7 @@ def test_a_budget_stopped_trial_keeps_its_checkpoint_until_its_requeued_trial_en
     waiting = _trial(TrialState.WAITING, number=1, requeued_from=0, resume_checkpoint=str(folder / "step-4"))
     assert checkpoints_to_delete([stopped, waiting], 1, optuna.study.StudyDirection.MINIMIZE) == []
     resumed = _trial(TrialState.COMPLETE, number=1, requeued_from=0)
-    resumed.value = 1.0
+    resumed.values = [1.0]
     gone = checkpoints_to_delete([stopped, resumed], 1, optuna.study.StudyDirection.MINIMIZE)
     assert gone == [str(folder / "step-4")]
 

@@ -48,6 +48,9 @@ LIGHT = (
     "hpo.recovery",
     "hpo.budget",
     "hpo.priorstudy",
+    "hpo.objectives",
+    "hpo.confirmed",
+    "hpo.confirm",
 )
 
 # the module map of docs/architecture.md as layers: a module imports from its own layer or below
@@ -63,6 +66,8 @@ LAYERS = {
     "storageurl": 1,
     "storage": 1,
     "summary": 1,
+    "objectives": 1,
+    "confirmed": 1,
     "placement": 1,
     "cudafault": 1,
     "memory": 1,
@@ -94,6 +99,7 @@ LAYERS = {
     "trainable": 3,
     "runner": 3,
     "study": 4,
+    "confirm": 4,
     "export": 4,
     "display": 4,
     "dashboards": 4,
