@@ -50,6 +50,7 @@ from hpo.specsections import (
     DataSpec,
     NoSchedule,
     ObjectiveSpec,
+    PashaSpec,
     ResourcesSpec,
     Schedule,
     TrainingSpec,
@@ -72,6 +73,7 @@ __all__ = [
     "AshaSpec",
     "DataSpec",
     "NoSchedule",
+    "PashaSpec",
     "ObjectiveSpec",
     "ResourcesSpec",
     "TrainingSpec",
@@ -95,7 +97,9 @@ class StudySpec(Frozen):
     data: DataSpec
     objective: ObjectiveSpec = ObjectiveSpec()
     space: SpaceSpec = SpaceSpec()
-    schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
+    schedule: Schedule = Field(
+        default=AshaSpec(), description="asha (early stopping), pasha (ASHA with a growing cap) or none"
+    )
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     adapter: AdapterSpec | None = Field(
@@ -265,7 +269,7 @@ def _pretty_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_BRANCHES = {"float", "int", "str", "asha", "none", "categorical", "fixed", "bad-type"}
+_BRANCHES = {"float", "int", "str", "asha", "pasha", "none", "categorical", "fixed", "bad-type"}
 
 
 def _format_errors(err: ValidationError) -> list[str]:
