@@ -36,7 +36,8 @@ class Pasha:
     levels: list[float]
     top: int = 1  # index into levels of the current cap (the second level)
     epsilon: float = 0.0
-    curves: dict[str, dict[float, float]] = field(default_factory=dict)  # trial -> level -> loss
+    curves: dict[str, dict[float, float]] = field(default_factory=dict)  # trial -> epoch -> loss
+    _flips: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.top = min(self.top, len(self.levels) - 1)
@@ -50,10 +51,25 @@ class Pasha:
         """Note one evaluation of a trial, re-estimate epsilon, and raise the cap if the top two
         levels now rank their trials differently."""
         self.curves.setdefault(trial, {})[epoch] = loss
+        self._note_pairs(trial, epoch)
         low, high = self.levels[self.top - 1], self.levels[self.top]
-        self.epsilon = noise_epsilon(self.curves, low, high, self.epsilon)
+        gaps = [gap for e, gap in self._flips.values() if low < e <= high]
+        self.epsilon = _percentile(gaps, PERCENTILE) if gaps else self.epsilon
         if self.top < len(self.levels) - 1 and not rankings_agree(self.curves, low, high, self.epsilon):
             self.top += 1
+
+    def _note_pairs(self, trial: str, epoch: float) -> None:
+        """``noise_epsilon``'s pairs, kept up to date one evaluation at a time: a pair's highest
+        common epoch only grows, so each new evaluation re-judges only the pairs it joins."""
+        mine = self.curves[trial]
+        for other, theirs in self.curves.items():
+            if other == trial or epoch not in theirs or max(set(mine) & set(theirs)) != epoch:
+                continue
+            a, b = sorted((trial, other))
+            if _flipped_and_back(self.curves[a], self.curves[b], epoch):
+                self._flips[(a, b)] = (epoch, abs(mine[epoch] - theirs[epoch]))
+            else:
+                self._flips.pop((a, b), None)
 
 
 def rankings_agree(curves: dict[str, dict[float, float]], lower: float, upper: float, epsilon: float) -> bool:

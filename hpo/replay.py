@@ -73,7 +73,12 @@ def target_of(best: float, within: float, minimize: bool = True) -> float:
 
 
 def replay(
-    table: Table, strategy: Strategy, workers: int, budget_s: float, stop_within: float = 0.0
+    table: Table,
+    strategy: Strategy,
+    workers: int,
+    budget_s: float,
+    stop_within: float = 0.0,
+    max_trials: int | None = None,
 ) -> Trace:
     """Run ``strategy`` over ``table`` with ``workers`` asynchronous workers.
 
@@ -84,6 +89,7 @@ def replay(
         budget_s: compute (trial-seconds) at which the run ends.
         stop_within: end once the best value is within this fraction of the table's best (0: only
             at the exact best).
+        max_trials: start no more trials than this (None: no limit).
     """
     minimize = table.minimize
     stop_at = target_of(table.best(), stop_within, minimize)
@@ -93,6 +99,8 @@ def replay(
 
     def start(now: float) -> None:
         nonlocal seq
+        if max_trials is not None and trace.trials >= max_trials:
+            return
         key = str(trace.trials)
         trace.trials += 1
         row = strategy.ask(key)

@@ -39,6 +39,7 @@ class PashaScheduler(AsyncHyperBandScheduler):
             reduction_factor=reduction_factor,
         )
         self.pasha = Pasha(list(levels))
+        self._max_budget = float(max_t)
         self._time, self._sign = time_attr, 1.0
         self._metric_name: str | None = None
         self._capped: set[str] = set()
@@ -57,9 +58,9 @@ class PashaScheduler(AsyncHyperBandScheduler):
             return action
         budget = float(result[self._time])
         self.pasha.record(trial.trial_id, budget, self._sign * float(result[self._metric_name]))
-        if action == TrialScheduler.CONTINUE and budget >= self.pasha.cap - 1e-9:
-            self._capped.add(trial.trial_id)
-            return TrialScheduler.STOP
+        if budget >= self.pasha.cap - 1e-9 and budget < self._max_budget - 1e-9:
+            self._capped.add(trial.trial_id)  # it ran the budget PASHA gives for now: done, whatever
+            return TrialScheduler.STOP  # ASHA's rung there says (no trial goes on to compare it)
         return action
 
     def reached_cap(self, trial_id: str) -> bool:

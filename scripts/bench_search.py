@@ -209,7 +209,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list (default: all)")
     p.add_argument("--workers", default="1,2,8,32", help="comma list of worker counts (default %(default)s)")
     p.add_argument("--seeds", type=int, default=50, help="seeds 0..N-1 (default %(default)s)")
-    p.add_argument("--budget", type=float, default=1.0, help="compute budget, x one pass over the table")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="compute budget, x one pass over the table (default %(default)s)",
+    )
     p.add_argument("--out", default="bench-search.json", help="JSON results (default %(default)s)")
     p.add_argument("--html", help="also write the plotly figure here (static HTML)")
     args = p.parse_args(argv)

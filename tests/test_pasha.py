@@ -53,3 +53,18 @@ def test_epsilon_is_the_90th_percentile_gap_of_pairs_that_flipped_and_flipped_ba
     }
     assert noise_epsilon(curves, 2, 3, previous=0.0) == pytest.approx(0.1)
     assert noise_epsilon({"x": curves["x"], "z": curves["z"]}, 2, 3, previous=0.25) == 0.25
+
+
+def test_the_running_epsilon_equals_the_estimate_from_scratch():
+    import random
+
+    rng = random.Random(1)
+    p = Pasha([1, 2, 4, 8])
+    for step in range(1, 9):  # eight noisy, crossing curves, reported epoch by epoch
+        for t in "abcdefgh":
+            if step <= p.cap:
+                p.record(t, step, 1.0 / step + rng.gauss(0, 0.05))
+                low, high = p.levels[p.top - 1], p.levels[p.top]
+                curves = {k: v for k, v in p.curves.items()}
+                gaps = [g for e, g in p._flips.values() if low < e <= high]
+                assert (not gaps) or p.epsilon == pytest.approx(noise_epsilon(curves, low, high, -1.0))

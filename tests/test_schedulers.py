@@ -57,7 +57,7 @@ def test_pasha_runs_through_the_real_stack_and_the_replay_decides_alike(tmp_path
     )
     for t in trials:
         strat.study.enqueue_trial(t.params)
-    trace = replay.replay(table, strat, workers=1, budget_s=math.inf, stop_within=-1.0)
+    trace = replay.replay(table, strat, 1, math.inf, stop_within=-1.0, max_trials=len(trials))
     assert [row for row, _, _ in trace.ends] == list(range(len(trials)))
     for (_, n, go_on), t in zip(trace.ends, trials, strict=True):
         assert n == len(t.intermediate_values), t.number  # no earlier stop than the run's
