@@ -200,6 +200,25 @@ def figure(out: dict[str, Any], path: Path) -> None:
     fig.write_html(str(path), include_plotlyjs="cdn")
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """The results as a markdown table: medians over seeds (inf: under half the seeds got there)."""
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        m = r[key]["median"]
+        return "not reached" if m == float("inf") else f"{m:,.0f} ({r[key]['reached']:.0%})"
+
+    lines = [
+        "| strategy | workers | compute to 1% s | compute to 0.5% s | wall to 1% s "
+        "| pick within 1%: compute s | trials |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, r in out["results"].items():
+        name, w = key.split("|")
+        cols = [cell(r, k) for k in ("compute_1%", "compute_0.5%", "wall_1%", "chosen_compute_1%")]
+        lines.append(f"| {name} | {w} | " + " | ".join(cols) + f" | {r['trials_median']:g} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", default=str(ROOT / "benchmarks/curves/tiny-demo.jsonl"), help="the curve table")
@@ -217,11 +236,14 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--out", default="bench-search.json", help="JSON results (default %(default)s)")
     p.add_argument("--html", help="also write the plotly figure here (static HTML)")
+    p.add_argument("--markdown", help="also write the results table here (markdown)")
     args = p.parse_args(argv)
     out = run(args)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     if args.html:
         figure(out, Path(args.html))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(out))
     print(f"wrote {args.out}" + (f" and {args.html}" if args.html else ""))
     return 0
 

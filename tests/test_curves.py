@@ -64,7 +64,11 @@ def test_a_table_round_trips(tmp_path):
 
 @pytest.mark.parametrize(
     "text, says",
-    [(None, "no such curve table"), ("{not json\n", "not a curve-table record"), ('{"kind": "header"}\n', "needs")],
+    [
+        (None, "no such curve table"),
+        ("{not json\n", "not a curve-table record"),
+        ('{"kind": "header"}\n', "needs"),
+    ],
 )
 def test_what_is_not_a_table_is_refused_in_one_line(tmp_path, text, says):
     path = tmp_path / "t.jsonl"
