@@ -43,6 +43,10 @@ def test_pasha_runs_through_the_real_stack_and_the_replay_decides_alike(tmp_path
     trials = study.get_trials()
     states = [t.state for t in trials]
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    capped = [
+        t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["epoch"] < t.params["epochs"]
+    ]
+    assert capped, "PASHA's cap (0.5 epoch at first) ends the best trials early, as COMPLETE"
     out = tmp_path / "export"
     export_best(str(out), study="pasha", storage=url)
     assert (out / "hpo.json").is_file()
