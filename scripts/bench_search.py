@@ -200,6 +200,21 @@ def figure(out: dict[str, Any], path: Path) -> None:
     fig.write_html(str(path), include_plotlyjs="cdn")
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One results file from several runs over the same table (e.g. strategies split over cores)."""
+    outs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {**outs[0], "results": {}}
+    for o in outs:
+        if (o["table"], o["seeds"], o["budget_s"]) != (
+            outs[0]["table"],
+            outs[0]["seeds"],
+            outs[0]["budget_s"],
+        ):
+            raise SystemExit(f"cannot merge: {paths[0]} and another file differ in table, seeds or budget")
+        merged["results"].update(o["results"])
+    return merged
+
+
 def markdown(out: dict[str, Any]) -> str:
     """The results as a markdown table: medians over seeds (inf: under half the seeds got there)."""
 
@@ -237,8 +252,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="bench-search.json", help="JSON results (default %(default)s)")
     p.add_argument("--html", help="also write the plotly figure here (static HTML)")
     p.add_argument("--markdown", help="also write the results table here (markdown)")
+    p.add_argument(
+        "--merge", nargs="+", help="merge these results files (runs split by strategy), run nothing"
+    )
     args = p.parse_args(argv)
-    out = run(args)
+    out = merge(args.merge) if args.merge else run(args)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     if args.html:
         figure(out, Path(args.html))
