@@ -4,10 +4,10 @@ schedulers (``hpo/schedulers.py``: ASHA, PASHA) and Ray Tune's ``OptunaSearch`` 
 public hooks, Optuna's pruners through ``trial.report`` / ``should_prune``.
 
 A sampler proposes a point of the spec's space; the simulator snaps it to the nearest recorded
-configuration (``Snap``) and the trial follows that row's curve, while the sampler is told the
-values at the point it proposed. Snapping, rather than a categorical over the table's rows, keeps
-the sampler's model on the real space (TPE learns where good learning rates are; over opaque row
-ids it could not).
+configuration not yet tried in the run (``Snap``) and the trial follows that row's curve, while
+the sampler is told the values at the point it proposed. Snapping, rather than a categorical over
+the table's rows, keeps the sampler's model on the real space (TPE learns where good learning
+rates are; over opaque row ids it could not).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class Snap:
-    """The nearest table row to a point of the space: categoricals must match (else the nearest
-    among all rows), numbers are compared on [0, 1] (log scale where the space says log)."""
+    """The nearest table row to a point of the space, among the rows this run has not tried yet:
+    categoricals must match (else the nearest among all of them), numbers are compared on [0, 1]
+    (log scale where the space says log). One per simulated run."""
 
     def __init__(self, table: Table, sp: SpaceSpec):
         self._searched = sp.searched()
@@ -39,6 +40,7 @@ class Snap:
         self._cat = [n for n, p in self._searched.items() if isinstance(p, CategoricalParam)]
         self._x = np.array([self._point(c.params) for c in table.curves]) if self._num else None
         self._keys = [tuple(c.params.get(n) for n in self._cat) for c in table.curves]
+        self._used: set[int] = set()
 
     def _point(self, params: dict[str, Any]) -> list[float]:
         out = []
@@ -50,12 +52,20 @@ class Snap:
         return out
 
     def __call__(self, params: dict[str, Any]) -> int:
+        """The nearest row not yet tried in this run (a live run would not train the same
+        configuration twice; a sampler's small moves near its incumbent reach the neighbours)."""
+        if len(self._used) == len(self._keys):
+            self._used.clear()  # every row tried: start over
+        free = [i for i in range(len(self._keys)) if i not in self._used]
         key = tuple(params.get(n) for n in self._cat)
-        same = [i for i, k in enumerate(self._keys) if k == key] or list(range(len(self._keys)))
+        same = [i for i in free if self._keys[i] == key] or free
         if self._x is None:
-            return same[0]
-        d = ((self._x[same] - np.array(self._point(params))) ** 2).sum(axis=1)
-        return same[int(np.argmin(d))]
+            row = same[0]
+        else:
+            d = ((self._x[same] - np.array(self._point(params))) ** 2).sum(axis=1)
+            row = same[int(np.argmin(d))]
+        self._used.add(row)
+        return row
 
 
 class OptunaStrategy:
