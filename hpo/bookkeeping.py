@@ -21,6 +21,7 @@ BUDGET_DONE = "budget_done"  # set by the trial on its last report: it trained a
 #: The ``fail_reason`` of a trial stopped before its end and re-queued (Ctrl-C, a dead run, the
 #: time budget's deadline): its checkpoint stays until the trial re-queued from it has finished.
 REQUEUED_REASONS = ("interrupted", "budget")
+EVAL_TIME_PREFIX = "eval_time_"  # + step: [trial seconds, tokens] at that evaluation (learning-curve tables)
 
 
 def counted(trials: list) -> list:
@@ -43,12 +44,15 @@ def eval_step(epoch: float, eval_every: float) -> int:
     return max(1, math.ceil(epoch / eval_every - 1e-6))
 
 
-def final_state(last: dict[str, Any], error: bool, max_t: float, scheduled: bool) -> TrialState:
-    """COMPLETE when the trial ran its own budget (or the scheduler's max_t), PRUNED when the
-    scheduler stopped it earlier, FAIL on error or when it never reported."""
+def final_state(
+    last: dict[str, Any], error: bool, max_t: float, scheduled: bool, capped: bool = False
+) -> TrialState:
+    """COMPLETE when the trial ran its own budget (or the scheduler's max_t, or PASHA's current cap:
+    ``capped``), PRUNED when the scheduler stopped it earlier, FAIL on error or when it never
+    reported."""
     if error or "epoch" not in last:
         return TrialState.FAIL
-    if last.get(BUDGET_DONE) or float(last["epoch"]) >= max_t - 1e-6:
+    if last.get(BUDGET_DONE) or capped or float(last["epoch"]) >= max_t - 1e-6:
         return TrialState.COMPLETE
     return TrialState.PRUNED if scheduled else TrialState.FAIL
 

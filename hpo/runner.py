@@ -1,6 +1,6 @@
 """Assembles and runs a Ray Tune search over a study: Ray (``hpo/raystart.py``), resources and the
-memory plan (``hpo/resources.py``), the ASHA scheduler, the Optuna bridge, the trial processes
-(``hpo/trainable.py``), and Ctrl-C / SIGTERM.
+memory plan (``hpo/resources.py``), the scheduler (``hpo/schedulers.py``), the Optuna bridge, the
+trial processes (``hpo/trainable.py``), and Ctrl-C / SIGTERM.
 
 Ray's own experiment state is a cache: the storage is the source of truth, so each ``hpo run`` is
 a fresh Tune run that continues the study.
@@ -326,20 +326,12 @@ def _config_maker(
 
 def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id: str, callback):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from hpo.schedulers import build
     from hpo.trainable import run_trial
 
-    scheduler: FIFOScheduler
-    if spec.schedule.type == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            max_t=spec.asha_max_t(),
-            grace_period=spec.schedule.grace_period,
-            reduction_factor=spec.schedule.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = build(spec)  # asha, pasha or none (FIFO)
+    bridge.scheduler = scheduler  # PASHA tells the bridge which stopped trials ran their budget
     trainable = tune.with_resources(run_trial, asked)  # cpu, gpu and (CPU trials) memory
     mode = "min" if spec.objective.direction == "minimize" else "max"
     return tune.Tuner(

@@ -5,7 +5,8 @@ value, sets no user attributes and leaves RUNNING rows behind after a crash. Thi
 
 * asks Optuna for each trial's parameters (so enqueued and re-queued trials come first) and
   records the trial RUNNING with its Ray trial id, run id and checkpoint folder;
-* writes every evaluation as an intermediate value (step = evaluation index on the epoch grid);
+* writes every evaluation as an intermediate value (step = evaluation index on the epoch grid),
+  and when it came (user attribute ``eval_time_<step>``: trial seconds and tokens so far);
 * ends it COMPLETE (value = its best objective), PRUNED when the scheduler stopped it before its
   budget (with the epoch reached), or FAIL with the error class and message;
 * keeps heartbeats for its live trials so another process can tell a dead run's trials apart;
@@ -42,6 +43,7 @@ from hpo import budget, placement, space
 from hpo import storage as storage_mod
 from hpo.bookkeeping import (
     BUDGET_DONE,
+    EVAL_TIME_PREFIX,
     checkpoints_to_delete,
     counted,
     du_mb,
@@ -117,6 +119,7 @@ class OptunaBridge(Searcher):
         self._max_failures = max_failures
         self._threads, self._threads_said = threads, 0
         self._confirm = confirm  # run the queued confirm runs (`hpo confirm`), never a new sample
+        self.scheduler: Any = None  # set by the runner; PASHA's knows which trials ran its budget
         self._live: dict[str, optuna.trial.Trial] = {}
         self._ids: dict[str, int] = {}  # Ray trial id -> the storage's trial id (for heartbeats)
         self._params: dict[str, dict[str, Any]] = {}
@@ -232,6 +235,10 @@ class OptunaBridge(Searcher):
         else:
             trial.report(float(result[self.metric]), step)
         trial.set_user_attr("epoch", float(result["epoch"]))
+        if "trial_s" in result:  # when each evaluation came, for learning-curve tables (hpo/curves.py)
+            trial.set_user_attr(
+                f"{EVAL_TIME_PREFIX}{step}", [round(float(result["trial_s"]), 4), result.get("tokens")]
+            )
         if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
             trial.set_user_attr("checkpoint", result["checkpoint"])
             self._note_disk()
@@ -253,7 +260,9 @@ class OptunaBridge(Searcher):
             self._interrupt(trial, params, last)
             return
         error_info = read_error(Path(trial.user_attrs["trial_dir"])) if error else None
-        state = final_state(last, error, self._spec.asha_max_t(), bool(self._spec.schedule.type == "asha"))
+        scheduled = self._spec.schedule.type != "none"
+        capped = bool(getattr(self.scheduler, "reached_cap", lambda _: False)(trial_id))
+        state = final_state(last, error, self._spec.asha_max_t(), scheduled, capped)
         self._finish(trial, params, state, last, error_info)
         trials = self._study.get_trials(deepcopy=False)  # one read for both
         self._collect_garbage(trials)

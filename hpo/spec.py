@@ -57,6 +57,7 @@ from hpo.specsections import (
     GenerateSpec,
     NoSchedule,
     ObjectiveSpec,
+    PashaSpec,
     ResourcesSpec,
     Schedule,
     TrainingSpec,
@@ -85,6 +86,7 @@ __all__ = [
     "EvaluationSpec",
     "GenerateSpec",
     "NoSchedule",
+    "PashaSpec",
     "ObjectiveSpec",
     "ResourcesSpec",
     "TrainingSpec",
@@ -117,7 +119,9 @@ class StudySpec(Frozen):
         "the first, a quality metric, is what ASHA compares",
     )
     space: SpaceSpec = SpaceSpec()
-    schedule: Schedule = Field(default=AshaSpec(), description="asha (early stopping) or none")
+    schedule: Schedule = Field(
+        default=AshaSpec(), description="asha (early stopping), pasha (ASHA with a growing cap) or none"
+    )
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     adapter: AdapterSpec | None = Field(
@@ -358,7 +362,7 @@ def _pretty_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_BRANCHES = {"float", "int", "str", "asha", "none", "categorical", "fixed", "bad-type"}
+_BRANCHES = {"float", "int", "str", "asha", "pasha", "none", "categorical", "fixed", "bad-type"}
 
 
 def _format_errors(err: ValidationError) -> list[str]:

@@ -202,6 +202,13 @@ class AshaSpec(Frozen):
         return self
 
 
+class PashaSpec(AshaSpec):
+    """PASHA (progressive ASHA, ``hpo/pasha.py``): ASHA whose maximum budget starts at its second
+    rung and grows only while the ranking of the top trials keeps changing."""
+
+    type: Literal["pasha"] = "pasha"  # type: ignore[assignment]
+
+
 class NoSchedule(Frozen):
     """Every trial runs its full budget."""
 
@@ -210,16 +217,19 @@ class NoSchedule(Frozen):
 
 def _schedule_kind(v: Any) -> str | None:
     if isinstance(v, dict):  # a mapping without ``type`` is ASHA's settings
-        return v.get("type", "asha") if v.get("type", "asha") in ("asha", "none") else None
+        return v.get("type", "asha") if v.get("type", "asha") in ("asha", "pasha", "none") else None
     return getattr(v, "type", None)
 
 
 Schedule = Annotated[
-    Annotated[AshaSpec, Tag("asha")] | Annotated[NoSchedule, Tag("none")],
+    Annotated[AshaSpec, Tag("asha")]
+    | Annotated[PashaSpec, Tag("pasha")]
+    | Annotated[NoSchedule, Tag("none")],
     Discriminator(
         _schedule_kind,
         custom_error_type="schedule_type",
-        custom_error_message="use asha (a mapping: type: asha, grace_period, reduction_factor) or none",
+        custom_error_message="use asha (a mapping: type: asha, grace_period, reduction_factor), "
+        "pasha (the same settings, type: pasha) or none",
     ),
 ]
 

@@ -11,6 +11,7 @@ its own fresh process and temp folder; a thread here samples its disk use and dr
     scripts/bench --profile                         # where hpo's time goes, per trial
     scripts/bench --trials 3 --max-epochs 1 --systems hpo,tune_optuna --no-micro   # a smoke run
     scripts/bench --workload smollm2 --model DIR    # the realistic one (scripts/bench_smollm2.py)
+    scripts/bench --search [OPTIONS]                # search strategies replayed (scripts/bench_search.py)
 """
 
 from __future__ import annotations
@@ -322,6 +323,10 @@ def _cpu_model() -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--search"]:  # replayed search strategies over a learning-curve table
+        import bench_search
+
+        return bench_search.main(argv[1:])
     args = parse_args(argv)
     if args.workload == "smollm2":
         import bench_smollm2

@@ -51,6 +51,9 @@ LIGHT = (
     "hpo.objectives",
     "hpo.confirmed",
     "hpo.confirm",
+    "hpo.curves",
+    "hpo.pasha",
+    "hpo.replay",
 )
 
 # the module map of docs/architecture.md as layers: a module imports from its own layer or below
@@ -94,6 +97,11 @@ LAYERS = {
     "bookkeeping": 2,
     "recovery": 2,
     "searcher": 2,
+    "pasha": 1,
+    "curves": 2,
+    "replay": 2,
+    "schedulers": 2,
+    "strategies": 2,
     "raystart": 3,
     "resources": 3,
     "trainable": 3,
@@ -105,7 +113,15 @@ LAYERS = {
     "dashboards": 4,
     "cli": 5,
 }
-RAY_ALLOWED = {"hpo/runner.py", "hpo/raystart.py", "hpo/resources.py", "hpo/trainable.py", "hpo/searcher.py"}
+RAY_ALLOWED = {
+    "hpo/runner.py",
+    "hpo/raystart.py",
+    "hpo/resources.py",
+    "hpo/trainable.py",
+    "hpo/searcher.py",
+    "hpo/schedulers.py",  # the spec's schedule as a Ray Tune scheduler (run and replay)
+    "hpo/strategies.py",  # the replay's strategies drive Ray Tune's schedulers and OptunaSearch
+}
 TORCH_ALLOWED = {
     "hpo/data.py",
     "hpo/formats.py",

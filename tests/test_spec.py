@@ -71,6 +71,14 @@ def test_asha_without_type_is_asha(tmp_path):
     assert isinstance(s.schedule, AshaSpec) and s.schedule.grace_period == 0.5
 
 
+def test_pasha_takes_ashas_settings_and_evaluates_at_its_rungs(tmp_path):
+    form = {"type": "pasha", "grace_period": 0.25, "reduction_factor": 2}
+    s = spec.parse({**_base(tmp_path), "schedule": form}, "s.yaml", str(tmp_path))
+    assert s.schedule.type == "pasha" and s.schedule.grace_period == 0.25
+    assert s.asha_rungs() == [0.25, 0.5, 1.0][: len(s.asha_rungs())]
+    assert s.eval_epochs() == [*s.asha_rungs(), s.asha_max_t()]
+
+
 def test_name_override_and_yaml_exponents(tmp_path):
     path = small_spec(tmp_path)
     text = path.read_text().replace("0.0001", "1e-4")  # PyYAML reads 1e-4 as a string
@@ -137,6 +145,7 @@ def _one_problem(tmp_path, change: dict, needle: str) -> None:
         ({"space": {"learning_rate": 2.0}}, "0 < learning_rate < 1"),
         ({"space": {"batch_size": {"type": "int", "low": 0, "high": 8}}}, "an integer >= 1"),
         ({"schedule": "hyperband"}, "schedule: use asha"),
+        ({"schedule": {"type": "pashaa"}}, "pasha (the same settings, type: pasha) or none"),
         ({"schedule": {"type": "asha", "grace_period": 3, "max_t": 1}}, "grace_period (3.0) must be <="),
         ({"schedule": {"type": "asha", "reduction_factor": 1}}, "schedule.reduction_factor"),
         ({"objective": {"metric": "eval_loss", "direction": "maximize"}}, "must be minimized"),

@@ -1,0 +1,139 @@
+"""Record a learning-curve table: run a study with no early stopping through hpo itself, then read
+every evaluation of each full-budget trial back from its storage into a JSONL table.
+
+The study file should say ``schedule: none`` (every trial runs its budget), ``sampler: random``
+(seeded: the configurations are a reproducible random draw of the space) and an ``eval_every``
+that gives several evaluations per trial. The run goes in chunks until ``--configs`` trials have
+finished or ``--minutes`` have passed; rerunning the same command continues the same study.
+
+  # the tiny model (demo study's space; ~45 min on a shared 2-core machine):
+  flock /tmp/hpo-heavy.lock python scripts/record_curves.py --spec studies/curves-tiny.yaml \\
+      --configs 200 --minutes 45 --out benchmarks/curves/tiny-demo.jsonl
+  # SmolLM2-135M (the realistic study; hours on 2 cores):
+  flock /tmp/hpo-heavy.lock python scripts/record_curves.py --spec studies/curves-smollm2.yaml \\
+      --configs 50 --minutes 600 --out benchmarks/curves/smollm2.jsonl
+  # the table alone, from what the storage holds:
+  python scripts/record_curves.py --spec studies/curves-tiny.yaml --export-only --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpo import curves, spec, storage
+from hpo.errors import HpoError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    """What ran it: CPU model, cores, Python."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def commit() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def record(args: argparse.Namespace) -> int:
+    from hpo.study import create_study, run_study
+
+    s = spec.load(args.spec)
+    if s.schedule.type != "none":
+        print(
+            f"error: {args.spec}: schedule must be none (every trial its full budget), not {s.schedule.type}",
+            file=sys.stderr,
+        )
+        return 2
+    url = args.storage or f"sqlite:///{(ROOT / 'runs' / 'curves' / f'{s.name}.db').as_posix()}"
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if s.name not in storage.study_names(storage.open_storage(url, create=True)):
+        create_study(args.spec, storage=url)
+    deadline, t0 = time.time() + args.minutes * 60, time.time()
+    if args.until:  # an absolute end (UTC HH:MM today) for a run queued behind a lock
+        hh, mm = (int(x) for x in args.until.split(":"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        deadline = min(deadline, now.replace(hour=hh, minute=mm, second=0).timestamp())
+    target = len(_trials(s.name, url))
+    while not args.export_only and target < args.configs and time.time() < deadline:
+        target = min(args.configs, target + args.chunk)
+        summary = run_study(s.name, trials=target, storage=url, runs_dir=ROOT / "runs" / "curves" / s.name)
+        print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
+        write_table(s, url, args.out)  # after every chunk: a stopped recording keeps what it made
+        if summary.interrupted:
+            break
+    n = write_table(s, url, args.out)
+    print(f"{args.out}: {n} curves", flush=True)
+    return 0
+
+
+def write_table(s: spec.StudySpec, url: str, out: str) -> int:
+    """Write the table of every full-budget trial the storage holds; returns the curves written."""
+    table = [c for t in _trials(s.name, url) if (c := curves.curve_of(t, s.training.eval_every))]
+    header = {
+        "study": s.name,
+        "direction": s.objective.direction,
+        "metric": s.objective.metric,
+        "eval_every": s.training.eval_every,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "commit": commit(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "spec": s.model_dump(mode="json"),
+    }
+    curves.write(Path(out), header, table)
+    return len(table)
+
+
+def _trials(name: str, url: str) -> list:
+    return storage.load(name, url).get_trials(deepcopy=False)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="the study file (schedule: none, sampler: random)")
+    p.add_argument("--out", required=True, help="the table to write (JSONL)")
+    p.add_argument("--configs", type=int, default=200, help="finished trials to reach (default %(default)s)")
+    p.add_argument(
+        "--minutes", type=float, default=45.0, help="stop starting chunks after this (default %(default)s)"
+    )
+    p.add_argument("--until", help="also stop starting chunks at this UTC time today (HH:MM)")
+    p.add_argument("--chunk", type=int, default=20, help="trials per hpo run (default %(default)s)")
+    p.add_argument("--storage", help="storage URL (default sqlite:///runs/curves/<study>.db)")
+    p.add_argument("--export-only", action="store_true", help="write the table from the storage, run nothing")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return record(args)
+    except HpoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

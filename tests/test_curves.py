@@ -1,0 +1,88 @@
+"""Learning-curve tables (hpo/curves.py): round trip, a trial's curve from its stored
+evaluations, and one-line refusals of what is not a table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo import curves
+from hpo.bookkeeping import EVAL_TIME_PREFIX
+from hpo.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trial(state, values: dict[int, float], times: dict[int, list], epoch: float, epochs: int = 1):
+    return optuna.trial.create_trial(
+        state=state,
+        value=min(values.values()) if state == optuna.trial.TrialState.COMPLETE else None,
+        params={"learning_rate": 1e-3, "epochs": epochs},
+        distributions={
+            "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "epochs": optuna.distributions.IntDistribution(1, 2),
+        },
+        intermediate_values=values,
+        user_attrs={"epoch": epoch, **{f"{EVAL_TIME_PREFIX}{s}": t for s, t in times.items()}},
+    )
+
+
+def test_a_complete_trials_curve_has_its_epochs_values_and_segment_seconds():
+    t = _trial(
+        optuna.trial.TrialState.COMPLETE,
+        {1: 3.0, 2: 2.5, 3: 2.4, 4: 2.3},
+        {1: [10.0, 100], 2: [15.0, 200], 3: [21.0, 300], 4: [26.5, 400]},
+        epoch=1.0,
+    )
+    c = curves.curve_of(t, 0.25)
+    assert c is not None and c.complete
+    assert c.epochs == [0.25, 0.5, 0.75, 1.0]
+    assert c.values == [3.0, 2.5, 2.4, 2.3]
+    assert c.seconds == [10.0, 5.0, 6.0, 5.5]  # per segment, not cumulative
+    assert c.tokens == [100, 200, 300, 400]
+
+
+def test_pruned_trials_and_trials_without_times_are_left_out_unless_asked():
+    pruned = _trial(optuna.trial.TrialState.PRUNED, {1: 3.0}, {1: [10.0, 100]}, epoch=0.25, epochs=2)
+    assert curves.curve_of(pruned, 0.25) is None
+    c = curves.curve_of(pruned, 0.25, pruned=True)
+    assert c is not None and not c.complete
+    untimed = _trial(optuna.trial.TrialState.COMPLETE, {1: 3.0}, {}, epoch=0.25)
+    assert curves.curve_of(untimed, 0.25) is None
+
+
+def test_a_table_round_trips(tmp_path):
+    rows = [curves.Curve(0, {"lr": 1.0}, [0.5, 1.0], [2.0, 1.5], [3.0, 3.0], [10, 20])]
+    path = tmp_path / "t.jsonl"
+    curves.write(path, {"direction": "minimize", "command": "x"}, rows)
+    table = curves.read(path)
+    assert table.curves == rows and table.header["command"] == "x" and table.best() == 1.5
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (None, "no such curve table"),
+        ("{not json\n", "not a curve-table record"),
+        ('{"kind": "header"}\n', "needs"),
+    ],
+)
+def test_what_is_not_a_table_is_refused_in_one_line(tmp_path, text, says):
+    path = tmp_path / "t.jsonl"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UsageError, match=says) as e:
+        curves.read(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_the_recorder_refuses_a_study_with_early_stopping(capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    assert record_curves.main(["--spec", str(ROOT / "studies/demo.yaml"), "--out", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule must be none" in err and "demo.yaml" in err and not Path("x.jsonl").exists()
