@@ -64,6 +64,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "started_at",
         "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
         "ddp_backend",
+        "data_fingerprint",  # the prepared data set it trained on (one per distinct data setting)
     )
     out = {k: last[k] for k in keys if last.get(k) is not None}
     if "best_eval_loss" in out:

@@ -70,6 +70,7 @@ def study_create(
     Example: hpo study create studies/demo.yaml --storage sqlite:///hpo.db
     """
     from hpo import data as data_mod
+    from hpo import dataspace
     from hpo import storage as storage_mod
     from hpo.display import data_progress
     from hpo.study import create_study
@@ -82,6 +83,8 @@ def study_create(
     report = storage_mod.data_report(storage_mod.load(s.name, storage))
     if report:
         _echo(data_mod.describe(report))
+        for line in data_mod.describe_augment(report, dataspace.shown_values(s.space)):
+            _echo(line)
     _echo(
         f"searching {searched}; schedule {s.schedule.type}; "
         f"objective {s.objective.metric} ({s.objective.direction})"

@@ -48,8 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import formats
+from hpo import augment, formats
 from hpo.cleaning import Cleaner, CleanReport, clean, n_validation, split, validation_indices
+from hpo.dataparams import fixed
 from hpo.errors import DataError
 from hpo.formats import read_rows
 from hpo.packing import IGNORE, NpyWriter, Packed, Packer, pack, split_long
@@ -65,6 +66,8 @@ __all__ = [
     "check",
     "clean",
     "describe",
+    "describe_augment",
+    "for_trial",
     "pack",
     "prepare",
     "progress_to",
@@ -132,7 +135,13 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
     """A hash of everything the prepared arrays depend on (a folder: every file's name and bytes;
     a hub dataset: its id and split, as in the settings)."""
     h = hashlib.sha256()
-    h.update(json.dumps([PREP_VERSION, data.model_dump(exclude={"path", "validation_path"}), seed]).encode())
+    # a spec without augmentation keeps the key it had before augmentation existed
+    unset = {"augment"} if data.augment is None else set()
+    h.update(
+        json.dumps(
+            [PREP_VERSION, data.model_dump(exclude={"path", "validation_path", *unset}), seed]
+        ).encode()
+    )
     for p in (data.path, data.validation_path):
         if not p or data.format == "hub":
             continue
@@ -192,15 +201,51 @@ def prepare(
     Raises:
         DataError: the data cannot be read, has no usable rows, or the tokenizer cannot load.
     """
+    if data.params():
+        raise ValueError(f"resolve the data spec first: it is bound to {data.params()}")
     fp = fingerprint(data, tokenizer_identity(model_path), seed)
     out = cache_root / "data" / fp
     if (out / "meta.json").is_file():
         return Prepared.load(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.parent / f".{fp}.lock"):  # concurrent trials wanting the same setting: one prepares
+        if (out / "meta.json").is_file():
+            return Prepared.load(str(out))
+        return _prepare(data, model_path, seed, out, _reporter(progress), chunk_rows)
+
+
+def for_trial(config: dict[str, Any]) -> Prepared:
+    """A trial's prepared data: ``config["data_path"]`` (prepared by the driver), or the set its
+    parameters choose when the spec binds data settings to the space (``config["data"]``,
+    ``data_seed``, ``cache_root``): prepared here on first use, under a file lock, and cached, so
+    trials with the same setting share one set and no trial augments on the fly."""
+    if config.get("data_path"):
+        return Prepared.load(config["data_path"])
+    spec = DataSpec.model_validate(config["data"], context={"stored": True})
+    concrete = spec.resolve(config["params"])
+    return prepare(concrete, config["model_path"], int(config["data_seed"]), Path(config["cache_root"]))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(
+    data: DataSpec, model_path: str, seed: int, out: Path, report: Progress, chunk_rows: int
+) -> Prepared:
+    fp = out.name
     t0 = time.perf_counter()
-    report = _reporter(progress)
     tok = load_tokenizer(model_path)
     plan = _plan(data, seed, report, with_split=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
     try:
         meta = _write(tok, data, plan, tmp, report, chunk_rows)
@@ -217,7 +262,9 @@ def prepare(
     return Prepared.load(str(out))
 
 
-def check(data: DataSpec, seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+def check(
+    data: DataSpec, seed: int = 0, progress: Progress | None = None, shown: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A dry run of data preparation up to tokenizing: read, clean and count the split.
 
     ``hpo study create`` runs it so bad data fails before anything is stored. It loads no
@@ -228,12 +275,15 @@ def check(data: DataSpec, seed: int = 0, progress: Progress | None = None) -> di
         The cleaning counts, as stored with the study: ``{"train": {read, empty, duplicate,
         kept}, "validation": {...} (with data.validation_path / validation_split), "kind":
         "pairs" | "text" | "chat", "pairs": bool, "examples": {"train": n, "validation": n}}``;
-        ``prepare`` adds ``"length": {"train"|"val": {truncated, dropped, split}}``.
+        ``prepare`` adds ``"length": {"train"|"val": {truncated, dropped, split}}``. With
+        ``data.augment``: ``"augment": {copies, originals, samples: [[original, augmented], ...]}``
+        (the samples made with the parameter values ``shown``, for settings bound to the space).
 
     Raises:
         DataError: naming the file (and line) and the fix.
     """
-    return _plan(data, seed, _reporter(progress), with_split=False).cleaning
+    concrete = data.resolve(shown or {}) if data.augment is not None else data
+    return _plan(concrete, seed, _reporter(progress), with_split=False).cleaning
 
 
 # ---------------------------------------------------------------- pass 1: read, clean, count
@@ -251,10 +301,26 @@ class _Plan:
     cleaners: list[Cleaner] = field(default_factory=list)  # each source's, which rows it kept
     val: bytearray | None = None  # a fraction split: 1 for each kept example that goes to validation
     examples: int = 0  # examples kept from every source
+    vocab: list[str] = field(default_factory=list)  # training words ``insert`` draws from
+
+
+#: Kept examples of the training source remembered in pass 1, for the samples ``check`` shows.
+SAMPLE_POOL = 64
+SAMPLES = 3
 
 
 def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Plan:
-    kind, cleaner = _scan(data, data.path, None, None, report, 0)
+    aug = data.augment
+    vocab = augment.Vocabulary(aug.seed) if aug is not None and augment.needs_vocab(aug) else None
+    pool: list[tuple[int, tuple]] = []
+
+    def observe(i: int, example: tuple, kind: str) -> None:
+        if vocab is not None:
+            vocab.add(i, example, kind)
+        if aug is not None and i < SAMPLE_POOL:
+            pool.append((i, example))
+
+    kind, cleaner = _scan(data, data.path, None, None, report, 0, observe)
     train = cleaner.report
     plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], [cleaner])
     plan.cleaning = {"train": asdict(train), "kind": kind, "pairs": kind == "pairs"}
@@ -274,19 +340,53 @@ def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Pla
         plan.sources = [(data.path, None, None)]
         n_val = n_validation(train.kept, data.validation_fraction)
         n_train = train.kept - n_val
-        if with_split:
+        if with_split or aug is not None:
             plan.val = bytearray(train.kept)
             for i in validation_indices(train.kept, data.validation_fraction, seed):
                 plan.val[i] = 1
     plan.cleaning["examples"] = {"train": n_train, "validation": n_val}
+    if aug is not None:
+        plan.vocab = vocab.words(plan.val) if vocab is not None else []
+        plan.cleaning["augment"] = _augment_report(aug, plan, pool, n_train)
     return plan
 
 
+def _augment_report(aug, plan: _Plan, pool: list[tuple[int, tuple]], n_train: int) -> dict[str, Any]:
+    """The settings, the most copies there can be, and a few training examples beside a copy."""
+    if plan.kind == "text" and aug.ops.template is not None:
+        raise DataError(
+            f"{plan.sources[0][0]}: data.augment.ops.template wraps prompts; the data holds texts "
+            "(use it with prompt/completion pairs or chats, or remove it)"
+        )
+    maker = augment.Augmenter(aug, plan.kind, plan.vocab)
+    samples = []
+    for i, example in pool:
+        if plan.val is not None and plan.val[i]:
+            continue  # validation is never augmented
+        copies = maker.copies((0, i), example)
+        if copies:
+            samples.append([_shown(example, plan.kind), _shown(copies[0], plan.kind)])
+        if len(samples) == SAMPLES:
+            break
+    return {"copies": aug.copies, "originals": n_train, "samples": samples}
+
+
+def _shown(example: tuple, kind: str) -> str:
+    text = "\n".join(augment.inputs(example, kind))
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _scan(
-    data: DataSpec, source: str, split: str | None, kind: str | None, report: Progress, done: int
+    data: DataSpec,
+    source: str,
+    split: str | None,
+    kind: str | None,
+    report: Progress,
+    done: int,
+    observe: Callable[[int, tuple, str], None] | None = None,
 ) -> tuple[str, Cleaner]:
     """Read and clean one source, keeping the counts and which rows were kept; returns the rows'
-    kind too."""
+    kind too. ``observe`` sees each kept example with its index (and the kind)."""
     rows = formats.iter_rows(data, source, split)
     first = next(rows, None)
     row_kind = formats.kind(data, [first] if first is not None else [])
@@ -294,7 +394,9 @@ def _scan(
     if kind is not None and row_kind != kind:
         return row_kind, cleaner
     all_rows = itertools.chain([first], rows) if first is not None else rows
-    for n, _ in enumerate(cleaner.kept(all_rows)):
+    for n, example in enumerate(cleaner.kept(all_rows)):
+        if observe is not None:
+            observe(n, example, row_kind)
         if n % CHUNK_ROWS == 0:
             report("reading", done + cleaner.report.read, None)
     report("reading", done + cleaner.report.read, None)
@@ -312,35 +414,46 @@ def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chu
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     if eos is None:
         raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
-    block = data.block_size
+    block, overlong = fixed(data.block_size), fixed(data.overlong)
     writers = {
         n: [NpyWriter(folder / f"{n}_{a}.npy", block) for a in ("ids", "labels", "pos")]
         for n in ("train", "val")
     }
-    packers = {n: Packer(block, pad, data.overlong, _sink(writers[n])) for n in writers}
+    packers = {n: Packer(block, pad, overlong, _sink(writers[n])) for n in writers}
+    # augmented copies: packed apart from the originals into the same training files (the trial
+    # shuffles blocks), so an example and its copies do not share blocks
+    copies = Packer(block, pad, overlong, _sink(writers["train"]))
+    maker = augment.Augmenter(data.augment, plan.kind, plan.vocab) if data.augment else None
     cut = {"train": 0, "val": 0}
     encode = _encoder(tok, data, plan.kind, eos)
     done = 0  # examples tokenized
-    for (path, part, dest), cleaner in zip(plan.sources, plan.cleaners, strict=True):
+    for s, ((path, part, dest), cleaner) in enumerate(zip(plan.sources, plan.cleaners, strict=True)):
         start = 0  # the index of the chunk's first kept example
         for chunk in _chunks(cleaner.replay(formats.iter_rows(data, path, part)), chunk_rows):
-            parts: dict[str, list] = {"train": [], "val": []}
+            parts: dict[str, list] = {"train": [], "val": [], "copies": []}
             for i, example in enumerate(chunk, start):
-                parts[dest or ("val" if plan.val is not None and plan.val[i] else "train")].append(example)
+                name = dest or ("val" if plan.val is not None and plan.val[i] else "train")
+                parts[name].append(example)
+                if name == "train" and maker is not None:  # validation is never augmented
+                    parts["copies"] += maker.copies((s, i), example)
             start += len(chunk)
             for name, examples in parts.items():
                 if examples:
                     encoded, n_cut = encode(examples)
-                    cut[name] += n_cut
+                    cut[name] = cut.get(name, 0) + n_cut
                     for ids, labels in encoded:
-                        packers[name].add(ids, labels)
+                        (copies if name == "copies" else packers[name]).add(ids, labels)
             done += len(chunk)
             report("tokenizing", done, plan.examples)
+    copies.close()
     for name, packer in packers.items():
         packer.close()
         for w in writers[name]:
             w.close()
-    return _meta(data, plan, packers, cut, pad)
+    if maker is not None:
+        counts = asdict(maker.counts) | {"blocks": copies.blocks, "truncated": copies.truncated}
+        plan.cleaning["augment"] = {**plan.cleaning.get("augment", {}), **counts, "dropped": copies.dropped}
+    return _meta(data, plan, packers, cut, pad, copies)
 
 
 def _sink(writers: list[NpyWriter]) -> Callable[[Any, Any, Any], None]:
@@ -366,10 +479,12 @@ def _encoder(tok, data: DataSpec, kind: str, eos: int) -> Callable[[list], tuple
             formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE),
             0,
         )
-    return lambda examples: formats.encode_texts(tok, [e[0] for e in examples], eos, data.block_size)
+    return lambda examples: formats.encode_texts(tok, [e[0] for e in examples], eos, fixed(data.block_size))
 
 
-def _meta(data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str, int], pad: int) -> dict:
+def _meta(
+    data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str, int], pad: int, copies: Packer
+) -> dict:
     length = plan.cleaning.setdefault("length", {})
     for name, p in packers.items():
         length[name] = {"truncated": p.truncated, "dropped": p.dropped, "split": cut[name]}
@@ -381,9 +496,9 @@ def _meta(data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str
                 "data.overlong: truncate"
             )
     return {
-        "train_blocks": packers["train"].blocks,
+        "train_blocks": packers["train"].blocks + copies.blocks,
         "val_blocks": packers["val"].blocks,
-        "train_tokens": packers["train"].loss_tokens,
+        "train_tokens": packers["train"].loss_tokens + copies.loss_tokens,
         "val_tokens": packers["val"].loss_tokens,
         "block_size": data.block_size,
         "pad_id": int(pad),
@@ -417,3 +532,24 @@ def describe(report: dict[str, Any]) -> str:
         said = [f"{v} {k}" for k, v in total.items() if v]
         line += f"; longer than a block: {', '.join(said) or 'none'}"
     return line
+
+
+def describe_augment(report: dict[str, Any], shown: dict[str, Any] | None = None) -> list[str]:
+    """Lines for people about ``data.augment``: how many copies, and each sample beside its
+    original (made with the parameter values ``shown`` where settings are bound to the space)."""
+    aug = report.get("augment")
+    if not aug:
+        return []
+    copies = aug["copies"]
+    n = aug["originals"]
+    if isinstance(copies, dict):  # bound to a space parameter
+        how = f"{{param: {copies['param']}}} copies (here {shown.get(copies['param']) if shown else '?'})"
+        most = ""
+    else:
+        how, most = f"{copies} augmented copies", f" (at most {n * copies:,} copies)"
+    lines = [f"augment: {how} of each of the {n:,} training examples{most}; validation is never augmented"]
+    if shown:
+        lines.append("samples at " + ", ".join(f"{k}={v}" for k, v in shown.items()) + ":")
+    for original, copy in aug.get("samples", []):
+        lines += [f"  original:  {original!r}", f"  augmented: {copy!r}"]
+    return lines

@@ -22,9 +22,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from hpo import models, placement
+from hpo import dataspace, models, placement
+from hpo.dataparams import UNKNOWN_OP, refs
 from hpo.errors import SpecError
 from hpo.params import (
     ADAPTER_SEARCHABLE,
@@ -110,6 +112,26 @@ class StudySpec(Frozen):
     keep_top_k: Int = Field(default=3, ge=1, description="trials whose best checkpoint is kept")
     seed: Int = 0
 
+    @field_validator("space", mode="after")
+    @classmethod
+    def _data_params(cls, v: SpaceSpec, info: ValidationInfo) -> SpaceSpec:
+        data = info.data.get("data")
+        if isinstance(data, DataSpec):
+            problems = dataspace.problems(data, v)
+        else:  # the data section is invalid: still name the space keys it does not bind
+            problems = dataspace.unbound(v, set((info.context or {}).get("bound", ())))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bound_names(cls, data: Any, info: ValidationInfo) -> Any:
+        """The parameter names the raw data section binds (for ``_data_params`` when it is invalid)."""
+        if isinstance(data, dict) and isinstance(info.context, dict):
+            info.context["bound"] = [name for _, name in refs(data.get("data"))]
+        return data
+
     @field_validator("training", mode="after")
     @classmethod
     def _set_once(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
@@ -192,6 +214,11 @@ class StudySpec(Frozen):
         return _local_model_or_hub_id(v, info)
 
     @property
+    def max_block_size(self) -> int:
+        """The longest block any trial trains on (``data.block_size`` may be searched)."""
+        return dataspace.max_block_size(self.data, self.space)
+
+    @property
     def max_epochs(self) -> float:
         """The largest number of epochs any trial can train."""
         return float(max(values(self.space.epochs)))
@@ -265,7 +292,8 @@ def _pretty_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_BRANCHES = {"float", "int", "str", "asha", "none", "categorical", "fixed", "bad-type"}
+_UNKNOWN = "unknown key; remove it or check its spelling"
+_BRANCHES = {"float", "int", "str", "asha", "none", "categorical", "fixed", "bad-type", "ref"}
 
 
 def _format_errors(err: ValidationError) -> list[str]:
@@ -274,10 +302,13 @@ def _format_errors(err: ValidationError) -> list[str]:
         loc = _pretty_loc(tuple(e["loc"]))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
+            msg = UNKNOWN_OP if loc.endswith(".augment.ops." + str(e["loc"][-1])) else _UNKNOWN
         elif e["type"] == "missing":
             msg = "required field is missing"
         got = e.get("input")
+        if msg.startswith(("data.", "space.")):  # cross-section problems name their own fields
+            problems += [line for line in msg.split("\n") if line not in problems]
+            continue
         line = f"{loc}: {msg}"
         if e["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
             line += f" (got {got!r})"

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from hpo import placement
+from hpo.dataparams import AugmentSpec, BlockSize, Overlong, refs, substitute
 from hpo.params import Float, Frozen, Int
 
 #: A Hugging Face hub id: name or org/name.
@@ -50,10 +51,33 @@ class DataSpec(Frozen):
     validation_split: str | None = Field(default=None, description="validation split (datasets / hub)")
     validation_fraction: Float = Field(default=0.1, gt=0, lt=1, description="seeded validation share")
     validation_path: str | None = Field(default=None, description="separate validation file")
-    block_size: Int = Field(default=128, ge=8, le=32768, description="tokens per training block")
-    overlong: Literal["truncate", "drop"] = Field(
-        default="truncate", description="an example longer than a block: keep its first block, or drop it"
+    block_size: BlockSize = Field(
+        default=128, description="tokens per training block, 8-32768, or {param: NAME}"
     )
+    overlong: Overlong = Field(
+        default="truncate",
+        description="an example longer than a block: keep its first block (truncate), or drop it "
+        "(drop); or {param: NAME}",
+    )
+    augment: AugmentSpec | None = Field(
+        default=None, description="offline augmentation of the training split (docs/data.md)"
+    )
+
+    def params(self) -> list[str]:
+        """The space parameters this section's settings are bound to, in order."""
+        return list(dict.fromkeys(name for _, name in refs(self.model_dump())))
+
+    def resolve(self, values: dict[str, Any]) -> DataSpec:
+        """The concrete data spec a trial's parameter ``values`` choose (no references left).
+
+        Raises:
+            KeyError: a referenced parameter is not in ``values``.
+        """
+        dumped = self.model_dump()
+        missing = [name for _, name in refs(dumped) if name not in values]
+        if missing:
+            raise KeyError(missing[0])
+        return DataSpec.model_validate(substitute(dumped, values), context={"stored": True})
 
     @field_validator("path", "validation_path", mode="after")
     @classmethod
