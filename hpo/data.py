@@ -36,24 +36,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import augment, formats
-from hpo.cleaning import Cleaner, CleanReport, clean, n_validation, split, validation_indices
-from hpo.dataparams import fixed
+from hpo import dataplan, datawrite
+from hpo.cleaning import Cleaner, CleanReport, clean, split
+from hpo.dataplan import CHUNK_ROWS, Progress
 from hpo.errors import DataError
 from hpo.formats import read_rows
-from hpo.packing import IGNORE, NpyWriter, Packed, Packer, pack, split_long
+from hpo.packing import IGNORE, Packed, Packer, pack, split_long
 from hpo.spec import DataSpec
 
 __all__ = [
@@ -80,10 +79,6 @@ log = logging.getLogger(__name__)
 
 PREP_VERSION = "2"  # bump when the prepared layout or the formatting changes
 ARRAYS = ("train_ids", "train_labels", "train_pos", "val_ids", "val_labels", "val_pos")
-CHUNK_ROWS = 1024  # examples per batch call of the tokenizer
-
-#: Told how far preparation is: (stage: "reading" | "tokenizing", rows done, rows in all or None).
-Progress = Callable[[str, int, "int | None"], None]
 _progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("hpo_data_progress", default=None)
 
 
@@ -115,6 +110,7 @@ class Prepared:
     block_size: int
     pad_id: int
     cleaning: dict[str, Any] = field(default_factory=dict)
+    val_sources: dict[str, list[int]] = field(default_factory=dict)  # a mixture: each source's val blocks
 
     def arrays(self) -> dict[str, Any]:
         """The six arrays (ids, labels, positions of train and val), memory-mapped read-only."""
@@ -135,14 +131,15 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
     """A hash of everything the prepared arrays depend on (a folder: every file's name and bytes;
     a hub dataset: its id and split, as in the settings)."""
     h = hashlib.sha256()
-    # a spec without augmentation keeps the key it had before augmentation existed
-    unset = {"augment"} if data.augment is None else set()
+    # a spec without augmentation or sources keeps the key it had before they existed
+    unset = {k for k in ("augment", "sources", "objective_source") if getattr(data, k) is None}
     h.update(
         json.dumps(
             [PREP_VERSION, data.model_dump(exclude={"path", "validation_path", *unset}), seed]
         ).encode()
     )
-    for p in (data.path, data.validation_path):
+    sources = [(s.path, s.validation_path) for s in data.sources or []]
+    for p in (data.path, data.validation_path, *(p for pair in sources for p in pair)):
         if not p or data.format == "hub":
             continue
         files = sorted(f for f in Path(p).rglob("*") if f.is_file()) if os.path.isdir(p) else [Path(p)]
@@ -245,10 +242,10 @@ def _prepare(
     fp = out.name
     t0 = time.perf_counter()
     tok = load_tokenizer(model_path)
-    plan = _plan(data, seed, report, with_split=True)
+    parts = dataplan.parts(data, seed, report, with_split=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
     try:
-        meta = _write(tok, data, plan, tmp, report, chunk_rows)
+        meta = datawrite.write(tok, data, parts, tmp, report, chunk_rows)
         meta.update(path=str(out), fingerprint=fp)
         (tmp / "meta.json").write_text(json.dumps(asdict(Prepared(**meta)), indent=1))
         try:
@@ -258,7 +255,7 @@ def _prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.debug("prepared %s in %.1f s: %s", out, time.perf_counter() - t0, describe(plan.cleaning))
+    log.debug("prepared %s in %.1f s: %s", out, time.perf_counter() - t0, describe(meta["cleaning"]))
     return Prepared.load(str(out))
 
 
@@ -282,228 +279,11 @@ def check(
     Raises:
         DataError: naming the file (and line) and the fix.
     """
-    concrete = data.resolve(shown or {}) if data.augment is not None else data
-    return _plan(concrete, seed, _reporter(progress), with_split=False).cleaning
-
-
-# ---------------------------------------------------------------- pass 1: read, clean, count
-
-
-@dataclass
-class _Plan:
-    """What the first pass found: the kind of rows, the counts, and where each example goes."""
-
-    kind: str
-    keys: list[str]
-    settings: list[str]
-    cleaning: dict[str, Any]
-    sources: list[tuple[str, str | None, str | None]]  # (path, split, "train" | "val" | None: by mask)
-    cleaners: list[Cleaner] = field(default_factory=list)  # each source's, which rows it kept
-    val: bytearray | None = None  # a fraction split: 1 for each kept example that goes to validation
-    examples: int = 0  # examples kept from every source
-    vocab: list[str] = field(default_factory=list)  # training words ``insert`` draws from
-
-
-#: Kept examples of the training source remembered in pass 1, for the samples ``check`` shows.
-SAMPLE_POOL = 64
-SAMPLES = 3
-
-
-def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Plan:
-    aug = data.augment
-    vocab = augment.Vocabulary(aug.seed) if aug is not None and augment.needs_vocab(aug) else None
-    pool: list[tuple[int, tuple]] = []
-
-    def observe(i: int, example: tuple, kind: str) -> None:
-        if vocab is not None:
-            vocab.add(i, example, kind)
-        if aug is not None and i < SAMPLE_POOL:
-            pool.append((i, example))
-
-    kind, cleaner = _scan(data, data.path, None, None, report, 0, observe)
-    train = cleaner.report
-    plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], [cleaner])
-    plan.cleaning = {"train": asdict(train), "kind": kind, "pairs": kind == "pairs"}
-    plan.examples = train.kept
-    if data.validation_path or data.validation_split:
-        source = data.validation_path or data.path
-        val_kind, val_cleaner = _scan(data, source, data.validation_split, kind, report, train.read)
-        if val_kind != kind:
-            raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {kind}")
-        val = val_cleaner.report
-        plan.cleaning["validation"] = asdict(val)
-        plan.examples += val.kept
-        plan.sources = [(data.path, None, "train"), (source, data.validation_split, "val")]
-        plan.cleaners.append(val_cleaner)
-        n_train, n_val = train.kept, val.kept
-    else:
-        plan.sources = [(data.path, None, None)]
-        n_val = n_validation(train.kept, data.validation_fraction)
-        n_train = train.kept - n_val
-        if with_split or aug is not None:
-            plan.val = bytearray(train.kept)
-            for i in validation_indices(train.kept, data.validation_fraction, seed):
-                plan.val[i] = 1
-    plan.cleaning["examples"] = {"train": n_train, "validation": n_val}
-    if aug is not None:
-        plan.vocab = vocab.words(plan.val) if vocab is not None else []
-        plan.cleaning["augment"] = _augment_report(aug, plan, pool, n_train)
-    return plan
-
-
-def _augment_report(aug, plan: _Plan, pool: list[tuple[int, tuple]], n_train: int) -> dict[str, Any]:
-    """The settings, the most copies there can be, and a few training examples beside a copy."""
-    if plan.kind == "text" and aug.ops.template is not None:
-        raise DataError(
-            f"{plan.sources[0][0]}: data.augment.ops.template wraps prompts; the data holds texts "
-            "(use it with prompt/completion pairs or chats, or remove it)"
-        )
-    maker = augment.Augmenter(aug, plan.kind, plan.vocab)
-    samples = []
-    for i, example in pool:
-        if plan.val is not None and plan.val[i]:
-            continue  # validation is never augmented
-        copies = maker.copies((0, i), example)
-        if copies:
-            samples.append([_shown(example, plan.kind), _shown(copies[0], plan.kind)])
-        if len(samples) == SAMPLES:
-            break
-    return {"copies": aug.copies, "originals": n_train, "samples": samples}
-
-
-def _shown(example: tuple, kind: str) -> str:
-    text = "\n".join(augment.inputs(example, kind))
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _scan(
-    data: DataSpec,
-    source: str,
-    split: str | None,
-    kind: str | None,
-    report: Progress,
-    done: int,
-    observe: Callable[[int, tuple, str], None] | None = None,
-) -> tuple[str, Cleaner]:
-    """Read and clean one source, keeping the counts and which rows were kept; returns the rows'
-    kind too. ``observe`` sees each kept example with its index (and the kind)."""
-    rows = formats.iter_rows(data, source, split)
-    first = next(rows, None)
-    row_kind = formats.kind(data, [first] if first is not None else [])
-    cleaner = Cleaner(formats.keys(data, row_kind), source, formats.FIELD_SETTINGS[row_kind])
-    if kind is not None and row_kind != kind:
-        return row_kind, cleaner
-    all_rows = itertools.chain([first], rows) if first is not None else rows
-    for n, example in enumerate(cleaner.kept(all_rows)):
-        if observe is not None:
-            observe(n, example, row_kind)
-        if n % CHUNK_ROWS == 0:
-            report("reading", done + cleaner.report.read, None)
-    report("reading", done + cleaner.report.read, None)
-    cleaner.finish()
-    return row_kind, cleaner
-
-
-# ---------------------------------------------------------------- pass 2: tokenize, pack, write
-
-
-def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chunk_rows: int) -> dict:
-    """Tokenize and pack every kept example into the six ``.npy`` files in ``folder``; returns
-    the ``Prepared`` fields but its path and fingerprint."""
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    if eos is None:
-        raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
-    block, overlong = fixed(data.block_size), fixed(data.overlong)
-    writers = {
-        n: [NpyWriter(folder / f"{n}_{a}.npy", block) for a in ("ids", "labels", "pos")]
-        for n in ("train", "val")
-    }
-    packers = {n: Packer(block, pad, overlong, _sink(writers[n])) for n in writers}
-    # augmented copies: packed apart from the originals into the same training files (the trial
-    # shuffles blocks), so an example and its copies do not share blocks
-    copies = Packer(block, pad, overlong, _sink(writers["train"]))
-    maker = augment.Augmenter(data.augment, plan.kind, plan.vocab) if data.augment else None
-    cut = {"train": 0, "val": 0}
-    encode = _encoder(tok, data, plan.kind, eos)
-    done = 0  # examples tokenized
-    for s, ((path, part, dest), cleaner) in enumerate(zip(plan.sources, plan.cleaners, strict=True)):
-        start = 0  # the index of the chunk's first kept example
-        for chunk in _chunks(cleaner.replay(formats.iter_rows(data, path, part)), chunk_rows):
-            parts: dict[str, list] = {"train": [], "val": [], "copies": []}
-            for i, example in enumerate(chunk, start):
-                name = dest or ("val" if plan.val is not None and plan.val[i] else "train")
-                parts[name].append(example)
-                if name == "train" and maker is not None:  # validation is never augmented
-                    parts["copies"] += maker.copies((s, i), example)
-            start += len(chunk)
-            for name, examples in parts.items():
-                if examples:
-                    encoded, n_cut = encode(examples)
-                    cut[name] = cut.get(name, 0) + n_cut
-                    for ids, labels in encoded:
-                        (copies if name == "copies" else packers[name]).add(ids, labels)
-            done += len(chunk)
-            report("tokenizing", done, plan.examples)
-    copies.close()
-    for name, packer in packers.items():
-        packer.close()
-        for w in writers[name]:
-            w.close()
-    if maker is not None:
-        counts = asdict(maker.counts) | {"blocks": copies.blocks, "truncated": copies.truncated}
-        plan.cleaning["augment"] = {**plan.cleaning.get("augment", {}), **counts, "dropped": copies.dropped}
-    return _meta(data, plan, packers, cut, pad, copies)
-
-
-def _sink(writers: list[NpyWriter]) -> Callable[[Any, Any, Any], None]:
-    def write(ids: Any, labels: Any, pos: Any) -> None:
-        for w, a in zip(writers, (ids, labels, pos), strict=True):
-            w.write(a)
-
-    return write
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
-def _encoder(tok, data: DataSpec, kind: str, eos: int) -> Callable[[list], tuple[list, int]]:
-    """Examples -> ((ids, labels) examples, how many texts were cut into pieces)."""
-    if kind == "pairs":
-        return lambda examples: (formats.encode_pairs(tok, examples, eos, IGNORE), 0)
-    if kind == "chat":
-        return lambda examples: (
-            formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE),
-            0,
-        )
-    return lambda examples: formats.encode_texts(tok, [e[0] for e in examples], eos, fixed(data.block_size))
-
-
-def _meta(
-    data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str, int], pad: int, copies: Packer
-) -> dict:
-    length = plan.cleaning.setdefault("length", {})
-    for name, p in packers.items():
-        length[name] = {"truncated": p.truncated, "dropped": p.dropped, "split": cut[name]}
-    for name, p in packers.items():
-        if not p.blocks:
-            raise DataError(
-                f"{data.path}: no {name} example fits a block of {data.block_size} tokens "
-                f"({p.dropped} dropped as too long); raise data.block_size or set "
-                "data.overlong: truncate"
-            )
-    return {
-        "train_blocks": packers["train"].blocks + copies.blocks,
-        "val_blocks": packers["val"].blocks,
-        "train_tokens": packers["train"].loss_tokens + copies.loss_tokens,
-        "val_tokens": packers["val"].loss_tokens,
-        "block_size": data.block_size,
-        "pad_id": int(pad),
-        "cleaning": plan.cleaning,
-    }
+    concrete = data.resolve(shown or {}) if data.params() else data
+    parts = dataplan.parts(concrete, seed, _reporter(progress), with_split=False)
+    if data.sources is None:
+        return parts[0].plan.cleaning
+    return dataplan.combined([(p.name, p.plan.cleaning) for p in parts])
 
 
 # ---------------------------------------------------------------- reports

@@ -12,6 +12,8 @@ pydantic; nothing here reads data.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
@@ -130,6 +132,52 @@ class AugmentSpec(Frozen):
     def _some(self) -> AugmentSpec:
         if not any(getattr(self.ops, n) is not None for n in OPS):
             raise ValueError(f"name at least one operation in ops ({', '.join(OPS[:-1])})")
+        return self
+
+
+# ---------------------------------------------------------------- mixtures of sources
+
+Weight = Annotated[Annotated[Ref, Tag("ref")] | Annotated[Annotated[Float, Field(ge=0)], Tag("fixed")], _REF]
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+class SourceSpec(Frozen):
+    """One source of a mixture (``data.sources``): its file, its weight in the training split,
+    and its own format and fields where they differ from the data section's."""
+
+    name: str | None = Field(default=None, description="the source's name (default: the file's stem)")
+    path: str = Field(description="the source's data file or folder")
+    weight: Weight = Field(
+        default=1.0, description="its share of the training examples, >= 0, or {param: NAME}"
+    )
+    format: Literal["jsonl", "csv", "text", "chat", "datasets"] | None = Field(
+        default=None, description="its format (default: data.format)"
+    )
+    prompt_field: str | None = None
+    completion_field: str | None = None
+    text_field: str | None = None
+    messages_field: str | None = None
+    validation_path: str | None = Field(default=None, description="its own validation file")
+
+    @field_validator("path", "validation_path", mode="after")
+    @classmethod
+    def _exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or (info.context or {}).get("stored"):
+            return v
+        base = (info.context or {}).get("base_dir", ".")
+        path = os.path.abspath(os.path.join(base, os.path.expanduser(v)))
+        if not os.path.exists(path):
+            raise ValueError(f"file not found: {path} (paths are relative to the spec file's folder)")
+        return path
+
+    @model_validator(mode="after")
+    def _name(self) -> SourceSpec:
+        name = self.name if self.name is not None else Path(self.path).stem
+        if not SOURCE_NAME.fullmatch(name) or name == "total":
+            raise ValueError(
+                f"source name {name!r}: use 1-40 letters, digits, '_' or '-' (not 'total'); set name:"
+            )
+        object.__setattr__(self, "name", name)
         return self
 
 

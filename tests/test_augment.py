@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo import augment, data
+from hpo import augment, data, dataplan
 from hpo import spec as spec_mod
 from hpo.dataparams import AugmentSpec
 from tests.conftest import small_spec
@@ -128,7 +128,7 @@ def test_insert_draws_only_training_words(tmp_path):
     d = spec_mod.load(
         small_spec(tmp_path, data={"path": "u.jsonl", "augment": {"ops": {"insert": {"p": 1.0}}}})
     ).data
-    plan = data._plan(d, 0, lambda *a: None, with_split=True)
+    plan = dataplan.plan(d, 0, lambda *a: None, with_split=True)
     assert plan.val is not None
     val_words = {f"w{i}x" for i in range(60) if plan.val[i]}
     train_words = {f"w{i}x" for i in range(60) if not plan.val[i]}
