@@ -72,6 +72,13 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def source_losses(result: dict[str, Any]) -> dict[str, float]:
+    """A mixture's per-source eval losses in one report (``hpo.evaluation.by_source``), by source."""
+    from hpo.evaluation import SOURCE_PREFIX
+
+    return {k.removeprefix(SOURCE_PREFIX): float(v) for k, v in result.items() if k.startswith(SOURCE_PREFIX)}
+
+
 def checkpoints_to_delete(trials: list, keep: int, direction) -> list[str]:
     """Checkpoint folders that can no longer be exported as the best: every finished trial's
     except the ``keep`` best COMPLETE ones; RUNNING trials keep theirs, and so do interrupted

@@ -79,7 +79,8 @@ def study_create(
         s = create_study(spec, name=name, storage=storage)
     where = storage_mod.mask(storage_mod.resolve_url(storage))
     searched = ", ".join(s.space.searched()) or "nothing (all fixed)"
-    _echo(f"created study {s.name!r} in {where}: model {s.model}, data {s.data.path}")
+    data = s.data.path or ", ".join(str(src.path) for src in s.data.sources or [])
+    _echo(f"created study {s.name!r} in {where}: model {s.model}, data {data}")
     report = storage_mod.data_report(storage_mod.load(s.name, storage))
     if report:
         _echo(data_mod.describe(report))

@@ -293,7 +293,23 @@ _KINDS = {"pairs": "prompt/completion pairs", "text": "texts", "chat": "chats"}
 
 
 def describe(report: dict[str, Any]) -> str:
-    """One line for people: what cleaning kept and dropped, the split, and length handling."""
+    """One line for people: what cleaning kept and dropped, the split, and length handling (a
+    mixture: each source's, with its weight and training examples after mixing)."""
+    if "sources" in report:
+        each = [
+            f"{name}: {describe(r).removeprefix('data: ')}"
+            + (
+                f", weight {r['mixture']['weight']:g} -> {r['mixture']['train']} train"
+                if "mixture" in r
+                else ""
+            )
+            for name, r in report["sources"].items()
+        ]
+        n = report["examples"]
+        return (
+            f"data: {len(each)} sources ({n['train']} train after mixing / {n['validation']} validation); "
+            + "; ".join(each)
+        )
     t = report["train"]
     kind = _KINDS[report.get("kind", "pairs" if report.get("pairs") else "text")]
     line = (

@@ -183,4 +183,6 @@ def combined(reports: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     mixed = [r["mixture"]["train"] for _, r in reports if "mixture" in r]
     if mixed:
         out["examples"]["train"] = sum(mixed)
+    if "augment" in out:  # copies are made of every training example of the mixture
+        out["augment"] = {**out["augment"], "originals": out["examples"]["train"]}
     return out

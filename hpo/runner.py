@@ -271,6 +271,7 @@ def _config_maker(
             "l1": training.l1,
             "early_stopping_patience": training.early_stopping_patience,
             "objective": spec.objective.metric,
+            "objective_source": spec.data.objective_source,  # a mixture: that source's validation
             "precision": training.precision,  # auto: placement.precision decides on the trial's device
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,

@@ -44,6 +44,7 @@ from hpo.bookkeeping import (
     final_state,
     finished_and_running,
     read_error,
+    source_losses,
     summary_attrs,
 )
 from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
@@ -51,6 +52,9 @@ from hpo.spec import StudySpec
 from hpo.storage import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
+
+#: The user attribute holding a mixture's per-source eval losses: [[epoch, {source: loss}], ...].
+SOURCE_HISTORY = "source_eval_loss"
 
 
 @dataclass
@@ -173,6 +177,10 @@ class OptunaBridge(Searcher):
         step = eval_step(result["epoch"], self._spec.training.eval_every)
         trial.report(float(result[self.metric]), step)
         trial.set_user_attr("epoch", float(result["epoch"]))
+        if sources := source_losses(result):  # a mixture: every source's eval loss, per evaluation
+            history = [*previous.get(SOURCE_HISTORY, []), [float(result["epoch"]), sources]]
+            trial.set_user_attr(SOURCE_HISTORY, history)
+            result = {**result, SOURCE_HISTORY: history}
         if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
             trial.set_user_attr("checkpoint", result["checkpoint"])
             self._note_disk()

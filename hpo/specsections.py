@@ -39,7 +39,7 @@ class DataSpec(Frozen):
         description="jsonl | csv (pairs or text) | text (file: a document per line; folder: per file) "
         "| chat (jsonl of messages) | datasets (a save_to_disk folder) | hub (a Hugging Face dataset id)",
     )
-    path: str = Field(
+    path: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = Field(
         default="", description="the data file or folder, or the dataset id for format: hub (or sources)"
     )
     prompt_field: str = Field(default="prompt", description="column holding the input")

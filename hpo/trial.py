@@ -160,6 +160,7 @@ def _run(
     #    data parameters the space searches (positions restart at each example)
     prepared = for_trial(config)
     config["placement"]["data_fingerprint"] = prepared.fingerprint  # reported: which prepared set
+    config["val_sources"] = prepared.val_sources
     arrays = prepared.arrays()
     train = (arrays["train_ids"], arrays["train_labels"], arrays["train_pos"])
     val = tuple(torch.from_numpy(np.array(arrays[f"val_{k}"])) for k in ("ids", "labels", "pos"))
@@ -282,16 +283,18 @@ def _evaluate_and_keep(
     model, val, config, state: _State, autocast, device, epoch: float, step: int, dist=collective.SINGLE
 ) -> dict:
     t0 = time.perf_counter()
-    m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
-        evaluate_metrics,
-        model,
-        val[0],
-        val[1],
-        val[2],
-        batch=config["max_micro_batch"],
-        device=device,
-        autocast=autocast,
-    )
+
+    def run(a: int, b: int) -> dict:  # data-parallel: each rank evaluates a share, sums all-reduced
+        ids, labels, pos = (v[a:b] for v in val)
+        kw = {"batch": config["max_micro_batch"], "device": device, "autocast": autocast}
+        return dist.evaluate(evaluate_metrics, model, ids, labels, pos, **kw)
+
+    ranges = config.get("val_sources")  # a mixture: each source's validation loss too
+    if ranges:
+        counts = {name: int((val[1][a:b, 1:] != -100).sum()) for name, (a, b) in ranges.items()}
+        m = evaluation.by_source(run, counts, ranges, config.get("objective_source"))
+    else:
+        m = run(0, len(val[0]))
     state.eval_s += time.perf_counter() - t0
     if state.improved(m, epoch) and dist.is_main:
         t1 = time.perf_counter()

@@ -170,3 +170,34 @@ def test_the_cache_holds_one_prepared_set_per_distinct_setting(tmp_path, tiny_mo
         prints.append(data.for_trial({**base, "params": {"augment_p": p, "copies": copies}}))
     folders = sorted(f.name for f in (tmp_path / "cache" / "data").iterdir() if not f.name.startswith("."))
     assert len(folders) == 4 and sorted({p.fingerprint for p in prints}) == folders
+
+
+def test_block_size_and_overlong_searched_prepare_one_set_per_value(tmp_path, tiny_model):
+    space = {
+        "block": {"type": "categorical", "choices": [80, 128]},
+        "ov": {"type": "categorical", "choices": ["truncate", "drop"]},
+    }
+    path = small_spec(
+        tmp_path, rows=80, data={"block_size": {"param": "block"}, "overlong": {"param": "ov"}}, space=space
+    )
+    spec = spec_mod.load(path)
+    assert spec.max_block_size == 128
+    base = {
+        "data": spec.data.model_dump(),
+        "data_seed": 0,
+        "cache_root": str(tmp_path / "cache"),
+        "model_path": tiny_model,
+    }
+    sets = {
+        (b, ov): data.for_trial({**base, "params": {"block": b, "ov": ov}})
+        for b in (80, 128)
+        for ov in ("truncate", "drop")
+    }
+    assert {k: (p.block_size, p.cleaning["length"]["train"]["dropped"] > 0) for k, p in sets.items()} == {
+        (80, "truncate"): (80, False),
+        (80, "drop"): (80, True),
+        (128, "truncate"): (128, False),
+        (128, "drop"): (128, False),
+    }
+    assert len({p.fingerprint for p in sets.values()}) == 4
+    assert data.for_trial({**base, "params": {"block": 80, "ov": "drop"}}).path == sets[(80, "drop")].path

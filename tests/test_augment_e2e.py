@@ -1,6 +1,7 @@
 """Data as hyperparameters through the real stack on the tiny model: a study that searches the
-augmentation's ``augment_p`` (and the block size) is created (samples shown), run with ASHA
-(each trial prepares, or finds cached, the set its parameters choose) and exported."""
+augmentation's ``augment_p``, a mixture weight and the block size is created (samples shown),
+run with ASHA (each trial prepares, or finds cached, the set its parameters choose) and
+exported."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import run_cli, small_spec
+from tests.conftest import ROOT, run_cli, small_spec
+
+CHATS = ROOT / "studies" / "data" / "support-chat-200.jsonl"
 
 pytestmark = pytest.mark.e2e
 
 
-def test_search_augmentation_create_run_export(tmp_path, tiny_model):
+def test_search_augmentation_and_mixture_create_run_export(tmp_path, tiny_model):
     from hpo import models
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -28,6 +31,11 @@ def test_search_augmentation_create_run_export(tmp_path, tiny_model):
         name="aug",
         rows=160,
         data={
+            "path": None,
+            "sources": [
+                {"path": "data.jsonl", "weight": 1.0},
+                {"path": "chats.jsonl", "format": "chat", "weight": {"param": "mix_chats"}},
+            ],
             "block_size": {"param": "block"},
             "augment": {
                 "copies": 1,
@@ -42,11 +50,13 @@ def test_search_augmentation_create_run_export(tmp_path, tiny_model):
         space={
             "augment_p": {"type": "float", "low": 0.0, "high": 0.2},
             "block": {"type": "categorical", "choices": [96, 128]},
+            "mix_chats": {"type": "float", "low": 0.0, "high": 2.0},
             "epochs": 1,
             "batch_size": 16,
         },
-        enqueue=[{"augment_p": 0.1, "block": 128}, {"augment_p": 0.1, "block": 128}],
+        enqueue=[{"augment_p": 0.1, "block": 128, "mix_chats": 1.0}] * 2,
     )
+    (tmp_path / "chats.jsonl").write_text("\n".join(CHATS.read_text().splitlines()[:60]) + "\n")
     r = run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "augment: 1 augmented copies of each of the " in r.stdout and "training examples" in r.stdout
@@ -59,7 +69,9 @@ def test_search_augmentation_create_run_export(tmp_path, tiny_model):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
     prints = {}
     for t in trials:
-        key = (t.params["augment_p"], t.params["block"])
+        key = (t.params["augment_p"], t.params["block"], t.params["mix_chats"])
+        history = t.user_attrs["source_eval_loss"]  # every source's eval loss at every evaluation
+        assert history and all(set(losses) == {"data", "chats"} for _, losses in history)
         prints.setdefault(key, set()).add(t.user_attrs["data_fingerprint"])
     assert all(len(p) == 1 for p in prints.values())  # one prepared set per distinct setting ...
     assert len({f for p in prints.values() for f in p}) == len(prints)  # ... and none shared

@@ -232,6 +232,50 @@ CASES = [
         ("d.txt: data.augment.ops.template wraps prompts; the data holds texts",),
     ),
     Case(
+        "mixture-source-missing-field",
+        then(
+            lambda t: (t / "b.jsonl").write_text(jsonl({"question": "where?", "answer": "here"})),
+            with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}, {"path": "b.jsonl"}]}),
+        ),
+        ("b.jsonl:1: no field 'prompt'", "data.prompt_field"),
+    ),
+    Case(
+        "mixture-weights-all-zero",
+        with_spec(
+            data={
+                "path": None,
+                "sources": [
+                    {"path": "data.jsonl", "weight": 0},
+                    {"path": "data.jsonl", "name": "b", "weight": 0.0},
+                ],
+            }
+        ),
+        ("data: sources: every weight is 0", "weight > 0"),
+    ),
+    Case(
+        "mixture-and-path",
+        with_spec(data={"sources": [{"path": "data.jsonl"}]}),
+        ("either data.path or data.sources",),
+    ),
+    Case(
+        "mixture-source-file-missing",
+        with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}, {"path": "nope.jsonl"}]}),
+        ("data.sources.1.path: file not found", "nope.jsonl"),
+    ),
+    Case(
+        "mixture-weight-searched-negative",
+        with_spec(
+            data={"path": None, "sources": [{"path": "data.jsonl", "weight": {"param": "w"}}]},
+            space={"w": {"type": "float", "low": -1, "high": 1}},
+        ),
+        ("data.sources.0.weight: space.w can take -1", "greater than or equal to 0"),
+    ),
+    Case(
+        "mixture-objective-source-unknown",
+        with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}], "objective_source": "chats"}),
+        ("objective_source 'chats' is none of the sources (data)",),
+    ),
+    Case(
         "block-size-searched-as-float",
         with_spec(
             data={"block_size": {"param": "block"}},
