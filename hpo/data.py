@@ -279,6 +279,11 @@ def check(
     Raises:
         DataError: naming the file (and line) and the fix.
     """
+    missing = [name for name in data.params() if name not in (shown or {})]
+    if missing:
+        raise ValueError(
+            f"check: pass shown= values for the data parameters {missing} (dataspace.shown_values)"
+        )
     concrete = data.resolve(shown or {}) if data.params() else data
     parts = dataplan.parts(concrete, seed, _reporter(progress), with_split=False)
     if data.sources is None:
