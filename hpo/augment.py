@@ -1,7 +1,8 @@
 """Offline augmentation of training examples (pure Python, no tokenizer): ``data.augment``.
 
 Each training example gets ``copies`` augmented copies; a copy applies the operations in the order
-``template``, ``word_dropout``, ``word_swap``, ``insert``, ``typo``, each with its ``p``. What is
+``paraphrase`` (by a local model: ``hpo.paraphrase``), ``template``, ``word_dropout``,
+``word_swap``, ``insert``, ``typo``, each with its ``p``. What is
 augmented is the input: a pair's prompt, a chat's user turns, a text's whole text (the target a
 pair or chat is trained to produce is never changed). A copy identical to its original is left
 out (so ``p = 0`` gives exactly the clean set).
@@ -119,6 +120,26 @@ class Augmenter:
     def __init__(self, spec: AugmentSpec, kind: str, vocab: list[str] | None = None):
         self.spec, self.kind, self.vocab = spec, kind, vocab or []
         self.counts = Counts()
+        #: Each input's paraphrase (``paraphrase_inputs`` says which are needed; ``hpo.paraphrase``
+        #: makes them): an input missing here is left as it is.
+        self.paraphrased: dict[str, str] = {}
+
+    def paraphrase_inputs(self, key: Any, example: tuple) -> list[str]:
+        """The inputs of ``example`` that its copies paraphrase (none without ``paraphrase``)."""
+        op = self.spec.ops.paraphrase
+        if op is None:
+            return []
+        if self.kind == "chat":
+            texts = [((key, i), c) for i, (role, c) in enumerate(example[0]) if role == "user"]
+        else:
+            texts = [(key, example[0])]
+        p, seed = fixed(op.p), self.spec.seed
+        return [
+            t
+            for k, t in texts
+            for c in range(fixed(self.spec.copies))
+            if rng(seed, k, c, "paraphrase").random() < p
+        ]
 
     def copies(self, key: Any, example: tuple) -> list[tuple]:
         """The augmented copies of ``example`` (identified by ``key``, e.g. its source and index)."""
@@ -148,6 +169,8 @@ class Augmenter:
         """One copy of one input text: every operation, in order (line breaks are kept; the
         spaces of a changed line become single spaces)."""
         ops, seed = self.spec.ops, self.spec.seed
+        if ops.paraphrase is not None and rng(seed, key, c, "paraphrase").random() < fixed(ops.paraphrase.p):
+            text = self.paraphrased.get(text, text)
         if wrap and ops.template is not None:
             t = ops.template
             text = template(text, fixed(t.p), rng(seed, key, c, "template"), t.templates)

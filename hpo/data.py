@@ -152,6 +152,10 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
             except OSError as e:
                 raise DataError(f"{file}: cannot read ({e.strerror}); the study's data must stay") from e
     h.update(tokenizer_id.encode())
+    if data.augment is not None and data.augment.ops.paraphrase is not None:  # the model's files too
+        from hpo.paraphrase import model_identity
+
+        h.update(model_identity(data.augment.ops.paraphrase.model).encode())
     return h.hexdigest()[:20]
 
 
@@ -245,7 +249,7 @@ def _prepare(
     parts = dataplan.parts(data, seed, report, with_split=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
     try:
-        meta = datawrite.write(tok, data, parts, tmp, report, chunk_rows)
+        meta = datawrite.write(tok, data, parts, tmp, report, chunk_rows, out.parent.parent)
         meta.update(path=str(out), fingerprint=fp)
         (tmp / "meta.json").write_text(json.dumps(asdict(Prepared(**meta)), indent=1))
         try:
@@ -349,6 +353,8 @@ def describe_augment(report: dict[str, Any], shown: dict[str, Any] | None = None
     else:
         how, most = f"{copies} augmented copies", f" (at most {n * copies:,} copies)"
     lines = [f"augment: {how} of each of the {n:,} training examples{most}; validation is never augmented"]
+    if aug.get("paraphrase"):
+        lines.append("paraphrase runs when the data is prepared (a model's work): the samples leave it out")
     if shown:
         lines.append("samples at " + ", ".join(f"{k}={v}" for k, v in shown.items()) + ":")
     for original, copy in aug.get("samples", []):

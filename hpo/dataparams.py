@@ -86,10 +86,17 @@ class TemplateOp(Frozen):
 
 
 class ParaphraseOp(Frozen):
-    """Paraphrase by a local model folder (refused for now: not yet supported)."""
+    """Paraphrase by a local model folder (a causal LM or seq2seq ``save_pretrained`` folder),
+    greedy and batched, each text's paraphrase cached (``hpo/paraphrase.py``); applied first."""
 
     model: str = Field(description="a local causal LM or seq2seq folder (save_pretrained)")
-    p: Prob = Field(default=1.0, description="probability per example")
+    p: Prob = Field(default=1.0, description="probability per example (per copy), or {param: NAME}")
+    prompt: str = Field(
+        default="Paraphrase the following text.\nText: {text}\nParaphrase:",
+        description="what the model is given ({text}: the input); a causal LM's first line of reply is kept",
+    )
+    max_new_tokens: Int = Field(default=64, ge=1, le=512, description="tokens generated at most")
+    batch: Int = Field(default=16, ge=1, le=256, description="texts per generate call")
 
     @field_validator("model", mode="after")
     @classmethod
@@ -100,10 +107,16 @@ class ParaphraseOp(Frozen):
         path = os.path.abspath(os.path.join(base, os.path.expanduser(v)))
         if not os.path.isdir(path):
             raise ValueError(f"model folder not found: {path}; name a local save_pretrained folder")
-        raise ValueError(
-            "paraphrase is not yet supported; remove it (word_dropout, word_swap, typo, insert and "
-            "template run offline)"
-        )
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} has no config.json; name a folder written by save_pretrained")
+        return path
+
+    @field_validator("prompt", mode="after")
+    @classmethod
+    def _has_text(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError("the prompt must hold {text} (where the input goes)")
+        return v
 
 
 class OpsSpec(Frozen):

@@ -100,7 +100,8 @@ def _augment_report(aug, plan: Plan, pool: list[tuple[int, tuple]], n_train: int
             samples.append([_shown(example, plan.kind), _shown(copies[0], plan.kind)])
         if len(samples) == SAMPLES:
             break
-    return {"copies": aug.copies, "originals": n_train, "samples": samples}
+    paraphrase = aug.ops.paraphrase is not None
+    return {"copies": aug.copies, "originals": n_train, "samples": samples, "paraphrase": paraphrase}
 
 
 def _shown(example: tuple, kind: str) -> str:

@@ -33,6 +33,7 @@ class _Out:
         self.packers = {n: Packer(block, pad, overlong, _sink(self.writers[n])) for n in self.writers}
         self.copies = Packer(block, pad, overlong, _sink(self.writers["train"]))
         self.cut = {"train": 0, "val": 0}
+        self.paraphraser: Any = None
 
     def add(self, name: str, encoded: list) -> None:
         packer = self.copies if name == "copies" else self.packers[name]
@@ -47,14 +48,21 @@ class _Out:
                 w.close()
 
 
-def write(tok, data: DataSpec, parts: list[Part], folder: Path, report: Progress, chunk_rows: int) -> dict:
+def write(
+    tok, data: DataSpec, parts: list[Part], folder: Path, report: Progress, chunk_rows: int, cache_root: Path
+) -> dict:
     """Tokenize and pack every kept example of every part into the six ``.npy`` files in
-    ``folder``; returns the ``Prepared`` fields but its path and fingerprint."""
+    ``folder``; returns the ``Prepared`` fields but its path and fingerprint (``cache_root``: where
+    paraphrases are cached)."""
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     if eos is None:
         raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
     out = _Out(folder, fixed(data.block_size), pad, fixed(data.overlong))
+    if data.augment is not None and data.augment.ops.paraphrase is not None:
+        from hpo.paraphrase import Paraphraser
+
+        out.paraphraser = Paraphraser(data.augment.ops.paraphrase, cache_root)
     total = sum(p.plan.examples for p in parts)
     done, ranges = 0, {}
     for k, part in enumerate(parts):
@@ -65,6 +73,9 @@ def write(tok, data: DataSpec, parts: list[Part], folder: Path, report: Progress
             ranges[part.name] = [first, out.packers["val"].blocks]
     out.close()
     cleaning = _cleaning(data, parts, out)
+    if out.paraphraser is not None:
+        cleaning["augment"]["paraphrased_now"] = out.paraphraser.generated  # the rest: from the cache
+        out.paraphraser.close()
     meta = _meta(data, cleaning, out.packers, out.cut, pad, out.copies)
     return {**meta, "val_sources": ranges}
 
@@ -89,7 +100,7 @@ def _write_part(
     for s, ((path, split, dest), cleaner) in enumerate(zip(plan.sources, plan.cleaners, strict=True)):
         start = 0  # the index of the chunk's first kept example
         for chunk in _chunks(cleaner.replay(formats.iter_rows(part.spec, path, split)), chunk_rows):
-            routed = _route(chunk, start, s, k, dest, part, maker)
+            routed = _route(chunk, start, s, k, dest, part, maker, out)
             start += len(chunk)
             for name, examples in routed.items():
                 if examples:
@@ -104,22 +115,32 @@ def _write_part(
     return done
 
 
-def _route(chunk: list, start: int, s: int, k: int, dest: str | None, part: Part, maker) -> dict[str, list]:
+def _route(
+    chunk: list, start: int, s: int, k: int, dest: str | None, part: Part, maker, out: _Out
+) -> dict[str, list]:
     """Where each example of a chunk goes: validation, or training as many times as the mixture
-    wants it (once without one), each time with its augmented copies."""
+    wants it (once without one), each time with its augmented copies (the chunk's paraphrases
+    made first, in batches)."""
     plan = part.plan
     routed: dict[str, list] = {"train": [], "val": [], "copies": []}
+    keyed = []  # (key, example) of each time a training example goes in
     for i, example in enumerate(chunk, start):
         name = dest or ("val" if plan.val is not None and plan.val[i] else "train")
         if name == "val":
             routed["val"].append(example)
             continue
         times = part.repeats[i] if part.repeats is not None and s == 0 else 1
-        for r in range(times):
-            routed["train"].append(example)
-            if maker is not None:  # validation is never augmented
-                key = (s, i) if k == 0 else (k, s, i)
-                routed["copies"] += maker.copies((*key, r) if r else key, example)
+        key = (s, i) if k == 0 else (k, s, i)
+        keyed += [((*key, r) if r else key, example) for r in range(times)]
+    routed["train"] = [example for _, example in keyed]
+    if maker is None:
+        return routed
+    if out.paraphraser is not None:  # validation is never augmented: only training inputs
+        maker.paraphrased = out.paraphraser(
+            [t for key, ex in keyed for t in maker.paraphrase_inputs(key, ex)]
+        )
+    for key, example in keyed:
+        routed["copies"] += maker.copies(key, example)
     return routed
 
 

@@ -201,3 +201,52 @@ def test_block_size_and_overlong_searched_prepare_one_set_per_value(tmp_path, ti
     }
     assert len({p.fingerprint for p in sets.values()}) == 4
     assert data.for_trial({**base, "params": {"block": 80, "ov": "drop"}}).path == sets[(80, "drop")].path
+
+
+def test_paraphrases_apply_first_and_only_where_drawn(tmp_path, tiny_model):
+    """Without a model run: the copies use the paraphrases they are given (``hpo.paraphrase``
+    makes them), a cached text never reaches the model."""
+    import hashlib
+
+    from hpo.paraphrase import Paraphraser
+
+    spec = _spec(paraphrase={"model": tiny_model, "p": 0.5}, word_swap={"p": 0.0})
+    maker = augment.Augmenter(spec, "pairs")
+    pairs = [(t, "answer") for t in TEXTS]
+    wanted = [maker.paraphrase_inputs((0, i), e) for i, e in enumerate(pairs)]
+    assert 0 < sum(map(len, wanted)) < 2 * len(TEXTS)  # p = 0.5 of 2 copies each
+    maker.paraphrased = {t: t.upper() for t in TEXTS}
+    for (i, e), want in zip(enumerate(pairs), wanted, strict=True):
+        copies = maker.copies((0, i), e)
+        assert [c[0] for c in copies] == [e[0].upper()] * len(want)  # unchanged copies left out
+    cached = Paraphraser(spec.ops.paraphrase, tmp_path)
+    h = hashlib.blake2b(TEXTS[0].encode(), digest_size=16).hexdigest()
+    with cached._db:
+        cached._db.execute("INSERT INTO p VALUES (?, ?)", (h, "said another way"))
+    assert cached([TEXTS[0]]) == {TEXTS[0]: "said another way"} and cached.generated == 0
+
+
+@pytest.mark.slow
+def test_paraphrase_by_a_local_model_is_greedy_cached_and_training_only(tmp_path, tiny_model):
+    from hpo.paraphrase import Paraphraser
+
+    ops = {"paraphrase": {"model": tiny_model, "p": 1.0, "max_new_tokens": 4, "batch": 8}}
+    d = _data(tmp_path, rows=20, copies=1, seed=2, ops=ops)
+    clean = data.prepare(_data(tmp_path, rows=20), tiny_model, 0, tmp_path / "cache")
+    first = data.prepare(d, tiny_model, 0, tmp_path / "cache")
+    report = first.cleaning["augment"]
+    assert report["paraphrased_now"] == report["originals"] > 0  # every training prompt, once
+    assert report["copies"] > 0
+    for name in ("val_ids", "val_labels", "val_pos"):
+        assert np.array_equal(first.arrays()[name], clean.arrays()[name]), name
+    # another setting (2 copies): another prepared set, but every paraphrase comes from the cache
+    d2 = _data(tmp_path, rows=20, copies=2, seed=2, ops=ops)
+    second = data.prepare(d2, tiny_model, 0, tmp_path / "cache")
+    assert second.fingerprint != first.fingerprint and second.cleaning["augment"]["paraphrased_now"] == 0
+    # greedy: the same text, the same paraphrase, whether from the model or the cache
+    fresh = Paraphraser(d.augment.ops.paraphrase, tmp_path / "cache")
+    texts = ["where is my order?", "can I pay with Apple Pay?"]
+    made = fresh(texts)
+    assert fresh(texts) == made and fresh.generated == 2
+    fresh._db.execute("DELETE FROM p")  # forget: the model again
+    assert fresh(texts) == made and fresh.generated == 4

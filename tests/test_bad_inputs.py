@@ -219,12 +219,12 @@ CASES = [
         ("data.augment.ops.paraphrase.model: model folder not found", "para-model"),
     ),
     Case(
-        "augment-paraphrase-not-supported",
+        "augment-paraphrase-not-a-model",
         then(
             lambda t: (t / "para").mkdir(),
             with_spec(data={"augment": {"ops": {"paraphrase": {"model": "para"}}}}),
         ),
-        ("data.augment.ops.paraphrase.model: paraphrase is not yet supported", "remove it"),
+        ("data.augment.ops.paraphrase.model:", "has no config.json", "save_pretrained"),
     ),
     Case(
         "augment-template-on-texts",

@@ -71,6 +71,7 @@ LAYERS = {
     "cleaning": 2,
     "packing": 2,
     "augment": 2,
+    "paraphrase": 2,
     "mixture": 2,
     "dataplan": 2,
     "datawrite": 2,
@@ -101,6 +102,7 @@ LAYERS = {
 RAY_ALLOWED = {"hpo/runner.py", "hpo/raystart.py", "hpo/resources.py", "hpo/trainable.py", "hpo/searcher.py"}
 TORCH_ALLOWED = {
     "hpo/data.py",
+    "hpo/paraphrase.py",
     "hpo/formats.py",
     "hpo/trial.py",
     "hpo/checkpoint.py",
