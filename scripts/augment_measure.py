@@ -106,7 +106,7 @@ def run_arm(folder: Path, name: str, seed: int, arm: str, trials: int, max_epoch
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=int, default=200, help="training rows (before cleaning)")
-    ap.add_argument("--val", type=int, default=300, help="clean validation rows")
+    ap.add_argument("--val", type=int, default=150, help="clean validation rows")
     ap.add_argument("--trials", type=int, default=8, help="finished trials per run (the same budget per arm)")
     ap.add_argument("--max-epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -121,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             for arm in args.arms:
                 rows.append(run_arm(folder, f"{arm}-s{seed}", seed, arm, args.trials, args.max_epochs))
                 print(json.dumps(rows[-1]), flush=True)
+                _write(args, rows)  # after each run: a cut-short measurement keeps what it has
+    _write(args, rows)
+    return 0
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     arms = {}
     for arm in args.arms:
         losses = [r["best_eval_loss"] for r in rows if r["arm"] == arm]
+        if not losses:
+            continue
         arms[arm] = {
             "best_eval_loss": losses,
             "mean": statistics.mean(losses),
@@ -135,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
