@@ -87,6 +87,7 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "generate_s",  # evaluation.generate: seconds generating and scoring answers, tokens generated,
         "generated_tokens",
         "generated_epoch",  # and the evaluation whose answers are kept (the best one's when it generated)
+        "data_fingerprint",  # the prepared data set it trained on (one per distinct data setting)
     )
     out = {k: last[k] for k in keys if last.get(k) is not None}
     for key in ("generated_metrics", "generated_samples"):  # JSON strings in Ray's flat results
@@ -95,6 +96,13 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
     if "best_eval_loss" in out:
         out["best_perplexity"] = math.exp(min(float(out["best_eval_loss"]), 50.0))
     return out
+
+
+def source_losses(result: dict[str, Any]) -> dict[str, float]:
+    """A mixture's per-source eval losses in one report (``hpo.evaluation.by_source``), by source."""
+    from hpo.evaluation import SOURCE_PREFIX
+
+    return {k.removeprefix(SOURCE_PREFIX): float(v) for k, v in result.items() if k.startswith(SOURCE_PREFIX)}
 
 
 def protected(trials: list, directions: Sequence[str]) -> set[int]:

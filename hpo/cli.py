@@ -70,6 +70,7 @@ def study_create(
     Example: hpo study create studies/demo.yaml --storage sqlite:///hpo.db
     """
     from hpo import data as data_mod
+    from hpo import dataspace
     from hpo import storage as storage_mod
     from hpo.display import data_progress, warm_start_line
     from hpo.study import create_study
@@ -79,10 +80,13 @@ def study_create(
         s = create_study(spec, name=name, storage=storage)
     where = storage_mod.mask(storage_mod.resolve_url(storage))
     searched = ", ".join(s.space.searched()) or "nothing (all fixed)"
-    _echo(f"created study {s.name!r} in {where}: model {s.model}, data {s.data.path}")
+    data = s.data.path or ", ".join(str(src.path) for src in s.data.sources or [])
+    _echo(f"created study {s.name!r} in {where}: model {s.model}, data {data}")
     report = storage_mod.data_report(storage_mod.load(s.name, storage))
     if report:
         _echo(data_mod.describe(report))
+        for line in data_mod.describe_augment(report, dataspace.shown_values(s.space)):
+            _echo(line)
     _echo(
         f"searching {searched}; schedule {s.schedule.type}; "
         f"objective {s.objective.metric} ({s.objective.direction})"

@@ -36,23 +36,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import formats
-from hpo.cleaning import Cleaner, CleanReport, clean, n_validation, split, validation_indices
+from hpo import dataplan, datawrite
+from hpo.cleaning import Cleaner, CleanReport, clean, split
+from hpo.dataplan import CHUNK_ROWS, Progress
 from hpo.errors import DataError
 from hpo.formats import read_rows
-from hpo.packing import IGNORE, NpyWriter, Packed, Packer, pack, split_long
+from hpo.packing import IGNORE, Packed, Packer, pack, split_long
 from hpo.spec import DataSpec
 
 __all__ = [
@@ -65,6 +65,8 @@ __all__ = [
     "check",
     "clean",
     "describe",
+    "describe_augment",
+    "for_trial",
     "pack",
     "prepare",
     "progress_to",
@@ -77,10 +79,6 @@ log = logging.getLogger(__name__)
 
 PREP_VERSION = "2"  # bump when the prepared layout or the formatting changes
 ARRAYS = ("train_ids", "train_labels", "train_pos", "val_ids", "val_labels", "val_pos")
-CHUNK_ROWS = 1024  # examples per batch call of the tokenizer
-
-#: Told how far preparation is: (stage: "reading" | "tokenizing", rows done, rows in all or None).
-Progress = Callable[[str, int, "int | None"], None]
 _progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("hpo_data_progress", default=None)
 
 
@@ -112,6 +110,7 @@ class Prepared:
     block_size: int
     pad_id: int
     cleaning: dict[str, Any] = field(default_factory=dict)
+    val_sources: dict[str, list[int]] = field(default_factory=dict)  # a mixture: each source's val blocks
 
     def arrays(self) -> dict[str, Any]:
         """The six arrays (ids, labels, positions of train and val), memory-mapped read-only."""
@@ -132,8 +131,15 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
     """A hash of everything the prepared arrays depend on (a folder: every file's name and bytes;
     a hub dataset: its id and split, as in the settings)."""
     h = hashlib.sha256()
-    h.update(json.dumps([PREP_VERSION, data.model_dump(exclude={"path", "validation_path"}), seed]).encode())
-    for p in (data.path, data.validation_path):
+    # a spec without augmentation or sources keeps the key it had before they existed
+    unset = {k for k in ("augment", "sources", "objective_source") if getattr(data, k) is None}
+    h.update(
+        json.dumps(
+            [PREP_VERSION, data.model_dump(exclude={"path", "validation_path", *unset}), seed]
+        ).encode()
+    )
+    sources = [(s.path, s.validation_path) for s in data.sources or []]
+    for p in (data.path, data.validation_path, *(p for pair in sources for p in pair)):
         if not p or data.format == "hub":
             continue
         files = sorted(f for f in Path(p).rglob("*") if f.is_file()) if os.path.isdir(p) else [Path(p)]
@@ -146,6 +152,10 @@ def fingerprint(data: DataSpec, tokenizer_id: str, seed: int) -> str:
             except OSError as e:
                 raise DataError(f"{file}: cannot read ({e.strerror}); the study's data must stay") from e
     h.update(tokenizer_id.encode())
+    if data.augment is not None and data.augment.ops.paraphrase is not None:  # the model's files too
+        from hpo.paraphrase import model_identity
+
+        h.update(model_identity(data.augment.ops.paraphrase.model).encode())
     return h.hexdigest()[:20]
 
 
@@ -192,18 +202,54 @@ def prepare(
     Raises:
         DataError: the data cannot be read, has no usable rows, or the tokenizer cannot load.
     """
+    if data.params():
+        raise ValueError(f"resolve the data spec first: it is bound to {data.params()}")
     fp = fingerprint(data, tokenizer_identity(model_path), seed)
     out = cache_root / "data" / fp
     if (out / "meta.json").is_file():
         return Prepared.load(str(out))
-    t0 = time.perf_counter()
-    report = _reporter(progress)
-    tok = load_tokenizer(model_path)
-    plan = _plan(data, seed, report, with_split=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.parent / f".{fp}.lock"):  # concurrent trials wanting the same setting: one prepares
+        if (out / "meta.json").is_file():
+            return Prepared.load(str(out))
+        return _prepare(data, model_path, seed, out, _reporter(progress), chunk_rows)
+
+
+def for_trial(config: dict[str, Any]) -> Prepared:
+    """A trial's prepared data: ``config["data_path"]`` (prepared by the driver), or the set its
+    parameters choose when the spec binds data settings to the space (``config["data"]``,
+    ``data_seed``, ``cache_root``): prepared here on first use, under a file lock, and cached, so
+    trials with the same setting share one set and no trial augments on the fly."""
+    if config.get("data_path"):
+        return Prepared.load(config["data_path"])
+    spec = DataSpec.model_validate(config["data"], context={"stored": True})
+    concrete = spec.resolve(config["params"])
+    return prepare(concrete, config["model_path"], int(config["data_seed"]), Path(config["cache_root"]))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(
+    data: DataSpec, model_path: str, seed: int, out: Path, report: Progress, chunk_rows: int
+) -> Prepared:
+    fp = out.name
+    t0 = time.perf_counter()
+    tok = load_tokenizer(model_path)
+    parts = dataplan.parts(data, seed, report, with_split=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{fp}-", dir=out.parent))
     try:
-        meta = _write(tok, data, plan, tmp, report, chunk_rows)
+        meta = datawrite.write(tok, data, parts, tmp, report, chunk_rows, out.parent.parent)
         meta.update(path=str(out), fingerprint=fp)
         (tmp / "meta.json").write_text(json.dumps(asdict(Prepared(**meta)), indent=1))
         try:
@@ -213,11 +259,13 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.debug("prepared %s in %.1f s: %s", out, time.perf_counter() - t0, describe(plan.cleaning))
+    log.debug("prepared %s in %.1f s: %s", out, time.perf_counter() - t0, describe(meta["cleaning"]))
     return Prepared.load(str(out))
 
 
-def check(data: DataSpec, seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+def check(
+    data: DataSpec, seed: int = 0, progress: Progress | None = None, shown: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A dry run of data preparation up to tokenizing: read, clean and count the split.
 
     ``hpo study create`` runs it so bad data fails before anything is stored. It loads no
@@ -228,167 +276,23 @@ def check(data: DataSpec, seed: int = 0, progress: Progress | None = None) -> di
         The cleaning counts, as stored with the study: ``{"train": {read, empty, duplicate,
         kept}, "validation": {...} (with data.validation_path / validation_split), "kind":
         "pairs" | "text" | "chat", "pairs": bool, "examples": {"train": n, "validation": n}}``;
-        ``prepare`` adds ``"length": {"train"|"val": {truncated, dropped, split}}``.
+        ``prepare`` adds ``"length": {"train"|"val": {truncated, dropped, split}}``. With
+        ``data.augment``: ``"augment": {copies, originals, samples: [[original, augmented], ...]}``
+        (the samples made with the parameter values ``shown``, for settings bound to the space).
 
     Raises:
         DataError: naming the file (and line) and the fix.
     """
-    return _plan(data, seed, _reporter(progress), with_split=False).cleaning
-
-
-# ---------------------------------------------------------------- pass 1: read, clean, count
-
-
-@dataclass
-class _Plan:
-    """What the first pass found: the kind of rows, the counts, and where each example goes."""
-
-    kind: str
-    keys: list[str]
-    settings: list[str]
-    cleaning: dict[str, Any]
-    sources: list[tuple[str, str | None, str | None]]  # (path, split, "train" | "val" | None: by mask)
-    cleaners: list[Cleaner] = field(default_factory=list)  # each source's, which rows it kept
-    val: bytearray | None = None  # a fraction split: 1 for each kept example that goes to validation
-    examples: int = 0  # examples kept from every source
-
-
-def _plan(data: DataSpec, seed: int, report: Progress, with_split: bool) -> _Plan:
-    kind, cleaner = _scan(data, data.path, None, None, report, 0)
-    train = cleaner.report
-    plan = _Plan(kind, formats.keys(data, kind), formats.FIELD_SETTINGS[kind], {}, [], [cleaner])
-    plan.cleaning = {"train": asdict(train), "kind": kind, "pairs": kind == "pairs"}
-    plan.examples = train.kept
-    if data.validation_path or data.validation_split:
-        source = data.validation_path or data.path
-        val_kind, val_cleaner = _scan(data, source, data.validation_split, kind, report, train.read)
-        if val_kind != kind:
-            raise DataError(f"{source}: the validation rows hold {val_kind}, the training rows {kind}")
-        val = val_cleaner.report
-        plan.cleaning["validation"] = asdict(val)
-        plan.examples += val.kept
-        plan.sources = [(data.path, None, "train"), (source, data.validation_split, "val")]
-        plan.cleaners.append(val_cleaner)
-        n_train, n_val = train.kept, val.kept
-    else:
-        plan.sources = [(data.path, None, None)]
-        n_val = n_validation(train.kept, data.validation_fraction)
-        n_train = train.kept - n_val
-        if with_split:
-            plan.val = bytearray(train.kept)
-            for i in validation_indices(train.kept, data.validation_fraction, seed):
-                plan.val[i] = 1
-    plan.cleaning["examples"] = {"train": n_train, "validation": n_val}
-    return plan
-
-
-def _scan(
-    data: DataSpec, source: str, split: str | None, kind: str | None, report: Progress, done: int
-) -> tuple[str, Cleaner]:
-    """Read and clean one source, keeping the counts and which rows were kept; returns the rows'
-    kind too."""
-    rows = formats.iter_rows(data, source, split)
-    first = next(rows, None)
-    row_kind = formats.kind(data, [first] if first is not None else [])
-    cleaner = Cleaner(formats.keys(data, row_kind), source, formats.FIELD_SETTINGS[row_kind])
-    if kind is not None and row_kind != kind:
-        return row_kind, cleaner
-    all_rows = itertools.chain([first], rows) if first is not None else rows
-    for n, _ in enumerate(cleaner.kept(all_rows)):
-        if n % CHUNK_ROWS == 0:
-            report("reading", done + cleaner.report.read, None)
-    report("reading", done + cleaner.report.read, None)
-    cleaner.finish()
-    return row_kind, cleaner
-
-
-# ---------------------------------------------------------------- pass 2: tokenize, pack, write
-
-
-def _write(tok, data: DataSpec, plan: _Plan, folder: Path, report: Progress, chunk_rows: int) -> dict:
-    """Tokenize and pack every kept example into the six ``.npy`` files in ``folder``; returns
-    the ``Prepared`` fields but its path and fingerprint."""
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    if eos is None:
-        raise DataError("the model's tokenizer has no EOS token; hpo needs one to end examples")
-    block = data.block_size
-    writers = {
-        n: [NpyWriter(folder / f"{n}_{a}.npy", block) for a in ("ids", "labels", "pos")]
-        for n in ("train", "val")
-    }
-    packers = {n: Packer(block, pad, data.overlong, _sink(writers[n])) for n in writers}
-    cut = {"train": 0, "val": 0}
-    encode = _encoder(tok, data, plan.kind, eos)
-    done = 0  # examples tokenized
-    for (path, part, dest), cleaner in zip(plan.sources, plan.cleaners, strict=True):
-        start = 0  # the index of the chunk's first kept example
-        for chunk in _chunks(cleaner.replay(formats.iter_rows(data, path, part)), chunk_rows):
-            parts: dict[str, list] = {"train": [], "val": []}
-            for i, example in enumerate(chunk, start):
-                parts[dest or ("val" if plan.val is not None and plan.val[i] else "train")].append(example)
-            start += len(chunk)
-            for name, examples in parts.items():
-                if examples:
-                    encoded, n_cut = encode(examples)
-                    cut[name] += n_cut
-                    for ids, labels in encoded:
-                        packers[name].add(ids, labels)
-            done += len(chunk)
-            report("tokenizing", done, plan.examples)
-    for name, packer in packers.items():
-        packer.close()
-        for w in writers[name]:
-            w.close()
-    return _meta(data, plan, packers, cut, pad)
-
-
-def _sink(writers: list[NpyWriter]) -> Callable[[Any, Any, Any], None]:
-    def write(ids: Any, labels: Any, pos: Any) -> None:
-        for w, a in zip(writers, (ids, labels, pos), strict=True):
-            w.write(a)
-
-    return write
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
-def _encoder(tok, data: DataSpec, kind: str, eos: int) -> Callable[[list], tuple[list, int]]:
-    """Examples -> ((ids, labels) examples, how many texts were cut into pieces)."""
-    if kind == "pairs":
-        return lambda examples: (formats.encode_pairs(tok, examples, eos, IGNORE), 0)
-    if kind == "chat":
-        return lambda examples: (
-            formats.encode_chats(tok, [e[0] for e in examples], eos, data.chat_template, IGNORE),
-            0,
+    missing = [name for name in data.params() if name not in (shown or {})]
+    if missing:
+        raise ValueError(
+            f"check: pass shown= values for the data parameters {missing} (dataspace.shown_values)"
         )
-    return lambda examples: formats.encode_texts(tok, [e[0] for e in examples], eos, data.block_size)
-
-
-def _meta(data: DataSpec, plan: _Plan, packers: dict[str, Packer], cut: dict[str, int], pad: int) -> dict:
-    length = plan.cleaning.setdefault("length", {})
-    for name, p in packers.items():
-        length[name] = {"truncated": p.truncated, "dropped": p.dropped, "split": cut[name]}
-    for name, p in packers.items():
-        if not p.blocks:
-            raise DataError(
-                f"{data.path}: no {name} example fits a block of {data.block_size} tokens "
-                f"({p.dropped} dropped as too long); raise data.block_size or set "
-                "data.overlong: truncate"
-            )
-    return {
-        "train_blocks": packers["train"].blocks,
-        "val_blocks": packers["val"].blocks,
-        "train_tokens": packers["train"].loss_tokens,
-        "val_tokens": packers["val"].loss_tokens,
-        "block_size": data.block_size,
-        "pad_id": int(pad),
-        "cleaning": plan.cleaning,
-    }
+    concrete = data.resolve(shown or {}) if data.params() else data
+    parts = dataplan.parts(concrete, seed, _reporter(progress), with_split=False)
+    if data.sources is None:
+        return parts[0].plan.cleaning
+    return dataplan.combined([(p.name, p.plan.cleaning) for p in parts])
 
 
 # ---------------------------------------------------------------- reports
@@ -398,7 +302,23 @@ _KINDS = {"pairs": "prompt/completion pairs", "text": "texts", "chat": "chats"}
 
 
 def describe(report: dict[str, Any]) -> str:
-    """One line for people: what cleaning kept and dropped, the split, and length handling."""
+    """One line for people: what cleaning kept and dropped, the split, and length handling (a
+    mixture: each source's, with its weight and training examples after mixing)."""
+    if "sources" in report:
+        each = [
+            f"{name}: {describe(r).removeprefix('data: ')}"
+            + (
+                f", weight {r['mixture']['weight']:g} -> {r['mixture']['train']} train"
+                if "mixture" in r
+                else ""
+            )
+            for name, r in report["sources"].items()
+        ]
+        n = report["examples"]
+        return (
+            f"data: {len(each)} sources ({n['train']} train after mixing / {n['validation']} validation); "
+            + "; ".join(each)
+        )
     t = report["train"]
     kind = _KINDS[report.get("kind", "pairs" if report.get("pairs") else "text")]
     line = (
@@ -417,3 +337,26 @@ def describe(report: dict[str, Any]) -> str:
         said = [f"{v} {k}" for k, v in total.items() if v]
         line += f"; longer than a block: {', '.join(said) or 'none'}"
     return line
+
+
+def describe_augment(report: dict[str, Any], shown: dict[str, Any] | None = None) -> list[str]:
+    """Lines for people about ``data.augment``: how many copies, and each sample beside its
+    original (made with the parameter values ``shown`` where settings are bound to the space)."""
+    aug = report.get("augment")
+    if not aug:
+        return []
+    copies = aug["copies"]
+    n = aug["originals"]
+    if isinstance(copies, dict):  # bound to a space parameter
+        how = f"{{param: {copies['param']}}} copies (here {shown.get(copies['param']) if shown else '?'})"
+        most = ""
+    else:
+        how, most = f"{copies} augmented copies", f" (at most {n * copies:,} copies)"
+    lines = [f"augment: {how} of each of the {n:,} training examples{most}; validation is never augmented"]
+    if aug.get("paraphrase"):
+        lines.append("paraphrase runs when the data is prepared (a model's work): the samples leave it out")
+    if shown:
+        lines.append("samples at " + ", ".join(f"{k}={v}" for k, v in shown.items()) + ":")
+    for original, copy in aug.get("samples", []):
+        lines += [f"  original:  {original!r}", f"  augmented: {copy!r}"]
+    return lines

@@ -22,12 +22,16 @@ _SHORT = {
 
 
 def fmt_params(params: dict[str, Any]) -> str:
-    """``lr=1.2e-03 bs=16 ...`` in a fixed order."""
+    """``lr=1.2e-03 bs=16 ...`` in a fixed order, then any other parameter (training options,
+    data parameters such as ``augment_p``) by its own name."""
     parts = []
     for k in _SHORT:
         if k in params:
             v = params[k]
             parts.append(f"{_SHORT[k]}={v:.3g}" if isinstance(v, float) else f"{_SHORT[k]}={v}")
+    for k, v in params.items():
+        if k not in _SHORT and isinstance(v, int | float | str) and not isinstance(v, bool):
+            parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
     return " ".join(parts)
 
 

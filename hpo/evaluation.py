@@ -76,3 +76,31 @@ def evaluate_metrics(model, ids, labels, pos=None, batch: int = 32, device=None,
 def evaluate(model, ids, labels, batch: int = 32, device=None, autocast=None, pos=None) -> float:
     """Mean next-token loss over every loss-carrying token of ``ids``/``labels`` (token-weighted)."""
     return evaluate_metrics(model, ids, labels, pos, batch, device, autocast)["eval_loss"]
+
+
+#: A mixture's per-source eval loss is reported as ``SOURCE_PREFIX + name``; with
+#: ``data.objective_source`` the loss over every source is reported as ``ALL_SOURCES``.
+SOURCE_PREFIX = "eval_loss_src_"
+ALL_SOURCES = "eval_loss_all"
+
+
+def by_source(
+    run: Callable[[int, int], dict],
+    counts: dict[str, int],
+    ranges: dict[str, list[int]],
+    objective: str | None,
+) -> dict:
+    """A mixture's evaluation: each source's validation blocks (``ranges``: name -> [first, end))
+    evaluated by ``run(first, end)``, combined token-weighted (``counts``: each source's
+    loss-carrying tokens). The metrics are those over every source, or ``objective``'s when the
+    spec names one (then the loss over every source is ``ALL_SOURCES``); each source's loss is
+    added as ``SOURCE_PREFIX + name``."""
+    each = {name: run(a, b) for name, (a, b) in ranges.items() if b > a}
+    n = sum(counts[name] for name in each) or 1
+    loss = sum(m["eval_loss"] * counts[name] for name, m in each.items()) / n
+    accuracy = sum(m["token_accuracy"] * counts[name] for name, m in each.items()) / n
+    total = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": accuracy}
+    out = dict(each[objective]) if objective else total
+    if objective:
+        out[ALL_SOURCES] = loss
+    return out | {SOURCE_PREFIX + name: m["eval_loss"] for name, m in each.items()}

@@ -120,6 +120,14 @@ IntOrParam = Annotated[
     | Annotated[Int, Tag("fixed")],
     _DISCRIMINATOR,
 ]
+#: A parameter a data setting is bound to (``{param: NAME}``): searched, or fixed to any value.
+AnyOrParam = Annotated[
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[CategoricalParam, Tag("categorical")]
+    | Annotated[Choice, Tag("fixed")],
+    _DISCRIMINATOR,
+]
 StrOrParam = Annotated[
     Annotated[FloatParam, Tag("float")]
     | Annotated[IntParam, Tag("int")]
@@ -154,6 +162,25 @@ class SpaceSpec(Frozen):
     seed: IntOrParam | None = Field(default=None, description="searched trial seed (noise across seeds)")
     lora_r: IntOrParam | None = Field(default=None, description="searched LoRA rank (needs adapter)")
     lora_alpha: IntOrParam | None = Field(default=None, description="searched LoRA alpha (needs adapter)")
+    data_params: dict[str, AnyOrParam] = Field(
+        default_factory=dict,
+        description="parameters the data section binds its settings to ({param: NAME}); written in space "
+        "under their own names, next to the others",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_data_params(cls, data: Any, info: ValidationInfo) -> Any:
+        """Keys that are no built-in parameter go to ``data_params`` when the data section binds
+        them (the study's validation context lists those: ``bound``); others stay, unknown keys."""
+        if not isinstance(data, dict):
+            return data
+        bound = (info.context or {}).get("bound")
+        extra = {k: v for k, v in data.items() if k not in cls.model_fields and (bound is None or k in bound)}
+        if not extra:
+            return data
+        rest = {k: v for k, v in data.items() if k not in extra}
+        return {**rest, "data_params": {**data.get("data_params", {}), **extra}}
 
     @field_validator(*ALL_SEARCHABLE, mode="after")
     @classmethod
@@ -170,20 +197,17 @@ class SpaceSpec(Frozen):
         return v
 
     def searched(self) -> dict[str, Param]:
-        """The parameters that are searched (not fixed), by name."""
+        """The parameters that are searched (not fixed), by name (data parameters last)."""
         return {
-            n: v
-            for n in ALL_SEARCHABLE
-            if isinstance(v := getattr(self, n), FloatParam | IntParam | CategoricalParam)
+            n: v for n, v in self._all().items() if isinstance(v, FloatParam | IntParam | CategoricalParam)
         }
 
     def fixed(self) -> dict[str, float | int | str]:
         """The parameters fixed to a constant here, by name (training options left out are not)."""
-        return {
-            n: v
-            for n in ALL_SEARCHABLE
-            if (v := getattr(self, n)) is not None and not isinstance(v, BaseModel)
-        }
+        return {n: v for n, v in self._all().items() if v is not None and not isinstance(v, BaseModel)}
+
+    def _all(self) -> dict[str, Any]:
+        return {**{n: getattr(self, n) for n in ALL_SEARCHABLE}, **self.data_params}
 
 
 def values(v: Any) -> list[Any]:

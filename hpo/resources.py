@@ -90,7 +90,7 @@ def memory_plan(spec, opts: RunOptions, model_path: str, plan):
     )
     trainable = shape.params // 50 if spec.adapter else None  # a LoRA adapter: ~1-2% of the weights
     need = memory.trial_need(
-        shape, spec.data.block_size, precision, trainable, training.gradient_checkpointing, plan.gpus > 0
+        shape, spec.max_block_size, precision, trainable, training.gradient_checkpointing, plan.gpus > 0
     )
     batch = min(int(b) for b in values(spec.space.batch_size))
     if plan.gpus > 0:

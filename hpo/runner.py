@@ -115,8 +115,10 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
     summary.recovered = recovery.recover_stale(study, spec)
     if summary.finished_before >= opts.target:
         return _finish_summary(summary, study, t0)
-    # 1. the data, once, in the driver (trials only read it)
-    prepared = data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
+    # 1. the data, once, in the driver (trials only read it); with data settings bound to the
+    #    space, each trial prepares (or finds in the cache) the set its parameters choose
+    searched = bool(spec.data.params())
+    prepared = None if searched else data.prepare(spec.data, model_path, spec.seed, basemodel.cache_dir())
     # 2. Ray, resources and the bridge
     with gcpause.paused():
         started = raystart.start(opts.runs_dir, opts.address)
@@ -148,7 +150,16 @@ def _run(study, spec, opts: RunOptions, on_event, summary: RunSummary, model_pat
                 study,
                 spec,
                 opts.target,
-                _config_maker(spec, model_path, prepared.path, cpus, gpus, threads_file, warm_address, mem),
+                _config_maker(
+                    spec,
+                    model_path,
+                    prepared.path if prepared else None,
+                    cpus,
+                    gpus,
+                    threads_file,
+                    warm_address,
+                    mem,
+                ),
                 trials_dir,
                 f"{run_id}-{attempt}" if attempt else run_id,
                 on_event,
@@ -275,7 +286,7 @@ def _stop_callback(stop: threading.Event | None):
 def _config_maker(
     spec,
     model_path: str,
-    data_path: str,
+    data_path: str | None,
     cpus: float,
     gpus: float,
     threads_file: Path | None = None,
@@ -290,7 +301,8 @@ def _config_maker(
             "trial_number": number,
             "checkpoint_dir": folder,
             "model_path": model_path,
-            "data_path": data_path,
+            "data_path": data_path,  # None: the trial prepares its own (data parameters searched)
+            **({} if data_path else _data_settings(spec)),
             "seed": spec.seed if training.seed is None else training.seed,
             "eval_every": training.eval_every,
             "eval_epochs": spec.eval_epochs(),  # None: every eval_every mark; else ASHA rungs + max_t
@@ -313,6 +325,7 @@ def _config_maker(
             "generate": gen.model_dump() if gen else None,  # evaluation.generate (hpo/generation.py)
             "generate_seed": spec.seed,  # every trial answers the same prompts
             "generate_epochs": spec.eval_epochs_asha(),  # ASHA's rungs and max_t (none without ASHA)
+            "objective_source": spec.data.objective_source,  # a mixture: that source's validation
             "precision": training.precision,  # auto: placement.precision decides on the trial's device
             "adapter": spec.adapter.model_dump() if spec.adapter else None,
             "cpus": cpus,
@@ -322,6 +335,13 @@ def _config_maker(
         }
 
     return make
+
+
+def _data_settings(spec) -> dict[str, Any]:
+    """What a trial needs to prepare the data its parameters choose (``hpo.data.for_trial``)."""
+    from hpo import basemodel
+
+    return {"data": spec.data.model_dump(), "data_seed": spec.seed, "cache_root": str(basemodel.cache_dir())}
 
 
 def _tuner(spec, opts: RunOptions, bridge, asked: dict, concurrency: int, run_id: str, callback):

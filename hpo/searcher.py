@@ -52,6 +52,7 @@ from hpo.bookkeeping import (
     finished_and_running,
     protected,
     read_error,
+    source_losses,
     summary_attrs,
 )
 from hpo.objectives import values_of
@@ -61,6 +62,9 @@ from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
 from hpo.summary import CONFIRM_ATTR, CONFIRM_SEED_ATTR, is_confirm
 
 log = logging.getLogger(__name__)
+
+#: The user attribute holding a mixture's per-source eval losses: [[epoch, {source: loss}], ...].
+SOURCE_HISTORY = "source_eval_loss"
 
 
 @dataclass
@@ -239,6 +243,10 @@ class OptunaBridge(Searcher):
             trial.set_user_attr(
                 f"{EVAL_TIME_PREFIX}{step}", [round(float(result["trial_s"]), 4), result.get("tokens")]
             )
+        if sources := source_losses(result):  # a mixture: every source's eval loss, per evaluation
+            history = [*previous.get(SOURCE_HISTORY, []), [float(result["epoch"]), sources]]
+            trial.set_user_attr(SOURCE_HISTORY, history)
+            result = {**result, SOURCE_HISTORY: history}
         if result.get("checkpoint") and result["checkpoint"] != previous.get("checkpoint"):
             trial.set_user_attr("checkpoint", result["checkpoint"])
             self._note_disk()

@@ -25,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from hpo import models, placement
+from hpo import dataspace, models, placement
 from hpo import objectives as objectives_mod
+from hpo.dataparams import UNKNOWN_OP, refs
 from hpo.errors import SpecError
 from hpo.objectives import COSTS, MULTI_SAMPLERS, ObjectiveEntry
 from hpo.params import (
@@ -186,6 +187,26 @@ class StudySpec(Frozen):
             raise ValueError(problem)
         return v
 
+    @field_validator("space", mode="after")
+    @classmethod
+    def _data_params(cls, v: SpaceSpec, info: ValidationInfo) -> SpaceSpec:
+        data = info.data.get("data")
+        if isinstance(data, DataSpec):
+            problems = dataspace.problems(data, v)
+        else:  # the data section is invalid: still name the space keys it does not bind
+            problems = dataspace.unbound(v, set((info.context or {}).get("bound", ())))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bound_names(cls, data: Any, info: ValidationInfo) -> Any:
+        """The parameter names the raw data section binds (for ``_data_params`` when it is invalid)."""
+        if isinstance(data, dict) and isinstance(info.context, dict):
+            info.context["bound"] = [name for _, name in refs(data.get("data"))]
+        return data
+
     @field_validator("training", mode="after")
     @classmethod
     def _set_once(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
@@ -283,6 +304,11 @@ class StudySpec(Frozen):
         return [o.direction for o in self.objectives] if self.objectives else [self.objective.direction]
 
     @property
+    def max_block_size(self) -> int:
+        """The longest block any trial trains on (``data.block_size`` may be searched)."""
+        return dataspace.max_block_size(self.data, self.space)
+
+    @property
     def max_epochs(self) -> float:
         """The largest number of epochs any trial can train."""
         return float(max(values(self.space.epochs)))
@@ -362,7 +388,8 @@ def _pretty_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-_BRANCHES = {"float", "int", "str", "asha", "pasha", "none", "categorical", "fixed", "bad-type"}
+_UNKNOWN = "unknown key; remove it or check its spelling"
+_BRANCHES = {"float", "int", "str", "asha", "pasha", "none", "categorical", "fixed", "bad-type", "ref"}
 
 
 def _format_errors(err: ValidationError) -> list[str]:
@@ -371,10 +398,13 @@ def _format_errors(err: ValidationError) -> list[str]:
         loc = _pretty_loc(tuple(e["loc"]))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
+            msg = UNKNOWN_OP if loc.endswith(".augment.ops." + str(e["loc"][-1])) else _UNKNOWN
         elif e["type"] == "missing":
             msg = "required field is missing"
         got = e.get("input")
+        if msg.startswith(("data.", "space.")):  # cross-section problems name their own fields
+            problems += [line for line in msg.split("\n") if line not in problems]
+            continue
         # a check of the whole spec names its field itself ("objectives: ...")
         line = msg if loc == "(top level)" and re.match(r"[a-z_]+(\.\w+)*: ", msg) else f"{loc}: {msg}"
         shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpo import checkpoint, models, priorstudy
+from hpo import checkpoint, dataspace, models, priorstudy
 from hpo import data as data_mod
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
@@ -43,7 +43,8 @@ def create_study(spec_path: str | Path, name: str | None = None, storage: str | 
     problem = checkpoint.dropout_problem(checkpoint.local_config(found.path or study_spec.model), searched)
     if problem:  # a searched dimension that changes nothing: refused before anything is written
         raise SpecError(str(spec_path), [problem])
-    report = data_mod.check(study_spec.data, study_spec.seed)  # dry run: bad data fails before any write
+    shown = dataspace.shown_values(study_spec.space)  # augmented samples at the strongest setting
+    report = data_mod.check(study_spec.data, study_spec.seed, shown=shown)  # bad data fails before any write
     if study_spec.evaluation.generate is not None and report.get("kind") == "text":
         raise SpecError(
             str(spec_path),

@@ -25,6 +25,7 @@ PLACEMENT_REPORTED = (
     "started_at",
     "world_size",
     "ddp_backend",
+    "data_fingerprint",
 )
 
 

@@ -62,7 +62,8 @@ def run(config: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dic
 
     Args:
         config: ``params`` (learning_rate, batch_size, epochs, dropout, weight_decay, and any training
-            option the space searches), ``model_path``, ``data_path`` (a prepared dataset),
+            option the space searches), ``model_path``, ``data_path`` (a prepared dataset; or ``data``,
+            ``data_seed`` and ``cache_root`` to prepare the one the params choose),
             ``checkpoint_dir``, ``trial_number``, ``seed``, ``eval_every``, ``max_micro_batch``,
             ``cpus``, ``gpus``; the training options (``lr_scheduler``, ``warmup_ratio``,
             ``gradient_accumulation_steps``, ``max_grad_norm``, ``label_smoothing``, ``l1``) when
@@ -152,13 +153,17 @@ def _run(
     import numpy as np
     import torch
 
-    from hpo.data import Prepared
+    from hpo.data import for_trial
 
     p, o = config["params"], options(config)
     device = trialsetup.device(config) if dist.world == 1 else dist.torch_device()
     torch.manual_seed(o["seed"])
-    # 1. data: memory-mapped blocks prepared once per study (positions restart at each example)
-    arrays = Prepared.load(config["data_path"]).arrays()
+    # 1. data: memory-mapped blocks prepared once per study, or once per distinct setting of the
+    #    data parameters the space searches (positions restart at each example)
+    prepared = for_trial(config)
+    config["placement"]["data_fingerprint"] = prepared.fingerprint  # reported: which prepared set
+    config["val_sources"] = prepared.val_sources
+    arrays = prepared.arrays()
     train = (arrays["train_ids"], arrays["train_labels"], arrays["train_pos"])
     val = tuple(torch.from_numpy(np.array(arrays[f"val_{k}"])) for k in ("ids", "labels", "pos"))
     n_train = len(train[0])
@@ -302,16 +307,18 @@ def _evaluate_and_keep(
     generate: bool = False,
 ) -> dict:
     t0 = time.perf_counter()
-    m = dist.evaluate(  # data-parallel: each rank evaluates a share, the sums are all-reduced
-        evaluate_metrics,
-        model,
-        val[0],
-        val[1],
-        val[2],
-        batch=config["max_micro_batch"],
-        device=device,
-        autocast=autocast,
-    )
+
+    def run(a: int, b: int) -> dict:  # data-parallel: each rank evaluates a share, sums all-reduced
+        ids, labels, pos = (v[a:b] for v in val)
+        kw = {"batch": config["max_micro_batch"], "device": device, "autocast": autocast}
+        return dist.evaluate(evaluate_metrics, model, ids, labels, pos, **kw)
+
+    ranges = config.get("val_sources")  # a mixture: each source's validation loss too
+    if ranges:
+        counts = {name: int((val[1][a:b, 1:] != -100).sum()) for name, (a, b) in ranges.items()}
+        m = evaluation.by_source(run, counts, ranges, config.get("objective_source"))
+    else:
+        m = run(0, len(val[0]))
     state.eval_s += time.perf_counter() - t0
     shown = None
     if generate and state.generator is not None:  # answers scored (hpo/generation.py), timed apart

@@ -224,6 +224,100 @@ CASES = [
         ("data.format", "'jsonl', 'csv', 'text', 'chat', 'datasets' or 'hub'"),
     ),
     Case("bad-name-option", lambda t: create(t, None, "--name", "my study"), ("name:", "letters, digits")),
+    # -- data as hyperparameters: augmentation and settings bound to the space
+    Case(
+        "augment-unknown-op",
+        with_spec(data={"augment": {"ops": {"shuffle": {"p": 0.1}}}}),
+        ("data.augment.ops.shuffle: unknown operation", "word_dropout", "template"),
+    ),
+    Case(
+        "augment-p-above-one",
+        with_spec(data={"augment": {"ops": {"typo": {"p": 1.5}}}}),
+        ("data.augment.ops.typo.p", "less than or equal to 1", "1.5"),
+    ),
+    Case(
+        "augment-p-searched-outside-0-1",
+        with_spec(
+            data={"augment": {"ops": {"typo": {"p": {"param": "augment_p"}}}}},
+            space={"augment_p": {"type": "float", "low": -0.1, "high": 0.2}},
+        ),
+        ("data.augment.ops.typo.p: space.augment_p can take -0.1", "greater than or equal to 0"),
+    ),
+    Case(
+        "augment-param-not-in-space",
+        with_spec(data={"augment": {"ops": {"typo": {"p": {"param": "augment_p"}}}}}),
+        ("data.augment.ops.typo.p: {param: augment_p} names no parameter of space", "space.augment_p:"),
+    ),
+    Case(
+        "augment-paraphrase-folder-missing",
+        with_spec(data={"augment": {"ops": {"paraphrase": {"model": "para-model"}}}}),
+        ("data.augment.ops.paraphrase.model: model folder not found", "para-model"),
+    ),
+    Case(
+        "augment-paraphrase-not-a-model",
+        then(
+            lambda t: (t / "para").mkdir(),
+            with_spec(data={"augment": {"ops": {"paraphrase": {"model": "para"}}}}),
+        ),
+        ("data.augment.ops.paraphrase.model:", "has no config.json", "save_pretrained"),
+    ),
+    Case(
+        "augment-template-on-texts",
+        with_data("d.txt", "one document\nanother document\n", augment={"ops": {"template": {"p": 0.5}}}),
+        ("d.txt: data.augment.ops.template wraps prompts; the data holds texts",),
+    ),
+    Case(
+        "mixture-source-missing-field",
+        then(
+            lambda t: (t / "b.jsonl").write_text(jsonl({"question": "where?", "answer": "here"})),
+            with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}, {"path": "b.jsonl"}]}),
+        ),
+        ("b.jsonl:1: no field 'prompt'", "data.prompt_field"),
+    ),
+    Case(
+        "mixture-weights-all-zero",
+        with_spec(
+            data={
+                "path": None,
+                "sources": [
+                    {"path": "data.jsonl", "weight": 0},
+                    {"path": "data.jsonl", "name": "b", "weight": 0.0},
+                ],
+            }
+        ),
+        ("data: sources: every weight is 0", "weight > 0"),
+    ),
+    Case(
+        "mixture-and-path",
+        with_spec(data={"sources": [{"path": "data.jsonl"}]}),
+        ("either data.path or data.sources",),
+    ),
+    Case(
+        "mixture-source-file-missing",
+        with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}, {"path": "nope.jsonl"}]}),
+        ("data.sources.1.path: file not found", "nope.jsonl"),
+    ),
+    Case(
+        "mixture-weight-searched-negative",
+        with_spec(
+            data={"path": None, "sources": [{"path": "data.jsonl", "weight": {"param": "w"}}]},
+            space={"w": {"type": "float", "low": -1, "high": 1}},
+        ),
+        ("data.sources.0.weight: space.w can take -1", "greater than or equal to 0"),
+    ),
+    Case(
+        "mixture-objective-source-unknown",
+        with_spec(data={"path": None, "sources": [{"path": "data.jsonl"}], "objective_source": "chats"}),
+        ("objective_source 'chats' is none of the sources (data)",),
+    ),
+    Case(
+        "block-size-searched-as-float",
+        with_spec(
+            data={"block_size": {"param": "block"}},
+            space={"block": {"type": "float", "low": 64, "high": 128}},
+        ),
+        ("data.block_size: space.block is a float range", "type: int or categorical"),
+    ),
     # -- files the spec points at
     Case("data-missing", with_spec(data={"path": "nope.jsonl"}), ("data.path: file not found", "nope.jsonl")),
     Case("data-is-a-folder", with_spec(data={"path": "."}), ("data.path", "is a folder")),

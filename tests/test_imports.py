@@ -63,6 +63,8 @@ LAYERS = {
     "models": 1,
     "specsections": 1,
     "textmetrics": 1,
+    "dataparams": 1,
+    "dataspace": 1,
     "spec": 1,
     "params": 1,
     "space": 1,
@@ -82,6 +84,11 @@ LAYERS = {
     "formats": 2,
     "cleaning": 2,
     "packing": 2,
+    "augment": 2,
+    "paraphrase": 2,
+    "mixture": 2,
+    "dataplan": 2,
+    "datawrite": 2,
     "lmhead": 2,
     "dropout": 2,
     "checkpoint": 2,
@@ -124,6 +131,7 @@ RAY_ALLOWED = {
 }
 TORCH_ALLOWED = {
     "hpo/data.py",
+    "hpo/paraphrase.py",
     "hpo/formats.py",
     "hpo/trial.py",
     "hpo/checkpoint.py",
