@@ -17,7 +17,9 @@ pytestmark = pytest.mark.e2e
 
 OBJECTIVES = [{"metric": "eval_loss"}, {"metric": "train_seconds"}]
 # a short, a long and a weak configuration: the short one trains fastest, the long one reaches the
-# lowest loss, so the front holds at least two trials; the weak one is for ASHA to stop
+# lowest loss, so the front holds at least two trials; the weak one is for ASHA to stop. One at a
+# time: the short trial is then first at each of its rungs (never stopped), and the long one beats it
+# there (more steps per epoch); two at once, ASHA stopped one of them when it was second to a rung
 QUEUE = [
     {"learning_rate": 5e-3, "batch_size": 16, "epochs": 1, "dropout": 0.0},
     {"learning_rate": 3e-3, "batch_size": 8, "epochs": 2, "dropout": 0.0},
@@ -35,7 +37,7 @@ def test_two_objectives_end_to_end(tmp_path, tiny_model):
     for params in QUEUE:
         study.enqueue_trial(params)
 
-    r = run_cli("run", "--trials", "3", "--storage", url, cwd=tmp_path)
+    r = run_cli("run", "--trials", "3", "--concurrency", "1", "--storage", url, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ASHA stops trials on the first objective (eval_loss)" in r.stdout
     assert "Pareto front of eval_loss, train_seconds" in r.stdout
