@@ -84,6 +84,8 @@ def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:
         "started_at",
         "world_size",  # a data-parallel trial: its ranks and their backend (nccl, or gloo on CPUs)
         "ddp_backend",
+        "compile",
+        "save_best",
         "generate_s",  # evaluation.generate: seconds generating and scoring answers, tokens generated,
         "generated_tokens",
         "generated_epoch",  # and the evaluation whose answers are kept (the best one's when it generated)

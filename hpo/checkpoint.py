@@ -202,18 +202,22 @@ def local_config(model: str) -> dict[str, Any] | None:
         return None
 
 
-def save_checkpoint(model, config: dict[str, Any], step: int) -> str:
-    """Write the model as a ``from_pretrained`` folder, point BEST at it, drop the previous one."""
+def save_checkpoint(
+    model, config: dict[str, Any], step: int, state_dict: dict[str, Any] | None = None
+) -> str:
+    """Write the model (or ``state_dict``: weights held from an earlier step, ``hpo.bestweights``)
+    as a ``from_pretrained`` folder, point BEST at it, drop the previous one."""
     root = Path(config["checkpoint_dir"])
     root.mkdir(parents=True, exist_ok=True)
     previous = best_checkpoint(root)
     out = root / f"step-{step:07d}"
     if _is_peft(model):  # the merged model (loads and exports as a plain model) + the adapter alone
+        assert state_dict is None, "a LoRA trial writes its best as it is found (save_best: immediate)"
         base = model.get_base_model()
         base.save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)
         model.save_pretrained(out / "adapter", safe_serialization=True)
     else:
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     _copy_tokenizer(config["model_path"], previous, out)
     (root / "params.json").write_text(json.dumps(config["params"], indent=1))
     tmp = root / f".{POINTER}.tmp"

@@ -90,6 +90,7 @@ def trial_need(
     trainable: int | None = None,
     checkpointing: bool = False,
     gpu: bool = False,
+    held_best: bool = False,
 ) -> Need:
     """What one trial of ``model`` needs, training ``block``-token sequences.
 
@@ -100,6 +101,8 @@ def trial_need(
         trainable: trainable parameters (a LoRA adapter's); default every parameter.
         checkpointing: gradient checkpointing (recompute each layer's activations in backward).
         gpu: on a GPU the runtime's memory is the CUDA context's, not the process's heap.
+        held_best: the trial holds a copy of its best weights (``save_best: deferred``): in the
+            host's memory, so counted on CPUs only.
     """
     n, t = model.params, model.params if trainable is None else trainable
     weight = 2 if precision == "bf16-true" else 4
@@ -107,6 +110,8 @@ def trial_need(
     if precision == "bf16":
         static += n * 2  # autocast's bf16 copies of the weights
     static += RUNTIME_GPU if gpu else RUNTIME_CPU
+    if held_best and not gpu:
+        static += n * weight
     per_layer_token = 32 * model.hidden + 20 * model.intermediate + 10 * model.heads * block
     if checkpointing:
         per_sequence = block * (model.layers * 4 * model.hidden + per_layer_token)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from hpo import placement
+from hpo import bestweights, placement
 from hpo.errors import SpecError
 from hpo.raystart import cluster_address
 
@@ -90,7 +90,14 @@ def memory_plan(spec, opts: RunOptions, model_path: str, plan):
     )
     trainable = shape.params // 50 if spec.adapter else None  # a LoRA adapter: ~1-2% of the weights
     need = memory.trial_need(
-        shape, spec.max_block_size, precision, trainable, training.gradient_checkpointing, plan.gpus > 0
+        shape,
+        spec.max_block_size,
+        precision,
+        trainable,
+        training.gradient_checkpointing,
+        plan.gpus > 0,
+        held_best=bestweights.resolve(training.save_best, spec.schedule.type, spec.adapter is not None)
+        == "deferred",
     )
     batch = min(int(b) for b in values(spec.space.batch_size))
     if plan.gpus > 0:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo import objectives, placement, raystart, resources
+from hpo import bestweights, objectives, placement, raystart, resources
 from hpo.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ def _config_maker(
     mem=None,
 ) -> Callable:
     training, gen = spec.training, spec.evaluation.generate
+    save_best = bestweights.resolve(training.save_best, spec.schedule.type, spec.adapter is not None)
 
     def make(number: int, params: dict[str, Any], folder: str) -> dict[str, Any]:
         return {
@@ -310,6 +311,7 @@ def _config_maker(
             "max_micro_batch": training.max_micro_batch,  # auto: the largest that fits (hpo.memory)
             "gradient_checkpointing": training.gradient_checkpointing,
             "compile": training.compile,  # auto: large models where a compiler is found
+            "save_best": save_best,  # deferred: a best waits in memory until the trial ends
             "memory_bytes": mem.per_trial if mem else None,  # the trial's host memory share
             "hold_memory": bool(mem and spec.resources.memory_gb),  # resources.memory_gb is a hard limit
             "max_grad_norm": training.max_grad_norm,

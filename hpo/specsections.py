@@ -339,6 +339,14 @@ class TrainingSpec(Frozen):
         "auto: models of 50M+ parameters, with a C++ compiler (CPU) or triton (GPU), no gradient "
         "checkpointing",
     )
+    save_best: Literal["auto", "deferred", "immediate"] = Field(
+        default="auto",
+        description="when a trial writes its best checkpoint. deferred: its best weights wait in host "
+        "memory (one copy) and are written once, when the trial ends or after waiting 10 minutes, so a "
+        "trial the scheduler stops (PRUNED: its checkpoint is not kept) writes none; immediate: at each "
+        "new best (an interrupted trial resumes from its latest best). auto: deferred, except with "
+        "PASHA (it ends trials COMPLETE from outside), a LoRA adapter, or weights too large to copy",
+    )
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         default="linear", description="decay after the linear warmup (transformers' get_scheduler)"
     )

@@ -26,6 +26,8 @@ PLACEMENT_REPORTED = (
     "world_size",
     "ddp_backend",
     "data_fingerprint",
+    "compile",  # what torch.compile did ("30 blocks", or "off: why")
+    "save_best",  # when the trial wrote its best checkpoint (hpo/bestweights.py)
 )
 
 

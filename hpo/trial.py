@@ -18,7 +18,17 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hpo import collective, distributed, evaluation, gcpause, generation, lmhead, memory, trialsetup
+from hpo import (
+    bestweights,
+    collective,
+    distributed,
+    evaluation,
+    gcpause,
+    generation,
+    lmhead,
+    memory,
+    trialsetup,
+)
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
     POINTER,
@@ -208,6 +218,9 @@ def _run(
     objective = config.get("objective", "eval_loss")
     state = _State(objective, time.perf_counter(), config.get("objective_direction"))
     state.generator = generator
+    save_best = bestweights.mode(config.get("save_best", "immediate"), model, device)
+    config["placement"]["save_best"] = save_best  # reported: how this trial kept its best
+    state.best_weights = bestweights.BestWeights(config, save_best)
     wanted, generates = evaluation.eval_marks(config), evaluation.generate_marks(config)
     state.trainable_params = sum(t.numel() for t in model.parameters() if t.requires_grad)
     step, next_mark = 0, evaluation.next_mark(0, steps_per_epoch, every, 1, wanted)
@@ -236,13 +249,10 @@ def _run(
                 generate = generator is not None and (step == total_steps or generates(next_mark))
                 next_mark = evaluation.next_mark(step, steps_per_epoch, every, next_mark, wanted)
                 metrics = _evaluate_and_keep(
-                    model, val, config, state, autocast, device, mark, step, dist, generate
+                    model, val, config, state, autocast, device, mark, step, dist, generate, total_steps
                 )
-                stop = dist.agree(state.patience_ran_out(config.get("early_stopping_patience")))
-                metrics["budget_done"] = step == total_steps or stop
-                metrics["early_stopped"] = stop and step < total_steps
                 report(metrics)
-                if stop:
+                if metrics["budget_done"]:
                     return metrics
                 model.train()
     return metrics
@@ -261,12 +271,12 @@ class _State:
         self.best_metrics: dict[str, float] = {}
         self.best_epoch = 0.0
         self.since_best = 0  # evaluations since the objective last improved
-        self.train_s = self.eval_s = self.save_s = 0.0
+        self.train_s = self.eval_s = 0.0
         self.tokens = 0
         self.loss_sum, self.loss_n = 0.0, 0
-        self.checkpoint: str | None = None
         self.trainable_params = 0  # a cost objective (trainable_params)
         self.generator: generation.Generator | None = None
+        self.best_weights: bestweights.BestWeights
 
     def add_train(self, loss: float, tokens: int, step: int, config: dict[str, Any]) -> None:
         if not math.isfinite(loss):
@@ -305,7 +315,10 @@ def _evaluate_and_keep(
     step: int,
     dist=collective.SINGLE,
     generate: bool = False,
+    total_steps: int = 0,
 ) -> dict:
+    """Evaluate, keep the best weights (``state.best_weights``: now or held, hpo/bestweights.py),
+    decide early stopping: the metrics to report."""
     t0 = time.perf_counter()
 
     def run(a: int, b: int) -> dict:  # data-parallel: each rank evaluates a share, sums all-reduced
@@ -325,10 +338,9 @@ def _evaluate_and_keep(
         generated, shown = state.generator.run(model, device, autocast, dist)
         m = {**m, **generated}
     improved = state.improved(m, epoch)
-    if improved and dist.is_main:
-        t1 = time.perf_counter()
-        state.checkpoint = save_checkpoint(model, config, step)
-        state.save_s += time.perf_counter() - t1
+    stop = dist.agree(state.patience_ran_out(config.get("early_stopping_patience")))
+    if dist.is_main:
+        state.best_weights.after_eval(model, step, improved, last=step == total_steps or stop)
     return {
         **m,
         **(state.generator.report(m, shown, improved, epoch) if state.generator else {}),
@@ -341,13 +353,15 @@ def _evaluate_and_keep(
         **{f"best_{k}": v for k, v in state.best_metrics.items()},
         "trainable_params": state.trainable_params,
         "best_epoch": state.best_epoch,
-        "checkpoint": state.checkpoint,
+        "checkpoint": state.best_weights.path,  # written (durable); a held best is not reported
         "tokens": state.tokens,
         "tokens_per_s": state.tokens / max(state.train_s, 1e-9),
         "train_s": state.train_s,
         "eval_s": state.eval_s,  # the evaluations, checkpoint writes included
-        "save_s": state.save_s,  # writing checkpoints
+        "save_s": state.best_weights.save_s,  # writing checkpoints (and copying a best to hold)
         "trial_s": time.perf_counter() - state.started,
+        "budget_done": step == total_steps or stop,
+        "early_stopped": stop and step < total_steps,
     }
 
 

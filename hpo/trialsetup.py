@@ -151,7 +151,13 @@ def micro_cap(config: dict[str, Any], model, device, precision: str, block: int,
     shape = memory.shape(model.config.to_dict(), sum(p.numel() for p in model.parameters()))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need = memory.trial_need(
-        shape, block, precision, trainable, bool(config.get("gradient_checkpointing")), device.type == "cuda"
+        shape,
+        block,
+        precision,
+        trainable,
+        bool(config.get("gradient_checkpointing")),
+        device.type == "cuda",
+        held_best=config.get("save_best") == "deferred",
     )
     cap = need.largest_micro(budget)
     config["placement"]["memory_gb"] = round(budget / memory.GB, 2)

@@ -1,6 +1,7 @@
 """Does searching augmentation help a small fine-tuning set? (issue 21, part 4)
 
-The demo study's model (hpo's tiny GPT-2) on a small training set: the first ``--train`` rows of
+The demo study's model (hpo's tiny GPT-2; ``--workload smollm2``: SmolLM2-135M, the realistic
+study's model and learning-rate range) on a small training set: the first ``--train`` rows of
 the shipped support pairs, validated on a separate clean set (``--val`` other rows; never
 augmented). Two arms at the same trial budget (the same number of trials, epochs, ASHA settings
 and search space besides augmentation), each run once per seed:
@@ -17,6 +18,9 @@ trial takes more optimizer steps at the same epochs: that is what offline augmen
 
     flock /tmp/hpo-heavy.lock .venv/bin/python scripts/augment_measure.py --json docs/bench/augment-tiny.json
     .venv/bin/python scripts/augment_measure.py --trials 2 --seeds 0   # a smoke run
+    # the realistic study's model (SmolLM2-135M), 4 trials of up to 1 epoch (3 for clean_long) a run:
+    flock /tmp/hpo-heavy.lock .venv/bin/python scripts/augment_measure.py --workload smollm2 \
+        --trials 4 --max-epochs 1 --json docs/bench/augment-smollm2.json
 """
 
 from __future__ import annotations
@@ -45,11 +49,19 @@ def write_data(folder: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     return train, val
 
 
-def spec(name: str, seed: int, arm: str, max_epochs: int) -> dict[str, Any]:
+#: What differs between the two workloads: the model and a learning-rate range that suits it.
+WORKLOADS = {
+    "tiny": {"model": "hpo:tiny-gpt2", "lr": (3e-4, 1e-2)},  # trained from scratch by hpo: high rates
+    "smollm2": {"model": "hpo:smollm2-135m", "lr": (1e-5, 5e-4)},  # pretrained: studies/smollm2.yaml's range
+}
+
+
+def spec(name: str, seed: int, arm: str, max_epochs: int, workload: str = "tiny") -> dict[str, Any]:
     augmented = arm == "augment"
     max_epochs = 3 * max_epochs if arm == "clean_long" else max_epochs
+    low, high = WORKLOADS[workload]["lr"]
     space: dict[str, Any] = {
-        "learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+        "learning_rate": {"type": "float", "low": low, "high": high, "log": True},
         "batch_size": {"type": "categorical", "choices": [8, 16]},
         "epochs": {"type": "int", "low": 1, "high": max_epochs},
         "dropout": {"type": "float", "low": 0.0, "high": 0.2},
@@ -67,7 +79,7 @@ def spec(name: str, seed: int, arm: str, max_epochs: int) -> dict[str, Any]:
         space["augment_copies"] = {"type": "categorical", "choices": [0, 1, 2]}
     return {
         "name": name,
-        "model": "hpo:tiny-gpt2",
+        "model": WORKLOADS[workload]["model"],
         "data": data,
         "space": space,
         "schedule": {"type": "asha", "grace_period": 0.5, "reduction_factor": 2},
@@ -78,12 +90,14 @@ def spec(name: str, seed: int, arm: str, max_epochs: int) -> dict[str, Any]:
     }
 
 
-def run_arm(folder: Path, name: str, seed: int, arm: str, trials: int, max_epochs: int) -> dict[str, Any]:
+def run_arm(
+    folder: Path, name: str, seed: int, arm: str, trials: int, max_epochs: int, workload: str
+) -> dict[str, Any]:
     from hpo import create_study, run_study
     from hpo.summary import best_complete
 
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec(name, seed, arm, max_epochs), sort_keys=False))
+    path.write_text(yaml.safe_dump(spec(name, seed, arm, max_epochs, workload), sort_keys=False))
     url = f"sqlite:///{folder / 'hpo.db'}"
     create_study(path, storage=url)
     t0 = time.perf_counter()
@@ -112,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["clean", "augment", "clean_long"])
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default="tiny",
+        help="tiny: hpo's tiny GPT-2; smollm2: SmolLM2-135M (hpo model get smollm2-135m first)",
+    )
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpo-augment-") as tmp:
@@ -119,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         write_data(folder, args.train, args.val)
         for seed in args.seeds:
             for arm in args.arms:
-                rows.append(run_arm(folder, f"{arm}-s{seed}", seed, arm, args.trials, args.max_epochs))
+                name = f"{arm}-s{seed}"
+                rows.append(run_arm(folder, name, seed, arm, args.trials, args.max_epochs, args.workload))
                 print(json.dumps(rows[-1]), flush=True)
                 _write(args, rows)  # after each run: a cut-short measurement keeps what it has
     _write(args, rows)

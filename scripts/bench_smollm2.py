@@ -44,7 +44,8 @@ MAX_MICRO_BATCH: int | str = MICRO_BATCH
 KEEP_TOP_K = 3
 #: The plain Trainer's fixed configuration (a mid-range point of the space, batch = the micro-batch).
 FIXED = {"learning_rate": 1e-4, "batch_size": 8, "epochs": 1, "dropout": 0.0, "weight_decay": 0.01}
-PROBE_ONLY = "hpo.trial:save_checkpoint"
+# the time a trial spends keeping its best (copies held in memory and checkpoint writes), and the writes
+PROBE_ONLY = "hpo.bestweights:BestWeights.after_eval,hpo.bestweights:save_checkpoint"
 #: hf_ray keeps a model + optimizer checkpoint (~1.6 GB) per trial in Ray's storage and another in
 #: the Trainer's output folder: ~26 GB for 8 trials
 MIN_FREE_HF_RAY = 30e9  # hpo reports no checkpoint seconds: time them with a probe
@@ -250,8 +251,9 @@ NOTES = {
     "Trainer.evaluate, the mean of per-batch losses over batches of 8 blocks",
     "units": "hpo: ASHA in epochs (grace 0.25, rf 2, max 1), evaluations at its rungs (0.25, 0.5, 1); "
     "peers: ASHA in evaluations, one every eval_steps optimizer steps (0.25 epoch at batch 16)",
-    "checkpoints": "hpo: the trial's best weights (safetensors) at each improvement, keep_top_k trials "
-    "kept; hf_ray: HF's Ray report saves model + optimizer for Ray at each evaluation, and the "
+    "checkpoints": "hpo: the trial's best weights (safetensors), held in memory at each improvement and "
+    "written once when the trial ends (training.save_best: auto), none for a trial ASHA stops; keep_top_k "
+    "trials kept; hf_ray: HF's Ray report saves model + optimizer for Ray at each evaluation, and the "
     "Trainer its own, 1 kept per trial in each place (save_total_limit=1, CheckpointConfig(num_to_keep=1)); "
     "tune_optuna: model-only save_pretrained at each evaluation, 1 kept per trial",
     "memory": "peak RSS of each trial process with its children, sampled from /proc every second: Ray "

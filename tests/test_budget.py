@@ -174,7 +174,14 @@ def test_a_budget_stops_trials_at_the_deadline_and_a_rerun_resumes_them(tmp_path
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     # 2 trials at once of 2 epochs each, never pruned: a trial started before the last few seconds
     # (when the budget starts no more) is still training at the deadline
-    spec = small_spec(tmp_path, name="bud", rows=1200, space={"epochs": 2, "batch_size": 8}, schedule="none")
+    spec = small_spec(  # each best written as it is found: a stopped trial resumes from it
+        tmp_path,
+        name="bud",
+        rows=1200,
+        space={"epochs": 2, "batch_size": 8},
+        schedule="none",
+        training={"save_best": "immediate"},
+    )
     assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
 
     def run(budget: str, target: int | None = None):

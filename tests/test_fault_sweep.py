@@ -454,7 +454,8 @@ def _table(kills: list[Kill], survived: list[bool]) -> str:
 
 
 def test_ten_kills_over_a_study_lose_nothing(tmp_path, tiny_model):
-    spec = small_spec(tmp_path, name=NAME, rows=240, space={"epochs": 1})
+    # each best written as it is found: the sweep checks that killed trials resume from theirs
+    spec = small_spec(tmp_path, name=NAME, rows=240, space={"epochs": 1}, training={"save_best": "immediate"})
     assert run_cli("study", "create", str(spec), "--storage", _url(tmp_path), cwd=tmp_path).returncode == 0
     storage = optuna.storages.RDBStorage(_url(tmp_path))
     study_id = storage.get_study_id_from_name(NAME)

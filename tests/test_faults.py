@@ -46,8 +46,15 @@ def _wait_for_running_checkpoint(url: str, name: str, proc, timeout: float = 240
 
 def _setup(tmp_path, name):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    # epochs fixed at 2 and a mild schedule, so trials live long enough to be caught mid-run
-    spec = small_spec(tmp_path, name=name, space={"epochs": 2}, schedule={"reduction_factor": 3})
+    # epochs fixed at 2 and a mild schedule, so trials live long enough to be caught mid-run; each
+    # best written as it is found, so a killed trial has a checkpoint to resume from
+    spec = small_spec(
+        tmp_path,
+        name=name,
+        space={"epochs": 2},
+        schedule={"reduction_factor": 3},
+        training={"save_best": "immediate"},
+    )
     assert run_cli("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     return url
 

@@ -117,7 +117,8 @@ def trial_figures(trials: list, TrialState) -> dict[str, Any]:
 
 
 def checkpoint_writes(probe_path: str, trials: list) -> dict[str, Any]:
-    """Seconds inside ``hpo.trial.save_checkpoint`` (the probe's lines), in all and per trial."""
+    """Seconds keeping each trial's best (``hpo.bestweights.BestWeights.after_eval``: copies held in
+    memory and checkpoint writes, the probe's lines), in all and per trial; and the writes."""
     import json
 
     per: dict[int, float] = {}
@@ -125,8 +126,9 @@ def checkpoint_writes(probe_path: str, trials: list) -> dict[str, Any]:
     with open(probe_path) as f:
         for line in f:
             r = json.loads(line)
-            if r.get("fn") == "hpo.trial.save_checkpoint":
+            if r.get("fn") == "hpo.bestweights.BestWeights.after_eval":
                 per[r.get("trial")] = per.get(r.get("trial"), 0.0) + r["dt"]
+            elif r.get("fn") == "hpo.bestweights.save_checkpoint":
                 saves += 1
     return {
         "save_s": round(sum(per.values()), 2),

@@ -21,7 +21,8 @@ _STATE: dict[str, Any] = {"trial": None, "runs": 0, "step_s": 0.0, "steps": 0}
 
 # module -> functions (``Class.method`` for methods) to time
 TARGETS = {
-    "hpo.trial": ["run", "load_model", "evaluate_metrics", "save_checkpoint", "_step"],
+    "hpo.trial": ["run", "load_model", "evaluate_metrics", "_step"],
+    "hpo.bestweights": ["BestWeights.after_eval", "save_checkpoint"],
     "hpo.data": ["prepare", "Prepared.arrays"],
     "hpo.runner": ["run", "_tuner", "_fit"],
     "hpo.raystart": ["start", "stop"],

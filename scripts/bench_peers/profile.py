@@ -76,7 +76,7 @@ _NAMES = {
     "arrays": "data",
     "load_model": "model_load",
     "evaluate_metrics": "eval",
-    "save_checkpoint": "checkpoint",
+    "after_eval": "checkpoint",  # hpo.bestweights: copies held and writes (its save_checkpoint is inside)
 }
 
 
