@@ -396,13 +396,18 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    # typer >= 0.24 raises its own copy of click's exceptions (a usage error: an unknown command or
+    # option), all under its public TyperException
+    except (click.ClickException, typer.exceptions.TyperException) as e:
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            typer.echo(f"error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

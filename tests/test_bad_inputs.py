@@ -688,3 +688,14 @@ def test_bad_input(case: Case, tmp_path: Path, request, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".") and p != ".cache"], (
         "temporary files left"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [(["status"], "No such command 'status'"), (["run", "--bogus"], "No such option: --bogus")],
+)
+def test_a_mistyped_command_or_option_gets_the_usage_line_not_an_internal_error(tmp_path, argv, said):
+    r = run_cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2
+    assert said in r.stderr and "Try 'hpo" in r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
