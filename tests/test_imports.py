@@ -135,6 +135,7 @@ TORCH_ALLOWED = {
     "hpo/formats.py",
     "hpo/trial.py",
     "hpo/checkpoint.py",
+    "hpo/bestweights.py",
     "hpo/lmhead.py",
     "hpo/dropout.py",
     "hpo/basemodel.py",
