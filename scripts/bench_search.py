@@ -69,10 +69,23 @@ def make_strategy(name: str, table, spec, seed: int):
             reduction_factor=PEER_RF,
         )
         return strategies.PeerStrategy(table, spec, seed, sched)
+    if name in SYNE:  # syne-tune's own ASHA with hpo's settings (asha spec) and a model per result
+        return strategies.SyneTuneStrategy(table, asha, seed, method=SYNE[name])
     raise SystemExit(f"unknown strategy {name!r}; use {', '.join(STRATEGIES)}")
 
 
-STRATEGIES = ("random", "asha+random", "asha+tpe", "peers", "hyperband+tpe", "pasha+tpe", "pasha+random")
+SYNE = {"syne-asha+cqr": "cqr", "syne-bohb": "bohb"}  # optional: pip install -e '.[search]'
+STRATEGIES = (
+    "random",
+    "asha+random",
+    "asha+tpe",
+    "peers",
+    "hyperband+tpe",
+    "pasha+tpe",
+    "pasha+random",
+    *SYNE,
+)
+MISSING = "{name}: skipped, syne-tune is not installed (pip install -e '.[search]' or scripts/setup --search)"
 
 
 def _pasha(spec):
@@ -108,6 +121,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": {},
     }
     for name in args.strategies.split(","):
+        try:
+            make_strategy(name, table, sim_spec, 0)
+        except ImportError:
+            print(MISSING.format(name=name), flush=True)
+            continue
         for w in [int(x) for x in args.workers.split(",")]:
             t0 = time.time()
             runs = []

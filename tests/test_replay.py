@@ -3,6 +3,7 @@ learning-curve table whose answer is known."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -104,3 +105,17 @@ def test_every_early_stopping_strategy_finds_the_dominant_row_with_less_compute_
     assert math.isfinite(baseline)
     for name in ("asha+random", "asha+tpe", "peers", "hyperband+tpe", "pasha+tpe", "pasha+random"):
         assert median_found(name) < baseline, name
+
+
+def test_the_bench_skips_a_strategy_whose_optional_package_is_missing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "syne_tune", None)  # as if not installed: its import raises
+    monkeypatch.setitem(sys.modules, "syne_tune.optimizer", None)
+    table = synthetic_table(10)
+    path = tmp_path / "t.jsonl"
+    curves.write(path, table.header, table.curves)
+    out = tmp_path / "out.json"
+    argv = ["--table", str(path), "--strategies", "syne-bohb,random", "--workers", "1", "--seeds", "1"]
+    assert bench_search.main([*argv, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "syne-bohb: skipped, syne-tune is not installed (pip install -e '.[search]'" in said
+    assert list(json.loads(out.read_text())["results"]) == ["random|1"]
