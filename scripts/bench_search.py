@@ -177,6 +177,7 @@ def _summarize(runs, table, grid) -> dict[str, Any]:
     ]
     out["compute_grid"] = [float(x) for x in grid]
     out["trials_median"] = statistics.median(r.trials for r in runs)
+    out["seeds"] = len(runs)
     return out
 
 
@@ -193,10 +194,11 @@ def figure(out: dict[str, Any], path: Path) -> None:
             r = out["results"].get(f"{name}|{w}")
             if not r:
                 continue
+            seeds = r.get("seeds", out["seeds"])
             fig.add_scatter(
                 x=r["compute_grid"],
                 y=r["median_best_curve"],
-                name=name,
+                name=name if seeds == out["seeds"] else f"{name} ({seeds} seeds)",
                 legendgroup=name,
                 showlegend=col == 1,
                 line={"color": palette[i % len(palette)]},
@@ -219,17 +221,15 @@ def figure(out: dict[str, Any], path: Path) -> None:
 
 
 def merge(paths: list[str]) -> dict[str, Any]:
-    """One results file from several runs over the same table (e.g. strategies split over cores)."""
+    """One results file from several runs over the same table (e.g. strategies split over cores; a
+    slow strategy run with fewer seeds: each result keeps its own ``seeds``, the top level the most)."""
     outs = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {**outs[0], "results": {}}
+    merged = {**outs[0], "results": {}, "seeds": max(o["seeds"] for o in outs)}
     for o in outs:
-        if (o["table"], o["seeds"], o["budget_s"]) != (
-            outs[0]["table"],
-            outs[0]["seeds"],
-            outs[0]["budget_s"],
-        ):
-            raise SystemExit(f"cannot merge: {paths[0]} and another file differ in table, seeds or budget")
-        merged["results"].update(o["results"])
+        if (o["table"], o["budget_s"]) != (outs[0]["table"], outs[0]["budget_s"]):
+            raise SystemExit(f"cannot merge: {paths[0]} and another file differ in table or budget")
+        for key, r in o["results"].items():
+            merged["results"][key] = {"seeds": o["seeds"], **r}  # files from before results had seeds
     return merged
 
 
@@ -247,6 +247,8 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for key, r in out["results"].items():
         name, w = key.split("|")
+        if r.get("seeds", out["seeds"]) != out["seeds"]:
+            name += f" ({r['seeds']} seeds)"
         cols = [cell(r, k) for k in ("compute_1%", "compute_0.5%", "wall_1%", "chosen_compute_1%")]
         lines.append(f"| {name} | {w} | " + " | ".join(cols) + f" | {r['trials_median']:g} |")
     return "\n".join(lines) + "\n"
