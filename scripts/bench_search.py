@@ -188,7 +188,18 @@ def figure(out: dict[str, Any], path: Path) -> None:
     workers = sorted({int(k.split("|")[1]) for k in out["results"]})
     fig = make_subplots(rows=1, cols=len(workers), subplot_titles=[f"{w} workers" for w in workers])
     names = list(dict.fromkeys(k.split("|")[0] for k in out["results"]))
-    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    palette = [
+        "#636efa",
+        "#ef553b",
+        "#00cc96",
+        "#ab63fa",
+        "#ffa15a",
+        "#19d3f3",
+        "#ff6692",
+        "#b6e880",
+        "#222a2a",
+        "#fecb52",
+    ]
     for col, w in enumerate(workers, 1):
         for i, name in enumerate(names):
             r = out["results"].get(f"{name}|{w}")
