@@ -1,7 +1,9 @@
 """Search strategies for the replay simulator (``hpo/replay.py``), each built from the code a live
 run uses: Optuna's samplers through ask/tell with hpo's own ``space.suggest``, Ray Tune's
 schedulers (``hpo/schedulers.py``: ASHA, PASHA) and Ray Tune's ``OptunaSearch`` through their
-public hooks, Optuna's pruners through ``trial.report`` / ``should_prune``.
+public hooks, Optuna's pruners through ``trial.report`` / ``should_prune``, and syne-tune's
+model-based multi-fidelity schedulers (optional: ``pip install -e .[search]``) through the hooks
+its ``Tuner`` calls.
 
 A sampler proposes a point of the spec's space; the simulator snaps it to the nearest recorded
 configuration not yet tried in the run (``Snap``) and the trial follows that row's curve, while
@@ -12,8 +14,10 @@ rates are; over opaque row ids it could not).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -166,6 +170,88 @@ class PeerStrategy:
         handle, result = self._live.pop(key)
         self._scheduler.on_trial_complete(None, handle, result)  # as Tune's stop_trial does
         self._search.on_trial_complete(key, result)  # Tune hands the last result (a STOP's too)
+
+
+class SyneTuneStrategy:
+    """A syne-tune scheduler (``syne_tune.optimizer.baselines``: ``ASHACQR``, ``BOHB``) driven as
+    syne-tune's ``Tuner`` drives it: ``suggest`` -> ``on_trial_add`` -> ``on_trial_result`` at
+    every evaluation; a STOP ends the trial with ``on_trial_remove``, a trial that ran its curve
+    with ``on_trial_complete`` and its last result. Stopping mode, as hpo stops trials; the
+    scheduler learns from the configuration it proposed (the trial follows the snapped row).
+
+    Args:
+        table: the learning curves.
+        spec: the study spec whose space is searched and whose ASHA settings (``time_attr`` epoch,
+            grace period, reduction factor, max_t) the scheduler takes.
+        seed: the scheduler's ``random_seed`` (its ASHA also draws brackets from numpy's global
+            generator, as Ray's does: seed that too).
+        method: ``"cqr"`` (``ASHACQR``: conformal quantile regression on each trial's last value)
+            or ``"bohb"`` (``BOHB``: ASHA with a KDE searcher).
+
+    Raises:
+        ImportError: syne-tune is not installed (``pip install -e .[search]``).
+    """
+
+    METHODS = ("cqr", "bohb")
+
+    def __init__(self, table: Table, spec: StudySpec, seed: int, method: str = "cqr"):
+        from syne_tune.optimizer import baselines
+
+        if method not in self.METHODS:
+            raise ValueError(f"method={method!r}: use one of {', '.join(self.METHODS)}")
+        logging.getLogger("syne_tune").setLevel(logging.ERROR)  # a warning per scheduler built
+        cls = baselines.ASHACQR if method == "cqr" else baselines.BOHB
+        self._table, self._snap = table, Snap(table, spec.space)
+        self._metric = table.header.get("metric", "eval_loss")
+        self._scheduler = cls(
+            config_space=_syne_space(spec.space),
+            metric=self._metric,
+            do_minimize=table.minimize,
+            time_attr="epoch",
+            max_t=spec.asha_max_t(),
+            grace_period=spec.schedule.grace_period,  # type: ignore[union-attr]
+            reduction_factor=spec.schedule.reduction_factor,  # type: ignore[union-attr]
+            random_seed=seed,
+        )
+        self._live: dict[str, tuple[Any, dict[str, Any], str]] = {}
+
+    def ask(self, key: str) -> int:
+        from syne_tune.backend.trial_status import Trial
+
+        suggestion = self._scheduler.suggest()
+        trial = Trial(trial_id=int(key), config=suggestion.config, creation_time=datetime.now())
+        self._scheduler.on_trial_add(trial)
+        self._live[key] = (trial, {}, "CONTINUE")
+        return self._snap(suggestion.config)
+
+    def report(self, key: str, index: int, epoch: float, value: float) -> bool:
+        trial, _, _ = self._live[key]
+        result = {self._metric: value, "epoch": epoch}
+        decision = self._scheduler.on_trial_result(trial, result)
+        self._live[key] = (trial, result, decision)
+        return decision == "CONTINUE"
+
+    def finish(self, key: str, stopped: bool) -> None:
+        trial, result, decision = self._live.pop(key)
+        if decision == "STOP":  # the Tuner: a scheduler's STOP is removed, not completed
+            self._scheduler.on_trial_remove(trial)
+        else:
+            self._scheduler.on_trial_complete(trial, result)
+
+
+def _syne_space(sp: SpaceSpec) -> dict[str, Any]:
+    """The searched part of ``sp`` as a syne-tune config space."""
+    from syne_tune import config_space as cs
+
+    out: dict[str, Any] = {}
+    for name, p in sp.searched().items():
+        if isinstance(p, FloatParam):
+            out[name] = (cs.loguniform if p.log else cs.uniform)(p.low, p.high)
+        elif isinstance(p, IntParam):
+            out[name] = (cs.lograndint if p.log else cs.randint)(int(p.low), int(p.high))
+        else:
+            out[name] = cs.choice(list(p.choices))
+    return out
 
 
 def _distributions(sp: SpaceSpec) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -69,10 +69,23 @@ def make_strategy(name: str, table, spec, seed: int):
             reduction_factor=PEER_RF,
         )
         return strategies.PeerStrategy(table, spec, seed, sched)
+    if name in SYNE:  # syne-tune's own ASHA with hpo's settings (asha spec) and a model per result
+        return strategies.SyneTuneStrategy(table, asha, seed, method=SYNE[name])
     raise SystemExit(f"unknown strategy {name!r}; use {', '.join(STRATEGIES)}")
 
 
-STRATEGIES = ("random", "asha+random", "asha+tpe", "peers", "hyperband+tpe", "pasha+tpe", "pasha+random")
+SYNE = {"syne-asha+cqr": "cqr", "syne-bohb": "bohb"}  # optional: pip install -e '.[search]'
+STRATEGIES = (
+    "random",
+    "asha+random",
+    "asha+tpe",
+    "peers",
+    "hyperband+tpe",
+    "pasha+tpe",
+    "pasha+random",
+    *SYNE,
+)
+MISSING = "{name}: skipped, syne-tune is not installed (pip install -e '.[search]' or scripts/setup --search)"
 
 
 def _pasha(spec):
@@ -108,6 +121,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": {},
     }
     for name in args.strategies.split(","):
+        try:
+            make_strategy(name, table, sim_spec, 0)
+        except ImportError:
+            print(MISSING.format(name=name), flush=True)
+            continue
         for w in [int(x) for x in args.workers.split(",")]:
             t0 = time.time()
             runs = []
@@ -159,6 +177,7 @@ def _summarize(runs, table, grid) -> dict[str, Any]:
     ]
     out["compute_grid"] = [float(x) for x in grid]
     out["trials_median"] = statistics.median(r.trials for r in runs)
+    out["seeds"] = len(runs)
     return out
 
 
@@ -169,16 +188,28 @@ def figure(out: dict[str, Any], path: Path) -> None:
     workers = sorted({int(k.split("|")[1]) for k in out["results"]})
     fig = make_subplots(rows=1, cols=len(workers), subplot_titles=[f"{w} workers" for w in workers])
     names = list(dict.fromkeys(k.split("|")[0] for k in out["results"]))
-    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    palette = [
+        "#636efa",
+        "#ef553b",
+        "#00cc96",
+        "#ab63fa",
+        "#ffa15a",
+        "#19d3f3",
+        "#ff6692",
+        "#b6e880",
+        "#222a2a",
+        "#fecb52",
+    ]
     for col, w in enumerate(workers, 1):
         for i, name in enumerate(names):
             r = out["results"].get(f"{name}|{w}")
             if not r:
                 continue
+            seeds = r.get("seeds", out["seeds"])
             fig.add_scatter(
                 x=r["compute_grid"],
                 y=r["median_best_curve"],
-                name=name,
+                name=name if seeds == out["seeds"] else f"{name} ({seeds} seeds)",
                 legendgroup=name,
                 showlegend=col == 1,
                 line={"color": palette[i % len(palette)]},
@@ -201,17 +232,15 @@ def figure(out: dict[str, Any], path: Path) -> None:
 
 
 def merge(paths: list[str]) -> dict[str, Any]:
-    """One results file from several runs over the same table (e.g. strategies split over cores)."""
+    """One results file from several runs over the same table (e.g. strategies split over cores; a
+    slow strategy run with fewer seeds: each result keeps its own ``seeds``, the top level the most)."""
     outs = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {**outs[0], "results": {}}
+    merged = {**outs[0], "results": {}, "seeds": max(o["seeds"] for o in outs)}
     for o in outs:
-        if (o["table"], o["seeds"], o["budget_s"]) != (
-            outs[0]["table"],
-            outs[0]["seeds"],
-            outs[0]["budget_s"],
-        ):
-            raise SystemExit(f"cannot merge: {paths[0]} and another file differ in table, seeds or budget")
-        merged["results"].update(o["results"])
+        if (o["table"], o["budget_s"]) != (outs[0]["table"], outs[0]["budget_s"]):
+            raise SystemExit(f"cannot merge: {paths[0]} and another file differ in table or budget")
+        for key, r in o["results"].items():
+            merged["results"][key] = {"seeds": o["seeds"], **r}  # files from before results had seeds
     return merged
 
 
@@ -229,6 +258,8 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for key, r in out["results"].items():
         name, w = key.split("|")
+        if r.get("seeds", out["seeds"]) != out["seeds"]:
+            name += f" ({r['seeds']} seeds)"
         cols = [cell(r, k) for k in ("compute_1%", "compute_0.5%", "wall_1%", "chosen_compute_1%")]
         lines.append(f"| {name} | {w} | " + " | ".join(cols) + f" | {r['trials_median']:g} |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@ learning-curve table whose answer is known."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -104,3 +105,33 @@ def test_every_early_stopping_strategy_finds_the_dominant_row_with_less_compute_
     assert math.isfinite(baseline)
     for name in ("asha+random", "asha+tpe", "peers", "hyperband+tpe", "pasha+tpe", "pasha+random"):
         assert median_found(name) < baseline, name
+
+
+def test_the_bench_skips_a_strategy_whose_optional_package_is_missing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "syne_tune", None)  # as if not installed: its import raises
+    monkeypatch.setitem(sys.modules, "syne_tune.optimizer", None)
+    table = synthetic_table(10)
+    path = tmp_path / "t.jsonl"
+    curves.write(path, table.header, table.curves)
+    out = tmp_path / "out.json"
+    argv = ["--table", str(path), "--strategies", "syne-bohb,random", "--workers", "1", "--seeds", "1"]
+    assert bench_search.main([*argv, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "syne-bohb: skipped, syne-tune is not installed (pip install -e '.[search]'" in said
+    assert list(json.loads(out.read_text())["results"]) == ["random|1"]
+
+
+def test_results_with_fewer_seeds_merge_and_say_so(tmp_path):
+    table = synthetic_table(10)
+    path = tmp_path / "t.jsonl"
+    curves.write(path, table.header, table.curves)
+    for name, seeds in (("random", 3), ("asha+random", 2)):
+        argv = ["--table", str(path), "--strategies", name, "--workers", "1", "--seeds", str(seeds)]
+        assert bench_search.main([*argv, "--out", str(tmp_path / f"{name}.json")]) == 0
+    files = [str(tmp_path / "random.json"), str(tmp_path / "asha+random.json")]
+    md, out = tmp_path / "r.md", str(tmp_path / "m.json")
+    assert bench_search.main(["--merge", *files, "--out", out, "--markdown", str(md)]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["seeds"] == 3 and merged["results"]["asha+random|1"]["seeds"] == 2
+    rows = md.read_text().splitlines()[2:]
+    assert rows[0].startswith("| random | 1 |") and rows[1].startswith("| asha+random (2 seeds) | 1 |")
