@@ -79,20 +79,24 @@ def record(args: argparse.Namespace) -> int:
         hh, mm = (int(x) for x in args.until.split(":"))
         now = datetime.datetime.now(datetime.timezone.utc)
         deadline = min(deadline, now.replace(hour=hh, minute=mm, second=0).timestamp())
+    # the code that recorded: this invocation's commit, after those of earlier invocations that
+    # recorded into the same table (rerunning the command continues the study, maybe at a newer commit)
+    commits = _earlier_commits(args.out)
+    commits += [] if commits and commits[-1] == commit() else [commit()]
     target = len(_trials(s.name, url))
     while not args.export_only and target < args.configs and time.time() < deadline:
         target = min(args.configs, target + args.chunk)
         summary = run_study(s.name, trials=target, storage=url, runs_dir=ROOT / "runs" / "curves" / s.name)
         print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
-        write_table(s, url, args.out)  # after every chunk: a stopped recording keeps what it made
+        write_table(s, url, args.out, commits)  # after every chunk: a stopped recording keeps what it made
         if summary.interrupted:
             break
-    n = write_table(s, url, args.out)
+    n = write_table(s, url, args.out, commits)
     print(f"{args.out}: {n} curves", flush=True)
     return 0
 
 
-def write_table(s: spec.StudySpec, url: str, out: str) -> int:
+def write_table(s: spec.StudySpec, url: str, out: str, commits: list[str]) -> int:
     """Write the table of every full-budget trial the storage holds; returns the curves written."""
     table = [c for t in _trials(s.name, url) if (c := curves.curve_of(t, s.training.eval_every))]
     header = {
@@ -102,12 +106,19 @@ def write_table(s: spec.StudySpec, url: str, out: str) -> int:
         "eval_every": s.training.eval_every,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
-        "commit": commit(),
+        "commits": commits,  # the commits whose code ran the trials, oldest first
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "spec": s.model_dump(mode="json"),
     }
     curves.write(Path(out), header, table)
     return len(table)
+
+
+def _earlier_commits(out: str) -> list[str]:
+    if not Path(out).is_file():
+        return []
+    header = curves.read(out).header
+    return list(header.get("commits") or ([header["commit"]] if header.get("commit") else []))
 
 
 def _trials(name: str, url: str) -> list:
