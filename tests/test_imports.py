@@ -315,7 +315,7 @@ def test_imports_flow_down_the_module_map():
                 continue  # reported when that module itself is scanned
             if LAYERS[other] > LAYERS[me]:
                 upward.append(f"{_where(p)}:{line} imports {mod}")
-    assert not unknown, f"place these modules in docs/architecture.md's module map and in LAYERS here: {unknown}"
+    assert not unknown, f"add these to docs/architecture.md's module map and to LAYERS here: {unknown}"
     assert not upward, f"imports must flow down the module map (docs/architecture.md): {upward}"
 
 
