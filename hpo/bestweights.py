@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hpo.checkpoint import save_checkpoint
+from hpo.checkpoint import is_peft, save_checkpoint
 
 #: The longest a deferred best waits unwritten, in trial seconds: what an interrupted trial can lose.
 WAIT_S = 600.0
@@ -38,7 +38,7 @@ def mode(setting: str, model, device) -> str:
     must fit in half of what the host has available (on CPUs the run's memory plan counts it)."""
     if setting != "deferred":
         return setting
-    if hasattr(model, "peft_config"):
+    if is_peft(model):
         return "immediate"
     if device.type == "cuda":
         from hpo import memory
@@ -76,9 +76,9 @@ class BestWeights:
         import torch
 
         with torch.no_grad():
-            if self._held is None:
-                self._held = _host_buffers(model.state_dict())
             live = model.state_dict()
+            if self._held is None:
+                self._held = _host_buffers(live)
             copied: set[int] = set()
             for name, buf in self._held.items():
                 if id(buf) not in copied:  # a tied weight's buffer is copied once

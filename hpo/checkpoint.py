@@ -143,7 +143,7 @@ def merged_state_dict(model) -> dict[str, Any]:
     return out
 
 
-def _is_peft(model) -> bool:
+def is_peft(model) -> bool:
     return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
 
 
@@ -211,7 +211,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     previous = best_checkpoint(root)
     out = root / f"step-{step:07d}"
-    if _is_peft(model):  # the merged model (loads and exports as a plain model) + the adapter alone
+    if is_peft(model):  # the merged model (loads and exports as a plain model) + the adapter alone
         assert state_dict is None, "a LoRA trial writes its best as it is found (save_best: immediate)"
         base = model.get_base_model()
         base.save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)

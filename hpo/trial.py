@@ -37,7 +37,6 @@ from hpo.checkpoint import (
     dropout_fields,
     load_model,
     merged_state_dict,
-    save_checkpoint,
     saved_dtype,
     with_lora,
 )
@@ -55,7 +54,6 @@ __all__ = [
     "load_model",
     "merged_state_dict",
     "run",
-    "save_checkpoint",
     "saved_dtype",
     "with_lora",
 ]
