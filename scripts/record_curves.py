@@ -12,6 +12,8 @@ finished or ``--minutes`` have passed; rerunning the same command continues the 
   # SmolLM2-135M (the realistic study; hours on 2 cores):
   flock /tmp/hpo-heavy.lock python scripts/record_curves.py --spec studies/curves-smollm2.yaml \\
       --configs 50 --minutes 600 --out benchmarks/curves/smollm2.jsonl
+  # on another machine (no runs/curves/): the same command puts the table's curves back into a new
+  # storage first, so the seeded draw goes on where it stopped
   # the table alone, from what the storage holds:
   python scripts/record_curves.py --spec studies/curves-tiny.yaml --export-only --out ...
 """
@@ -74,6 +76,9 @@ def record(args: argparse.Namespace) -> int:
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if s.name not in storage.study_names(storage.open_storage(url, create=True)):
         create_study(args.spec, storage=url)
+        restored = restore(s, url, args.out)
+        if restored:
+            print(f"{url}: a new storage; restored the {restored} curves of {args.out} into it", flush=True)
     deadline, t0 = time.time() + args.minutes * 60, time.time()
     if args.until:  # an absolute end (UTC HH:MM today) for a run queued behind a lock
         hh, mm = (int(x) for x in args.until.split(":"))
@@ -112,6 +117,42 @@ def write_table(s: spec.StudySpec, url: str, out: str, commits: list[str]) -> in
     }
     curves.write(Path(out), header, table)
     return len(table)
+
+
+def restore(s: spec.StudySpec, url: str, out: str) -> int:
+    """Put the curves of an existing table back into a new, empty storage as COMPLETE trials
+    (Optuna's public ``create_trial``/``add_trial``), so a recording continues on another machine
+    where ``runs/curves`` is gone: the sampler's seed moves on with the trial count
+    (``space.sampler``), so the next configurations are the ones the first machine would have drawn.
+    Returns the curves restored (0: no table, or another study's)."""
+    import optuna
+
+    from hpo import space
+    from hpo.bookkeeping import EVAL_TIME_PREFIX
+
+    if not Path(out).is_file():
+        return 0
+    table = curves.read(out)
+    if table.header.get("study") != s.name:
+        return 0
+    dists = space.distributions(s.space)
+    study = storage.load(s.name, url)
+    for c in sorted(table.curves, key=lambda c: c.number):
+        steps = [round(e / table.header["eval_every"]) for e in c.epochs]
+        elapsed = [sum(c.seconds[: i + 1]) for i in range(len(c.seconds))]
+        tokens = c.tokens or [0] * len(steps)
+        attrs = {f"{EVAL_TIME_PREFIX}{st}": [t, n] for st, t, n in zip(steps, elapsed, tokens, strict=True)}
+        attrs.update(epoch=c.epochs[-1], restored_from=Path(out).name)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: v for k, v in c.params.items() if k in dists},
+                distributions={k: d for k, d in dists.items() if k in c.params},
+                value=c.best(table.minimize),
+                intermediate_values=dict(zip(steps, c.values, strict=True)),
+                user_attrs=attrs,
+            )
+        )
+    return len(table.curves)
 
 
 def _earlier_commits(out: str) -> list[str]:

@@ -86,3 +86,48 @@ def test_the_recorder_refuses_a_study_with_early_stopping(capsys):
     assert record_curves.main(["--spec", str(ROOT / "studies/demo.yaml"), "--out", "x.jsonl"]) == 2
     err = capsys.readouterr().err
     assert "schedule must be none" in err and "demo.yaml" in err and not Path("x.jsonl").exists()
+
+
+def test_a_recording_continues_on_a_machine_without_its_storage(tmp_path):
+    """The table's curves go back into a new storage as COMPLETE trials and come out unchanged."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    from hpo import spec as hpo_spec
+
+    rows = [
+        curves.Curve(
+            0,
+            {"learning_rate": 1e-3, "batch_size": 8, "epochs": 1},
+            [0.25, 0.5, 0.75, 1.0],
+            [3.0, 2.5, 2.2, 2.1],
+            [4.0, 4.1, 3.9, 4.2],
+            [100, 200, 300, 400],
+        ),
+        curves.Curve(
+            1,
+            {"learning_rate": 5e-3, "batch_size": 16, "epochs": 2},
+            [0.5, 1.0, 1.5, 2.0],
+            [2.8, 2.0, 1.7, 1.75],
+            [8.0, 8.1, 7.9, 8.2],
+            [200, 400, 600, 800],
+        ),
+    ]
+    s = hpo_spec.load(ROOT / "studies" / "curves-tiny.yaml")
+    out = tmp_path / "table.jsonl"
+    curves.write(
+        out, {"study": s.name, "direction": "minimize", "eval_every": 0.25, "commits": ["abc"]}, rows
+    )
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    args = ["--spec", str(ROOT / "studies" / "curves-tiny.yaml"), "--storage", url, "--out", str(out)]
+    assert record_curves.main([*args, "--export-only"]) == 0
+    table = curves.read(out)
+    assert [(c.params, c.epochs, c.values, c.seconds, c.tokens) for c in table.curves] == [
+        ({k: r.params[k] for k in c.params}, r.epochs, r.values, r.seconds, r.tokens)
+        for c, r in zip(table.curves, rows, strict=True)
+    ]
+    assert table.header["commits"][0] == "abc"
+    from hpo import storage
+
+    trials = storage.load(s.name, url).trials  # what a run's sampler offsets its seed by
+    assert len(trials) == 2 and all(t.user_attrs["restored_from"] == "table.jsonl" for t in trials)
