@@ -69,6 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--model", help="smollm2: the model folder (default: hpo:smollm2-135m where hpo has it)")
     p.add_argument("--examples", type=int, help="smollm2: support pairs used (default 400)")
+    p.add_argument("--repeat", type=int, default=1, help="smollm2: whole runs; --out gets their medians")
     return p.parse_args(argv)
 
 

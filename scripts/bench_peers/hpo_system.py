@@ -113,6 +113,10 @@ def trial_figures(trials: list, TrialState) -> dict[str, Any]:
             round(t.user_attrs["tokens_per_s"], 1) for t in trials if t.user_attrs.get("tokens_per_s")
         ],
         "trial_batch": [t.params.get("batch_size") for t in trials if t.user_attrs.get("tokens_per_s")],
+        # trained its whole budget (not stopped by ASHA): the same run as the plain reference's
+        "trial_full_budget": [
+            t.state == TrialState.COMPLETE for t in trials if t.user_attrs.get("tokens_per_s")
+        ],
     }
 
 

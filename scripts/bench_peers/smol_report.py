@@ -9,7 +9,7 @@ from typing import Any
 
 from bench_peers.report import cell, met, ratios_table
 
-__all__ = ["ratios", "ratios_table", "reference", "system", "table"]
+__all__ = ["medians", "ratios", "ratios_table", "reference", "system", "table"]
 
 SYSTEMS = ("hpo", "hf_ray", "tune_optuna")
 PEERS = ("hf_ray", "tune_optuna")
@@ -39,6 +39,7 @@ def system(raw: dict[str, Any]) -> dict[str, Any]:
         "trial_tokens_per_s_median": _median(raw.get("trial_tokens_per_s")),
         "trial_tokens_per_s": raw.get("trial_tokens_per_s"),
         "trial_batch": raw.get("trial_batch"),
+        "trial_full_budget": raw.get("trial_full_budget"),
         "trial_rss_peak_mb": raw.get("trial_rss_peak_mb"),
         "trial_rss_peak_median_mb": raw.get("trial_rss_peak_median_mb"),
         "trial_rss_peaks_mb": raw.get("trial_rss_peaks_mb"),
@@ -102,6 +103,20 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
             _ratio(_median(same_batch), ref["tokens_per_s_median"]),
             "",
         )
+        whole = [  # the reference's batch and its whole budget: the plain runs' configuration
+            r
+            for r, b, full in zip(
+                hpo.get("trial_tokens_per_s") or [],
+                hpo.get("trial_batch") or [],
+                hpo.get("trial_full_budget") or [],
+                strict=False,
+            )
+            if b == ref["config"]["batch_size"] and full
+        ]
+        rows["  the same, hpo trials of the reference's batch that trained their whole budget"] = (
+            _ratio(_median(whole), ref["tokens_per_s_median"]),
+            "",
+        )
         rows["peak RSS per trial hpo / plain Trainer (largest of each)"] = (
             _ratio(hpo.get("trial_rss_peak_mb"), ref["rss_peak_mb"]),
             "<= 1.1",
@@ -120,6 +135,36 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
             a, b = hpo.get("best_eval_loss"), systems[peer].get("best_eval_loss")
             rows[f"  best eval loss hpo - {peer}"] = (round(a - b, 4) if None not in (a, b) else None, "")
     return {k: {"value": v, "target": t, "met": met(v, t)} for k, (v, t) in rows.items()}
+
+
+def medians(runs: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
+    """Several whole runs' figures as their medians: each ratio (met or not by its median) and each
+    system's wall, best eval loss and median trial tokens/s, with every run's value beside it."""
+    ratios: dict[str, dict[str, Any]] = {}
+    for name in runs[0]["ratios"]:
+        values = [r["ratios"].get(name, {}).get("value") for r in runs]
+        mid = _median3([v for v in values if v is not None])
+        target = runs[0]["ratios"][name]["target"]
+        ratios[name] = {"value": mid, "target": target, "met": met(mid, target), "runs": values}
+    figures = {
+        system: {
+            key: {
+                "median": _median3([r["systems"].get(system, {}).get(key) for r in runs]),
+                "runs": [r["systems"].get(system, {}).get(key) for r in runs],
+            }
+            for key in ("wall_s", "best_eval_loss", "trial_tokens_per_s_median", "trial_rss_peak_mb")
+        }
+        for system in runs[0]["systems"]
+    }
+    ref = [r["reference"]["tokens_per_s_median"] for r in runs if r.get("reference")]
+    figures["plain"] = {"trial_tokens_per_s_median": {"median": _median3(ref), "runs": ref}}
+    meta = [{k: r["meta"].get(k) for k in ("started", "finished", "loadavg_before", "commit")} for r in runs]
+    return {"workload": "smollm2", "runs": paths, "ratios": ratios, "systems": figures, "meta": meta}
+
+
+def _median3(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 4) if values else None
 
 
 _COLUMNS = (
