@@ -8,8 +8,8 @@ Every system gets the same model folder, the same packed 256-token blocks (hpo's
 get them as a ``datasets.Dataset``), the same space (learning rate 1e-5..5e-4 log, batch 8 or 16,
 weight decay 0..0.1; one epoch, dropout 0), the same ASHA (grace 0.25 epoch, rf 2), 2 trials at a
 time x 1 CPU, fp32 master weights with bf16 autocast where the CPU multiplies bf16 (hpo's
-``precision: auto``; the HF runs ``bf16=True`` then), micro-batch 8 (hpo ``max_micro_batch: 8``;
-the peers per-device batch 8 with gradient accumulation for batch 16).
+``precision: auto``; the HF runs ``bf16=True`` then; fp32 for all on other CPUs), micro-batch 8
+(hpo ``max_micro_batch: 8``; the peers per-device batch 8 with gradient accumulation for batch 16).
 
     scripts/bench --workload smollm2 --model DIR --out docs/bench/smollm2.json    # ~45 min
     scripts/bench --workload smollm2 --model DIR --trials 2 --examples 200 --out smoke.json
@@ -68,10 +68,18 @@ def settings(trials: int, examples: int) -> Settings:
         block=256,
         micro_batch=MICRO_BATCH,
         peer_eval_batch=MICRO_BATCH,
-        bf16=True,
+        bf16=cpu_bf16(),
         warmup_ratio=0.05,
         keep_checkpoints=1,
     )
+
+
+def cpu_bf16() -> bool:
+    """What hpo's ``precision: auto`` picks on this CPU (bf16 autocast where it multiplies bf16 in
+    hardware, fp32 elsewhere): every system then computes in that precision."""
+    from hpo.trialsetup import cpu_bf16 as hpo_cpu_bf16
+
+    return hpo_cpu_bf16()
 
 
 # ---------------------------------------------------------------- model and data
@@ -161,11 +169,13 @@ def write_spec(folder: Path, s: Settings, model_path: str, data: Path) -> Path:
 
 
 def plain_reference(base: dict[str, Any], root: Path, copies: int) -> list[dict[str, Any]]:
-    """``copies`` plain HF Trainer fine-tunes of FIXED at once, one thread each, bf16 autocast."""
+    """``copies`` plain HF Trainer fine-tunes of FIXED at once, one thread each, in the bench's
+    precision (bf16 autocast or fp32)."""
+    name = "micro_plain_bf16" if base["settings"]["bf16"] else "micro_plain"
 
     def one(i: int) -> dict[str, Any]:
         cfg = dict(base, work_dir=str(root / f"plain-{i}"), threads=1, fixed=FIXED)
-        return run_system("micro_plain_bf16", cfg, root)
+        return run_system(name, cfg, root)
 
     with ThreadPoolExecutor(copies) as pool:
         return list(pool.map(one, range(copies)))
@@ -286,7 +296,7 @@ NOTES = {
 }
 PRECISION_NOTE = (
     "every system keeps fp32 weights and optimizer state and computes under bf16 autocast on a CPU "
-    "with AMX or AVX512-BF16: hpo by its precision: auto (the trials' 'precision' attribute says what "
-    "it chose), the HF Trainer runs by bf16=True (torch.autocast on the CPU), the models loaded with "
-    "dtype=torch.float32"
+    "with AMX or AVX512-BF16, in fp32 on other CPUs (settings.bf16 says which): hpo by its "
+    "precision: auto (the trials' 'precision' attribute says what it chose), the HF Trainer runs by "
+    "bf16=True (torch.autocast on the CPU) or not, the models loaded with dtype=torch.float32"
 )
