@@ -72,6 +72,14 @@ def record(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    other = _other_machine(args.out)
+    if other and not args.export_only and not args.any_machine:
+        print(
+            f"error: {args.out} was recorded on {other!r}, this machine is {machine()['cpu']!r}: its trials "
+            "would take other seconds (and maybe another precision); record there, or pass --any-machine",
+            file=sys.stderr,
+        )
+        return 2
     url = args.storage or f"sqlite:///{(ROOT / 'runs' / 'curves' / f'{s.name}.db').as_posix()}"
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if s.name not in storage.study_names(storage.open_storage(url, create=True)):
@@ -155,6 +163,14 @@ def restore(s: spec.StudySpec, url: str, out: str) -> int:
     return len(table.curves)
 
 
+def _other_machine(out: str) -> str | None:
+    """The CPU an existing table was recorded on, when it is not this machine's (else None)."""
+    if not Path(out).is_file():
+        return None
+    cpu = (curves.read(out).header.get("machine") or {}).get("cpu")
+    return cpu if cpu and cpu != machine()["cpu"] else None
+
+
 def _earlier_commits(out: str) -> list[str]:
     if not Path(out).is_file():
         return []
@@ -178,6 +194,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chunk", type=int, default=20, help="trials per hpo run (default %(default)s)")
     p.add_argument("--storage", help="storage URL (default sqlite:///runs/curves/<study>.db)")
     p.add_argument("--export-only", action="store_true", help="write the table from the storage, run nothing")
+    p.add_argument(
+        "--any-machine",
+        action="store_true",
+        help="record into a table another CPU kind started (its seconds and precision may differ)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:

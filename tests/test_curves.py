@@ -131,3 +131,29 @@ def test_a_recording_continues_on_a_machine_without_its_storage(tmp_path):
 
     trials = storage.load(s.name, url).trials  # what a run's sampler offsets its seed by
     assert len(trials) == 2 and all(t.user_attrs["restored_from"] == "table.jsonl" for t in trials)
+
+
+def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys):
+    """Seconds recorded on one CPU kind do not compare with another's: refused in one line, and no
+    storage is made."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    out = tmp_path / "table.jsonl"
+    row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
+    curves.write(
+        out, {"study": "curves-tiny", "direction": "minimize", "machine": {"cpu": "Another CPU"}}, [row]
+    )
+    db = tmp_path / "fresh.db"
+    args = [
+        "--spec",
+        str(ROOT / "studies" / "curves-tiny.yaml"),
+        "--storage",
+        f"sqlite:///{db}",
+        "--out",
+        str(out),
+    ]
+    assert record_curves.main(args) == 2
+    err = capsys.readouterr().err
+    assert "'Another CPU'" in err and "--any-machine" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
