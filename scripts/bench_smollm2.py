@@ -53,6 +53,8 @@ MIN_FREE_HF_RAY = 30e9  # hpo reports no checkpoint seconds: time them with a pr
 
 
 def settings(trials: int, examples: int) -> Settings:
+    from hpo import trialsetup
+
     return Settings(
         trials=trials,
         workload="smollm2",
@@ -68,18 +70,10 @@ def settings(trials: int, examples: int) -> Settings:
         block=256,
         micro_batch=MICRO_BATCH,
         peer_eval_batch=MICRO_BATCH,
-        bf16=cpu_bf16(),
+        bf16=trialsetup.cpu_bf16(),  # what hpo's precision: auto picks here: every system computes in it
         warmup_ratio=0.05,
         keep_checkpoints=1,
     )
-
-
-def cpu_bf16() -> bool:
-    """What hpo's ``precision: auto`` picks on this CPU (bf16 autocast where it multiplies bf16 in
-    hardware, fp32 elsewhere): every system then computes in that precision."""
-    from hpo.trialsetup import cpu_bf16 as hpo_cpu_bf16
-
-    return hpo_cpu_bf16()
 
 
 # ---------------------------------------------------------------- model and data
@@ -198,8 +192,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     """One run of the bench, or with ``--repeat N`` N runs (each its own JSON beside ``--out``, named
     ``<out>-r1.json`` ...) and ``--out`` their medians: one run on this shared 2-core machine moves
     each ratio by about a third (which trials ASHA stops, what TPE samples, the machine's load)."""
-    repeat = getattr(args, "repeat", 1) or 1
-    if repeat == 1:
+    repeat = args.repeat
+    if repeat <= 1:
         return one_run(args, argv, args.out)
     out = Path(args.out)
     paths = [str(out.with_name(f"{out.stem}-r{i}{out.suffix}")) for i in range(1, repeat + 1)]

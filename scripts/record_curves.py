@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import logging
 import os
 import platform
@@ -72,7 +73,8 @@ def record(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    other = _other_machine(args.out)
+    earlier = curves.read(args.out) if Path(args.out).is_file() else None  # the table so far
+    other = _other_machine(earlier)
     if other and not args.export_only and not args.any_machine:
         print(
             f"error: {args.out} was recorded on {other!r}, this machine is {machine()['cpu']!r}: its trials "
@@ -84,7 +86,7 @@ def record(args: argparse.Namespace) -> int:
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if s.name not in storage.study_names(storage.open_storage(url, create=True)):
         create_study(args.spec, storage=url)
-        restored = restore(s, url, args.out)
+        restored = restore(s, url, earlier, Path(args.out).name)
         if restored:
             print(f"{url}: a new storage; restored the {restored} curves of {args.out} into it", flush=True)
     deadline, t0 = time.time() + args.minutes * 60, time.time()
@@ -94,7 +96,7 @@ def record(args: argparse.Namespace) -> int:
         deadline = min(deadline, now.replace(hour=hh, minute=mm, second=0).timestamp())
     # the code that recorded: this invocation's commit, after those of earlier invocations that
     # recorded into the same table (rerunning the command continues the study, maybe at a newer commit)
-    commits = _earlier_commits(args.out)
+    commits = _earlier_commits(earlier)
     commits += [] if commits and commits[-1] == commit() else [commit()]
     target = len(_trials(s.name, url))
     while not args.export_only and target < args.configs and time.time() < deadline:
@@ -127,7 +129,7 @@ def write_table(s: spec.StudySpec, url: str, out: str, commits: list[str]) -> in
     return len(table)
 
 
-def restore(s: spec.StudySpec, url: str, out: str) -> int:
+def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) -> int:
     """Put the curves of an existing table back into a new, empty storage as COMPLETE trials
     (Optuna's public ``create_trial``/``add_trial``), so a recording continues on another machine
     where ``runs/curves`` is gone: the sampler's seed moves on with the trial count
@@ -138,19 +140,16 @@ def restore(s: spec.StudySpec, url: str, out: str) -> int:
     from hpo import space
     from hpo.bookkeeping import EVAL_TIME_PREFIX
 
-    if not Path(out).is_file():
-        return 0
-    table = curves.read(out)
-    if table.header.get("study") != s.name:
+    if table is None or table.header.get("study") != s.name:
         return 0
     dists = space.distributions(s.space)
     study = storage.load(s.name, url)
     for c in sorted(table.curves, key=lambda c: c.number):
         steps = [round(e / table.header["eval_every"]) for e in c.epochs]
-        elapsed = [sum(c.seconds[: i + 1]) for i in range(len(c.seconds))]
+        elapsed = list(itertools.accumulate(c.seconds))
         tokens = c.tokens or [0] * len(steps)
         attrs = {f"{EVAL_TIME_PREFIX}{st}": [t, n] for st, t, n in zip(steps, elapsed, tokens, strict=True)}
-        attrs.update(epoch=c.epochs[-1], restored_from=Path(out).name)
+        attrs.update(epoch=c.epochs[-1], restored_from=name)
         study.add_trial(
             optuna.trial.create_trial(
                 params={k: v for k, v in c.params.items() if k in dists},
@@ -163,18 +162,16 @@ def restore(s: spec.StudySpec, url: str, out: str) -> int:
     return len(table.curves)
 
 
-def _other_machine(out: str) -> str | None:
+def _other_machine(table: curves.Table | None) -> str | None:
     """The CPU an existing table was recorded on, when it is not this machine's (else None)."""
-    if not Path(out).is_file():
-        return None
-    cpu = (curves.read(out).header.get("machine") or {}).get("cpu")
+    cpu = ((table.header.get("machine") if table else None) or {}).get("cpu")
     return cpu if cpu and cpu != machine()["cpu"] else None
 
 
-def _earlier_commits(out: str) -> list[str]:
-    if not Path(out).is_file():
+def _earlier_commits(table: curves.Table | None) -> list[str]:
+    if table is None:
         return []
-    header = curves.read(out).header
+    header = table.header
     return list(header.get("commits") or ([header["commit"]] if header.get("commit") else []))
 
 

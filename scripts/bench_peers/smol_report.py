@@ -15,9 +15,9 @@ SYSTEMS = ("hpo", "hf_ray", "tune_optuna")
 PEERS = ("hf_ray", "tune_optuna")
 
 
-def _median(values: list[float] | None) -> float | None:
+def _median(values: list[float] | None, digits: int = 1) -> float | None:
     values = [v for v in values or [] if v is not None]
-    return round(statistics.median(values), 1) if values else None
+    return round(statistics.median(values), digits) if values else None
 
 
 def _share(part: float | None, whole: float) -> float | None:
@@ -90,11 +90,19 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
     hpo = systems.get("hpo", {})
     rows: dict[str, tuple[float | None, str]] = {}
     if ref:
-        same_batch = [
-            r
-            for r, b in zip(hpo.get("trial_tokens_per_s") or [], hpo.get("trial_batch") or [], strict=False)
-            if b == ref["config"]["batch_size"]
-        ]
+        rates = hpo.get("trial_tokens_per_s") or []
+        # per trial: tokens/s, batch, trained its whole budget (a JSON from before that field: unknown)
+        trials = list(
+            zip(
+                rates,
+                hpo.get("trial_batch") or [],
+                hpo.get("trial_full_budget") or [None] * len(rates),
+                strict=False,
+            )
+        )
+        same_batch = [r for r, b, _ in trials if b == ref["config"]["batch_size"]]
+        # the reference's batch and its whole budget: the plain runs' configuration
+        whole = [r for r, b, full in trials if b == ref["config"]["batch_size"] and full]
         rows["trial tokens/s hpo / plain Trainer (median trial; same precision)"] = (
             _ratio(hpo.get("trial_tokens_per_s_median"), ref["tokens_per_s_median"]),
             ">= 1.1",
@@ -103,16 +111,6 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
             _ratio(_median(same_batch), ref["tokens_per_s_median"]),
             "",
         )
-        whole = [  # the reference's batch and its whole budget: the plain runs' configuration
-            r
-            for r, b, full in zip(
-                hpo.get("trial_tokens_per_s") or [],
-                hpo.get("trial_batch") or [],
-                hpo.get("trial_full_budget") or [],
-                strict=False,
-            )
-            if b == ref["config"]["batch_size"] and full
-        ]
         rows["  the same, hpo trials of the reference's batch that trained their whole budget"] = (
             _ratio(_median(whole), ref["tokens_per_s_median"]),
             "",
@@ -140,31 +138,33 @@ def ratios(systems: dict[str, dict[str, Any]], ref: dict[str, Any] | None, keep_
 def medians(runs: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
     """Several whole runs' figures as their medians: each ratio (met or not by its median) and each
     system's wall, best eval loss and median trial tokens/s, with every run's value beside it."""
+
+    def both(values: list) -> dict[str, Any]:
+        return {"median": _median(values, 4), "runs": values}
+
     ratios: dict[str, dict[str, Any]] = {}
-    for name in runs[0]["ratios"]:
-        values = [r["ratios"].get(name, {}).get("value") for r in runs]
-        mid = _median3([v for v in values if v is not None])
-        target = runs[0]["ratios"][name]["target"]
-        ratios[name] = {"value": mid, "target": target, "met": met(mid, target), "runs": values}
+    for name, first in runs[0]["ratios"].items():
+        row = both([r["ratios"].get(name, {}).get("value") for r in runs])
+        ratios[name] = {
+            "value": row["median"],
+            "target": first["target"],
+            "met": met(row["median"], first["target"]),
+            "runs": row["runs"],
+        }
     figures = {
         system: {
-            key: {
-                "median": _median3([r["systems"].get(system, {}).get(key) for r in runs]),
-                "runs": [r["systems"].get(system, {}).get(key) for r in runs],
-            }
+            key: both([r["systems"].get(system, {}).get(key) for r in runs])
             for key in ("wall_s", "best_eval_loss", "trial_tokens_per_s_median", "trial_rss_peak_mb")
         }
         for system in runs[0]["systems"]
     }
-    ref = [r["reference"]["tokens_per_s_median"] for r in runs if r.get("reference")]
-    figures["plain"] = {"trial_tokens_per_s_median": {"median": _median3(ref), "runs": ref}}
+    figures["plain"] = {
+        "trial_tokens_per_s_median": both(
+            [r["reference"]["tokens_per_s_median"] for r in runs if r.get("reference")]
+        )
+    }
     meta = [{k: r["meta"].get(k) for k in ("started", "finished", "loadavg_before", "commit")} for r in runs]
     return {"workload": "smollm2", "runs": paths, "ratios": ratios, "systems": figures, "meta": meta}
-
-
-def _median3(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 4) if values else None
 
 
 _COLUMNS = (
