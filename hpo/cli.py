@@ -72,7 +72,8 @@ def study_create(
     from hpo import data as data_mod
     from hpo import dataspace
     from hpo import storage as storage_mod
-    from hpo.display import data_progress, warm_start_line
+    from hpo.display import warm_start_line
+    from hpo.progress import data_progress
     from hpo.study import create_study
     from hpo.summary import WARM_START_ATTR
 
@@ -235,7 +236,8 @@ def run_cmd(
     from dashboards.notes import NoteWriter
     from hpo import data as data_mod
     from hpo import storage as storage_mod
-    from hpo.display import make_progress, print_run_summary
+    from hpo.display import print_run_summary
+    from hpo.progress import make_progress
     from hpo.study import run_budget, run_study, run_target
 
     if time_budget is not None:
@@ -292,7 +294,8 @@ def confirm_cmd(
     from dashboards.notes import NoteWriter
     from hpo import storage as storage_mod
     from hpo.confirm import confirm_study
-    from hpo.display import make_progress, print_confirm_summary
+    from hpo.display import print_confirm_summary
+    from hpo.progress import make_progress
 
     loaded = storage_mod.load(study, storage)
     with make_progress(_echo, time.time(), top * seeds, study=loaded) as progress:

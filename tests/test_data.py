@@ -515,9 +515,9 @@ def test_the_cli_draws_data_progress_on_a_terminal_only():
 
     from rich.console import Console
 
-    from hpo import display
+    from hpo import progress
 
-    live = display.LiveProgress(target=4, t0=0.0, console=Console(file=io.StringIO()))
+    live = progress.LiveProgress(target=4, t0=0.0, console=Console(file=io.StringIO()))
     live.data_progress("tokenizing", 1024, 200_000)
     view = Console(file=io.StringIO(), width=160)
     view.print(live)
@@ -529,10 +529,10 @@ def test_the_cli_draws_data_progress_on_a_terminal_only():
         and "1,024/200,000 examples" in view.file.getvalue()
     )
     assert "preparing data" not in done.file.getvalue() and "0/4 finished" in done.file.getvalue()
-    with display.data_progress(Console(file=io.StringIO())) as quiet:
+    with progress.data_progress(Console(file=io.StringIO())) as quiet:
         assert quiet is None
     out = io.StringIO()
-    with display.data_progress(Console(file=out, force_terminal=True, width=120)) as bar:
+    with progress.data_progress(Console(file=out, force_terminal=True, width=120)) as bar:
         assert bar is not None
         bar("reading", 5000, None)
     assert "preparing data: reading" in out.getvalue() and "5,000 rows" in out.getvalue()

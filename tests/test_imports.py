@@ -118,6 +118,7 @@ LAYERS = {
     "confirm": 4,
     "export": 4,
     "display": 4,
+    "progress": 4,
     "dashboards": 4,
     "cli": 5,
 }

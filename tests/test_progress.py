@@ -1,5 +1,5 @@
-"""Run progress and summaries (hpo/display.py): the live terminal view, the one-line-per-event
-output for pipes, and the pure helpers behind the time-left estimate."""
+"""Run progress (hpo/progress.py): the live terminal view, the one-line-per-event output for
+pipes, and the pure helpers behind the time-left estimate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
-from hpo.display import EventPrinter, LiveProgress, eta_seconds, fmt_duration, make_progress
+from hpo.progress import EventPrinter, LiveProgress, eta_seconds, fmt_duration, make_progress
 from hpo.searcher import Event
 from tests.synthetic import make_study
 
