@@ -14,7 +14,7 @@ from typing import Any
 from hpo import augment, formats, mixture
 from hpo.cleaning import Cleaner, n_validation, validation_indices
 from hpo.errors import DataError
-from hpo.specsections import DataSpec
+from hpo.specdata import DataSpec
 
 #: Told how far preparation is: (stage: "reading" | "tokenizing", rows done, rows in all or None).
 Progress = Callable[[str, int, "int | None"], None]

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from hpo.dataparams import WHOLE, refs, set_at, where
 from hpo.params import ALL_SEARCHABLE, FloatParam, SpaceSpec, values
-from hpo.specsections import DataSpec
+from hpo.specdata import DataSpec
 
 
 def problems(data: DataSpec, space: SpaceSpec) -> list[str]:

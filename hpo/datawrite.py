@@ -17,7 +17,7 @@ from hpo.dataparams import fixed
 from hpo.dataplan import Part, Progress
 from hpo.errors import DataError
 from hpo.packing import IGNORE, NpyWriter, Packer
-from hpo.specsections import DataSpec
+from hpo.specdata import DataSpec
 
 
 class _Out:

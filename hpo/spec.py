@@ -4,8 +4,8 @@ Every problem in a file is reported at once, each with its field path, the value
 allowed (``SpecError``). Relative paths resolve against the spec file's folder. Nothing here
 touches the storage, the network or a heavy library. This module holds the whole (``StudySpec``,
 its cross-field checks) and how a file becomes one (``load``: YAML with unique keys, ``parse``:
-pydantic's errors as one line each); the sections' models are ``hpo/specsections.py``'s,
-re-exported here.
+pydantic's errors as one line each); the sections' models are ``hpo/specsections.py``'s
+and ``hpo/specdata.py``'s (the data section), re-exported here.
 """
 
 from __future__ import annotations
@@ -45,15 +45,14 @@ from hpo.params import (
     enqueue_problems,
     values,
 )
+from hpo.specdata import DATA_FORMATS, DataSpec
 from hpo.specsections import (
-    DATA_FORMATS,
     HUB_ID,
     METRICS,
     AdapterSpec,
     AshaSpec,
     BudgetSpec,
     CustomMetricSpec,
-    DataSpec,
     EvaluationSpec,
     GenerateSpec,
     NoSchedule,
