@@ -23,13 +23,13 @@ def requested(spec, opts: RunOptions) -> tuple[float, float]:
     Raises:
         SpecError: a request Ray or the trial loop cannot serve (naming the flag or the spec field).
     """
-    from hpo import spec as spec_mod
+    from hpo.specsections import batch_problem
 
     cpus = opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpus_per_trial
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpus_per_trial
     problems = placement.request_problems(float(cpus), float(gpus))
     if not problems:  # a data-parallel trial splits each batch evenly over its GPUs
-        problems = [p for p in [spec_mod.batch_problem(spec.space, float(gpus))] if p]
+        problems = [p for p in [batch_problem(spec.space, float(gpus))] if p]
     if problems:
         raise SpecError(_resources_source(spec, opts), problems)
     return float(cpus), float(gpus)

@@ -3,9 +3,9 @@
 Every problem in a file is reported at once, each with its field path, the value and what is
 allowed (``SpecError``). Relative paths resolve against the spec file's folder. Nothing here
 touches the storage, the network or a heavy library. This module holds the whole (``StudySpec``,
-its cross-field checks) and how a file becomes one (``load``: YAML with unique keys, ``parse``:
-pydantic's errors as one line each); the sections' models are ``hpo/specsections.py``'s
-and ``hpo/specdata.py``'s (the data section), re-exported here.
+its cross-field checks) and how a file becomes one (``load``, ``parse``; the YAML with unique keys
+and pydantic's errors as one line each are ``hpo/specfile.py``'s); the sections' models are
+``hpo/specsections.py``'s and ``hpo/specdata.py``'s (the data section), re-exported here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     Field,
     ValidationError,
@@ -25,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from hpo import dataspace, models, placement
+from hpo import dataspace, models, specfile
 from hpo import objectives as objectives_mod
-from hpo.dataparams import UNKNOWN_OP, refs
+from hpo.dataparams import refs
 from hpo.errors import SpecError
 from hpo.objectives import COSTS, MULTI_SAMPLERS, ObjectiveEntry
 from hpo.params import (
@@ -62,6 +61,8 @@ from hpo.specsections import (
     Schedule,
     TrainingSpec,
     WarmStartSpec,
+    asha_rungs,
+    batch_problem,
     generation_problem,
     resolve_path,
 )
@@ -342,27 +343,6 @@ class StudySpec(Frozen):
         return self.model_dump_json()
 
 
-def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
-    """The epochs at which ASHA compares trials: ``grace_period * reduction_factor**i`` below ``max_t``.
-
-    >>> asha_rungs(0.25, 2, 2.0)
-    [0.25, 0.5, 1.0]
-    """
-    rungs, r = [], grace_period
-    while r < max_t - 1e-9:
-        rungs.append(round(r, 9))
-        r *= reduction_factor
-    return rungs
-
-
-def batch_problem(space: SpaceSpec, gpus: float) -> str | None:
-    """Why ``space.batch_size`` cannot be split over a data-parallel trial's GPUs, if it cannot."""
-    b = space.batch_size
-    return placement.batch_problem(
-        [int(x) for x in values(b)], placement.world_size(gpus), searched_range=isinstance(b, IntParam)
-    )
-
-
 def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:
     """A model folder (resolved) if ``v`` names one, else ``v`` as a Hugging Face hub id."""
     resolved = resolve_path(v, info)
@@ -381,41 +361,6 @@ def _local_model_or_hub_id(v: str, info: ValidationInfo) -> str:
     return v
 
 
-def _pretty_loc(loc: tuple[Any, ...]) -> str:
-    # pydantic puts union branch names (e.g. "FloatParam", "float", "asha") into the path: drop them
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in _BRANCHES)]
-    return ".".join(parts) or "(top level)"
-
-
-_UNKNOWN = "unknown key; remove it or check its spelling"
-_BRANCHES = {"float", "int", "str", "asha", "pasha", "none", "categorical", "fixed", "bad-type", "ref"}
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    problems, seen = [], set()
-    for e in err.errors(include_url=False):
-        loc = _pretty_loc(tuple(e["loc"]))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = UNKNOWN_OP if loc.endswith(".augment.ops." + str(e["loc"][-1])) else _UNKNOWN
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        if msg.startswith(("data.", "space.")):  # cross-section problems name their own fields
-            problems += [line for line in msg.split("\n") if line not in problems]
-            continue
-        # a check of the whole spec names its field itself ("objectives: ...")
-        line = msg if loc == "(top level)" and re.match(r"[a-z_]+(\.\w+)*: ", msg) else f"{loc}: {msg}"
-        shown = not isinstance(got, dict | list | Frozen)  # a section's default: nothing to show
-        if e["type"] not in ("missing", "extra_forbidden") and shown:
-            line += f" (got {got!r})"
-        key = (loc, msg)
-        if key not in seen:  # a union reports one error per branch; keep the distinct ones
-            seen.add(key)
-            problems.append(line)
-    return problems
-
-
 def parse(data: Any, source: str, base_dir: str = ".", name: str | None = None) -> StudySpec:
     """Validate a mapping as a study spec.
 
@@ -428,20 +373,11 @@ def parse(data: Any, source: str, base_dir: str = ".", name: str | None = None) 
     Raises:
         SpecError: listing every problem at once.
     """
-    if data is None:
-        raise SpecError(source, ["the file is empty; start from studies/demo.yaml"])
-    if not isinstance(data, dict):
-        raise SpecError(
-            source, [f"the spec must be a mapping of sections (name:, data:, ...), got {type(data).__name__}"]
-        )
-    if name is not None:
-        data = {**data, "name": name}
-    if isinstance(data.get("schedule"), str):
-        data = {**data, "schedule": {"type": data["schedule"]}}
+    data = specfile.document(data, source, name)
     try:
         return StudySpec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
-        raise SpecError(source, _format_errors(e)) from e
+        raise SpecError(source, specfile.format_errors(e)) from e
 
 
 def load(path: str | os.PathLike[str], name: str | None = None) -> StudySpec:
@@ -450,41 +386,7 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> StudySpec:
     Raises:
         SpecError: the file is missing, is not YAML, or any field is invalid.
     """
-    p = Path(path)
-    if not p.is_file():
-        what = "is a folder" if p.is_dir() else "file not found"
-        raise SpecError(str(path), [f"{what}; pass the path of a study YAML file"])
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(str(path), [f"{where}not valid YAML ({problem})"]) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(str(path), [f"cannot read the file ({e}); check it is a UTF-8 text file"]) from e
-    return parse(data, str(path), str(p.parent.resolve()), name)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's safe loader, except that a key given twice is an error (PyYAML keeps the last)."""
-
-
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if not isinstance(key, str | int | float | bool):
-            continue  # an unhashable key: the spec check reports it
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}; keep one", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+    return parse(specfile.read(path), str(path), str(Path(path).parent.resolve()), name)
 
 
 def from_json(text: str) -> StudySpec:

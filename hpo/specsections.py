@@ -1,8 +1,9 @@
 """The sections of a study spec (``objective``, ``evaluation``, ``schedule``, ``training``,
-``adapter``, ``resources``, ``budget``, ``warm_start``) as typed, frozen pydantic models, and the
-path helpers every section shares; the ``data`` section is ``hpo/specdata.py``'s. ``hpo.spec``
-assembles them into a ``StudySpec`` and re-exports them. Nothing here touches the storage, the
-network or a heavy library."""
+``adapter``, ``resources``, ``budget``, ``warm_start``) as typed, frozen pydantic models, with
+the schedule's rungs (``asha_rungs``) and whether a batch splits over a trial's GPUs
+(``batch_problem``), and the path helpers every section shares; the ``data`` section is
+``hpo/specdata.py``'s. ``hpo.spec`` assembles them into a ``StudySpec`` and re-exports them.
+Nothing here touches the storage, the network or a heavy library."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 from hpo import placement, textmetrics
-from hpo.params import Float, Frozen, Int
+from hpo.params import Float, Frozen, Int, IntParam, SpaceSpec, values
 
 #: A Hugging Face hub id: name or org/name.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -184,6 +185,19 @@ Schedule = Annotated[
 ]
 
 
+def asha_rungs(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
+    """The epochs at which ASHA compares trials: ``grace_period * reduction_factor**i`` below ``max_t``.
+
+    >>> asha_rungs(0.25, 2, 2.0)
+    [0.25, 0.5, 1.0]
+    """
+    rungs, r = [], grace_period
+    while r < max_t - 1e-9:
+        rungs.append(round(r, 9))
+        r *= reduction_factor
+    return rungs
+
+
 def _whole_or_auto(v: Any) -> int | str:
     if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         return v
@@ -288,6 +302,14 @@ class ResourcesSpec(Frozen):
         if v > 1 + placement.EPS and abs(v - round(v)) > placement.EPS:
             raise ValueError(placement.WHOLE_GPUS)
         return v
+
+
+def batch_problem(space: SpaceSpec, gpus: float) -> str | None:
+    """Why ``space.batch_size`` cannot be split over a data-parallel trial's GPUs, if it cannot."""
+    b = space.batch_size
+    return placement.batch_problem(
+        [int(x) for x in values(b)], placement.world_size(gpus), searched_range=isinstance(b, IntParam)
+    )
 
 
 def generation_problem(

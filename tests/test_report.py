@@ -12,7 +12,7 @@ import pytest
 
 from dashboards import facts, figures
 from dashboards.report import build_report
-from hpo.spec import asha_rungs
+from hpo.specsections import asha_rungs
 from tests.conftest import run_cli
 from tests.synthetic import make_study
 
