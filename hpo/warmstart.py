@@ -20,7 +20,7 @@ data-parallel ranks); a trial process exits when its Ray process is gone (it pol
 the connection closes, and after a trial that hit a CUDA error no process recovers from
 (``hpo/cudafault.py``): its Ray process's next trial forks a new one. Where any of this does not
 hold (a cluster, not Linux, ``HPO_WARM_START=0``, a warm process that failed, or one whose imports
-started the CUDA driver: a forked child could not use CUDA, see ``cuda_driver_started``), the Ray
+started the CUDA driver: a forked child could not use CUDA, see ``hpo/cudaprobe.py``), the Ray
 process runs the trial itself, as before.
 """
 
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo import cudafault, distributed, memory
+from hpo.cudaprobe import cuda_driver_started
 from hpo.errors import CudaError, OutOfMemory, TrialError
 
 log = logging.getLogger(__name__)
@@ -270,68 +271,6 @@ def main(argv: list[str]) -> None:
             listener.close()
             _serve(sock)
         sock.close()
-
-
-PROBE_TIMEOUT_S = 60.0  # how long the probe fork may take to start the CUDA driver
-
-
-def cuda_driver_started(maps: str = "/proc/self/maps") -> str | None:
-    """Why a child forked from this process now could not use CUDA, or None if it could.
-
-    CUDA does not survive a fork: once the driver is initialized (``cuInit``) in a process, its
-    forked children fail at their first CUDA call. torch's own lazy initialization is one way
-    (``torch.cuda.is_initialized``), but any import may start the driver without torch knowing
-    (a ``cudaGetDeviceCount`` when NVML is missing, a library that probes the GPU). The driver
-    lives in ``libcuda.so``: when it is not mapped into this process it cannot have started; when
-    it is, a probe child is forked and must initialize it (``cuInit``, ``cuDeviceGetCount``).
-
-    Args:
-        maps: this process's memory map (``/proc/self/maps``; a test passes another file).
-    """
-    import torch
-
-    if torch.cuda.is_initialized():
-        return "torch initialized CUDA"
-    try:
-        driver = cuda_driver(Path(maps).read_text())
-    except OSError:
-        return None  # no /proc: the platform check (``wanted``) already ruled this out
-    if driver is None or _child_starts_cuda(driver):
-        return None
-    return f"the CUDA driver was started ({driver} is loaded and a forked child cannot initialize it)"
-
-
-def cuda_driver(maps: str) -> str | None:
-    """The path of the CUDA driver library (``libcuda.so*``) in a ``/proc/PID/maps`` text, if
-    mapped (``libcudart``, the runtime, is not the driver: it loads the driver on first use)."""
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and os.path.basename(fields[5]).startswith("libcuda.so"):
-            return fields[5].strip()
-    return None
-
-
-def _child_starts_cuda(driver: str) -> bool:
-    """Fork a child that initializes the CUDA driver and counts its devices; True if it could."""
-    pid = os.fork()
-    if pid == 0:  # the child: exit code 0 when the driver answered
-        code = 1
-        try:
-            import ctypes
-
-            lib, count = ctypes.CDLL(driver), ctypes.c_int(0)
-            code = 0 if lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)  # a hung driver: as unusable as a failing one
-    os.waitpid(pid, 0)
-    return False
 
 
 def _serve(sock: socket.socket) -> None:

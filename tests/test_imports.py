@@ -106,6 +106,7 @@ LAYERS = {
     "faultinject": 2,
     "trial": 2,
     "warmstart": 2,
+    "cudaprobe": 2,
     "bookkeeping": 2,
     "recovery": 2,
     "searcher": 2,
@@ -154,6 +155,7 @@ TORCH_ALLOWED = {
     "hpo/trialmemory.py",
     "hpo/faultinject.py",
     "hpo/warmstart.py",
+    "hpo/cudaprobe.py",  # torch.cuda.is_initialized, inside the function
     "hpo/export.py",  # only to cast weights to another dtype (hpo export --dtype), inside the function
 }  # inside functions in data.py
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import bookkeeping, faultinject, trial, warmstart
+from hpo import bookkeeping, cudaprobe, faultinject, trial, warmstart
 from hpo.errors import TrialError
 from tests.conftest import small_spec, trial_config
 from tests.test_trial import PARAMS
@@ -200,24 +200,24 @@ def fake_drivers(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_the_cuda_driver_is_found_in_a_memory_map():
-    assert warmstart.cuda_driver(MAPS) is None  # the runtime and NVML are not the driver
+    assert cudaprobe.cuda_driver(MAPS) is None  # the runtime and NVML are not the driver
     line = (
         "7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04\n"
     )
-    assert warmstart.cuda_driver(MAPS + line) == "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04"
+    assert cudaprobe.cuda_driver(MAPS + line) == "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04"
 
 
 def test_a_loaded_driver_is_probed_by_a_forked_child(tmp_path, fake_drivers):
     maps = tmp_path / "maps"
     maps.write_text(MAPS)
-    assert warmstart.cuda_driver_started(str(maps)) is None  # no driver loaded: forks are safe
+    assert cudaprobe.cuda_driver_started(str(maps)) is None  # no driver loaded: forks are safe
     for name, expected_safe in (("works", True), ("forked", False)):
         maps.write_text(MAPS + f"7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 {fake_drivers[name]}\n")
-        why = warmstart.cuda_driver_started(str(maps))
+        why = cudaprobe.cuda_driver_started(str(maps))
         assert (why is None) == expected_safe, why
     assert "CUDA driver was started" in why and str(fake_drivers["forked"]) in why
     maps.write_text(MAPS + "7f3a30000000-7f3a31000000 r-xp 00000000 103:02 9 /gone/libcuda.so.1\n")
-    assert warmstart.cuda_driver_started(str(maps)) is not None  # a driver that cannot load: unsafe
+    assert cudaprobe.cuda_driver_started(str(maps)) is not None  # a driver that cannot load: unsafe
 
 
 def test_a_warm_process_whose_imports_started_the_driver_lets_trials_import_themselves(
