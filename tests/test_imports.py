@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ray", "transformers", "datasets", "nltk", "sacrebleu")
 LIGHT = (
     "hpo.cli",
+    "hpo.climodel",
     "hpo.spec",
     "hpo.specsections",
     "hpo.specdata",
@@ -126,6 +127,7 @@ LAYERS = {
     "progress": 4,
     "dashboards": 4,
     "cli": 5,
+    "climodel": 5,
 }
 RAY_ALLOWED = {
     "hpo/runner.py",
