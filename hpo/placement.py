@@ -274,6 +274,20 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
     return frozenset(line.partition(":")[2].split())
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's CPU model name (``AMD EPYC``); the architecture where there is no
+    ``/proc/cpuinfo``. Two CPU kinds may share a name: benchmarks and learning-curve tables record
+    ``cpu_flags() & BF16_CPU_FLAGS`` beside it (an AVX2-only EPYC trains in fp32, a Zen 4 in bf16)."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            line = next((ln for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or platform.machine()
+
+
 def precision_note(requested: str, flags: frozenset[str] | None) -> str | None:
     """What to tell the user once when CPU trials are asked to train in bf16 on a CPU that only
     emulates it (None: nothing to say, or the flags are unknown)."""

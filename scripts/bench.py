@@ -307,7 +307,7 @@ def meta(argv: list[str]) -> dict[str, Any]:
 
     return {
         "command": "scripts/bench " + " ".join(argv),
-        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {_cpu_model()}",
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {_cpu()}",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("torch", "transformers", "ray", "optuna", "accelerate")},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -315,12 +315,13 @@ def meta(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+def _cpu() -> str:
+    """The CPU model and its bf16 units (``AMD EPYC, bf16: avx512_bf16``): which precision
+    ``auto`` picks, and so which figures compare."""
+    from hpo import placement
+
+    units = sorted((placement.cpu_flags() or frozenset()) & placement.BF16_CPU_FLAGS)
+    return f"{placement.cpu_model()}, bf16: {'/'.join(units) or 'none'}"
 
 
 def main(argv: list[str]) -> int:

@@ -39,17 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict:
-    """What ran it: CPU model, cores, Python."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """What ran it: CPU model, its bf16 units (which precision ``auto`` trains in), cores, Python."""
+    from hpo import placement
+
     return {
-        "cpu": model or platform.processor(),
+        "cpu": placement.cpu_model(),
+        "bf16": sorted((placement.cpu_flags() or frozenset()) & placement.BF16_CPU_FLAGS),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -77,7 +72,7 @@ def record(args: argparse.Namespace) -> int:
     other = _other_machine(earlier)
     if other and not args.export_only and not args.any_machine:
         print(
-            f"error: {args.out} was recorded on {other!r}, this machine is {machine()['cpu']!r}: its trials "
+            f"error: {args.out} was recorded on {other!r}, this machine is {_kind(machine())!r}: its trials "
             "would take other seconds (and maybe another precision); record there, or pass --any-machine",
             file=sys.stderr,
         )
@@ -163,9 +158,22 @@ def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) 
 
 
 def _other_machine(table: curves.Table | None) -> str | None:
-    """The CPU an existing table was recorded on, when it is not this machine's (else None)."""
-    cpu = ((table.header.get("machine") if table else None) or {}).get("cpu")
-    return cpu if cpu and cpu != machine()["cpu"] else None
+    """The CPU an existing table was recorded on, when it is not this machine's kind (else None):
+    another model name, or the same name with other bf16 units (a header without them, from
+    before they were recorded, is compared by name)."""
+    recorded = (table.header.get("machine") if table else None) or {}
+    here = machine()
+    if not recorded.get("cpu"):
+        return None
+    if recorded["cpu"] != here["cpu"]:
+        return recorded["cpu"]
+    if "bf16" in recorded and recorded["bf16"] != here["bf16"]:
+        return _kind(recorded)
+    return None
+
+
+def _kind(m: dict) -> str:
+    return f"{m['cpu']} (bf16: {'/'.join(m['bf16']) or 'none'})"
 
 
 def _earlier_commits(table: curves.Table | None) -> list[str]:

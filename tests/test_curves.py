@@ -133,17 +133,23 @@ def test_a_recording_continues_on_a_machine_without_its_storage(tmp_path):
     assert len(trials) == 2 and all(t.user_attrs["restored_from"] == "table.jsonl" for t in trials)
 
 
-def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys):
-    """Seconds recorded on one CPU kind do not compare with another's: refused in one line, and no
-    storage is made."""
+@pytest.mark.parametrize("other", ["name", "bf16"])
+def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys, other):
+    """Seconds recorded on one CPU kind do not compare with another's (another model name, or the
+    same name with other bf16 units: an AVX2-only EPYC trains in fp32, a Zen 4 EPYC in bf16):
+    refused in one line, and no storage is made."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import record_curves
 
+    here = record_curves.machine()
+    recorded = (
+        {"cpu": "Another CPU"}
+        if other == "name"
+        else {"cpu": here["cpu"], "bf16": [] if here["bf16"] else ["amx_bf16"]}
+    )
     out = tmp_path / "table.jsonl"
     row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
-    curves.write(
-        out, {"study": "curves-tiny", "direction": "minimize", "machine": {"cpu": "Another CPU"}}, [row]
-    )
+    curves.write(out, {"study": "curves-tiny", "direction": "minimize", "machine": recorded}, [row])
     db = tmp_path / "fresh.db"
     args = [
         "--spec",
@@ -155,5 +161,5 @@ def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys):
     ]
     assert record_curves.main(args) == 2
     err = capsys.readouterr().err
-    assert "'Another CPU'" in err and "--any-machine" in err and len(err.strip().splitlines()) == 1
+    assert recorded["cpu"] in err and "--any-machine" in err and len(err.strip().splitlines()) == 1
     assert not db.exists()

@@ -166,9 +166,14 @@ def test_bf16_asked_for_on_a_cpu_that_emulates_it_gets_a_note(tmp_path):
     assert placement.precision_note("bf16", None) is None  # flags unknown: say nothing
     # the flags are read from /proc/cpuinfo's first "flags" line
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n"
+    )
     assert placement.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
     assert placement.cpu_flags(str(tmp_path / "none")) is None
+    assert placement.cpu_model(str(info)) == "AMD EPYC"
+    assert placement.cpu_model(str(tmp_path / "none"))  # no /proc/cpuinfo: the architecture
 
 
 @pytest.mark.parametrize(
