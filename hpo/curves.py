@@ -119,3 +119,55 @@ def read(path: str | Path) -> Table:
     if header is None or not curves:
         raise UsageError(f"{p}: a curve table needs a header record and at least one curve")
     return Table(header, curves)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How another machine's trial seconds compare with a table's, from some of the table's
+    configurations trained again there (same spec, same seed): ``factor`` is the median over them
+    of seconds there / seconds in the table; ``value_gap`` the largest relative difference of their
+    final values (another precision, or code that trains differently, shows here)."""
+
+    rows: list[int]
+    factor: float
+    value_gap: float
+
+    def to_table_seconds(self, c: Curve) -> Curve:
+        """A curve recorded on the calibrated machine, its seconds in the table's time base."""
+        return Curve(
+            c.number,
+            c.params,
+            c.epochs,
+            c.values,
+            [round(s / self.factor, 4) for s in c.seconds],
+            c.tokens,
+            c.complete,
+        )
+
+
+def calibrate(rows: list[Curve], again: list[Curve]) -> Calibration:
+    """Compare the table's ``rows`` with the same configurations trained again (``again[i]`` is
+    ``rows[i]``'s configuration).
+
+    Raises:
+        ValueError: the lists differ in length or configuration, or a curve is empty.
+    """
+    import statistics
+
+    if not rows or len(rows) != len(again):
+        raise ValueError(f"calibrate: {len(rows)} table rows but {len(again)} curves trained again")
+    ratios, gaps = [], []
+    for r, a in zip(rows, again, strict=True):
+        if not _same_params(r.params, a.params) or not r.values or not a.values:
+            raise ValueError(f"calibrate: row {r.number} and its run again differ ({r.params} vs {a.params})")
+        ratios.append(sum(a.seconds) / sum(r.seconds))
+        gaps.append(abs(a.values[-1] - r.values[-1]) / abs(r.values[-1]))
+    return Calibration([r.number for r in rows], round(statistics.median(ratios), 4), round(max(gaps), 5))
+
+
+def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import math
+
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], float) else a[k] == b[k] for k in a
+    )

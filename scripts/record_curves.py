@@ -13,7 +13,9 @@ finished or ``--minutes`` have passed; rerunning the same command continues the 
   flock /tmp/hpo-heavy.lock python scripts/record_curves.py --spec studies/curves-smollm2.yaml \\
       --configs 50 --minutes 600 --out benchmarks/curves/smollm2.jsonl
   # on another machine (no runs/curves/): the same command puts the table's curves back into a new
-  # storage first, so the seeded draw goes on where it stopped
+  # storage first, so the seeded draw goes on where it stopped; on another CPU kind add
+  # --calibrate 4: four of the table's configurations train again here first, and this machine's
+  # seconds go into the table divided by the measured factor (the table's time base stays its own)
   # the table alone, from what the storage holds:
   python scripts/record_curves.py --spec studies/curves-tiny.yaml --export-only --out ...
 """
@@ -21,6 +23,7 @@ finished or ``--minutes`` have passed; rerunning the same command continues the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import logging
@@ -70,10 +73,12 @@ def record(args: argparse.Namespace) -> int:
         return 2
     earlier = curves.read(args.out) if Path(args.out).is_file() else None  # the table so far
     other = _other_machine(earlier)
-    if other and not args.export_only and not args.any_machine:
+    if other and not args.export_only and not args.any_machine and not args.calibrate:
         print(
             f"error: {args.out} was recorded on {other!r}, this machine is {_kind(machine())!r}: its trials "
-            "would take other seconds (and maybe another precision); record there, or pass --any-machine",
+            "would take other seconds (and maybe another precision); record there, pass --calibrate 4 (train "
+            "4 of its configurations again here first, to put this machine's seconds in the table's), "
+            "or --any-machine",
             file=sys.stderr,
         )
         return 2
@@ -84,6 +89,21 @@ def record(args: argparse.Namespace) -> int:
         restored = restore(s, url, earlier, Path(args.out).name)
         if restored:
             print(f"{url}: a new storage; restored the {restored} curves of {args.out} into it", flush=True)
+    missing = _missing_from_storage(earlier, s.name, url)
+    if missing:
+        print(
+            f"error: {args.out} holds {len(missing)} curve(s) that {url} lacks (trials {missing[0]}, ...: "
+            "recorded on another machine); move the storage aside so that the table is restored into a "
+            "new one",
+            file=sys.stderr,
+        )
+        return 2
+    calibration = None
+    if other and args.calibrate and not args.export_only:
+        assert earlier is not None
+        calibration = calibrate_here(s, args.spec, url, earlier, args.calibrate)
+        if _too_far(calibration, args):
+            return 2
     deadline, t0 = time.time() + args.minutes * 60, time.time()
     if args.until:  # an absolute end (UTC HH:MM today) for a run queued behind a lock
         hh, mm = (int(x) for x in args.until.split(":"))
@@ -98,30 +118,83 @@ def record(args: argparse.Namespace) -> int:
         target = min(args.configs, target + args.chunk)
         summary = run_study(s.name, trials=target, storage=url, runs_dir=ROOT / "runs" / "curves" / s.name)
         print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
-        write_table(s, url, args.out, commits)  # after every chunk: a stopped recording keeps what it made
+        write_table(
+            s, url, args.out, commits, earlier, calibration
+        )  # after every chunk: a stopped recording keeps what it made
         if summary.interrupted:
             break
-    n = write_table(s, url, args.out, commits)
+    n = write_table(s, url, args.out, commits, earlier, calibration)
     print(f"{args.out}: {n} curves", flush=True)
     return 0
 
 
-def write_table(s: spec.StudySpec, url: str, out: str, commits: list[str]) -> int:
-    """Write the table of every full-budget trial the storage holds; returns the curves written."""
-    table = [c for t in _trials(s.name, url) if (c := curves.curve_of(t, s.training.eval_every))]
+def write_table(
+    s: spec.StudySpec,
+    url: str,
+    out: str,
+    commits: list[str],
+    earlier: curves.Table | None = None,
+    calibration: curves.Calibration | None = None,
+) -> int:
+    """Write the table of every full-budget trial the storage holds; returns the curves written.
+
+    The table keeps the time base of the machine that started it (its header's ``machine``): with
+    a ``calibration``, the seconds of the trials recorded here (not restored from the table) are
+    put in that base, and the header lists each calibration."""
+    table = []
+    for t in _trials(s.name, url):
+        c = curves.curve_of(t, s.training.eval_every)
+        if c is not None and calibration is not None and "restored_from" not in t.user_attrs:
+            c = calibration.to_table_seconds(c)
+        if c is not None:
+            table.append(c)
     header = {
         "study": s.name,
         "direction": s.objective.direction,
         "metric": s.objective.metric,
         "eval_every": s.training.eval_every,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        "machine": (earlier.header.get("machine") if earlier else None) or machine(),
         "commits": commits,  # the commits whose code ran the trials, oldest first
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "spec": s.model_dump(mode="json"),
     }
+    calibrations = list(earlier.header.get("calibrations", [])) if earlier else []
+    entry = {"machine": machine(), **dataclasses.asdict(calibration)} if calibration else None
+    if entry and entry not in calibrations:
+        calibrations.append(entry)
+    if calibrations:
+        header["calibrations"] = calibrations
     curves.write(Path(out), header, table)
     return len(table)
+
+
+def calibrate_here(
+    s: spec.StudySpec, spec_path: str, url: str, table: curves.Table, k: int
+) -> curves.Calibration:
+    """Train the table's first ``k`` configurations again on this machine (a study of their own,
+    ``<study>-calibration``, in the same storage: a rerun reuses it) and compare.
+
+    Raises:
+        HpoError: a calibration trial did not complete.
+    """
+    from hpo.study import create_study, run_study
+
+    name = f"{s.name}-calibration"
+    rows = sorted(table.curves, key=lambda c: c.number)[:k]
+    if name not in storage.study_names(storage.open_storage(url)):
+        create_study(spec_path, name=name, storage=url)
+    study = storage.load(name, url)
+    if not study.get_trials(deepcopy=False):  # new (or made by a run stopped before it queued them)
+        for r in rows:  # queued: the run asks these first, in order
+            storage.enqueue(study, r.params, calibrates=r.number)
+    run_study(name, trials=len(rows), storage=url, runs_dir=ROOT / "runs" / "curves" / name)
+    again = [curves.curve_of(t, s.training.eval_every) for t in _trials(name, url)][: len(rows)]
+    if any(c is None for c in again):
+        raise HpoError(
+            f"study {name!r} in {url}: a calibration trial did not complete; delete that study to retry"
+        )
+    return curves.calibrate(rows, again)  # type: ignore[arg-type]
 
 
 def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) -> int:
@@ -176,6 +249,33 @@ def _kind(m: dict) -> str:
     return f"{m['cpu']} (bf16: {'/'.join(m['bf16']) or 'none'})"
 
 
+def _too_far(calibration: curves.Calibration, args: argparse.Namespace) -> bool:
+    """Print the calibration; True (and say why) when the table's values do not reproduce here."""
+    print(
+        f"calibration on {args.calibrate} of the table's configurations: this machine takes "
+        f"{calibration.factor:g}x the table's seconds; final values within {calibration.value_gap:.2%}",
+        flush=True,
+    )
+    if calibration.value_gap <= args.tolerance:
+        return False
+    print(
+        f"error: {args.out}: this machine trains the table's configurations to values up to "
+        f"{calibration.value_gap:.2%} away from its own (--tolerance {args.tolerance:.2%}): another "
+        "precision or other training code; record on the table's machine kind, or start a new table",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _missing_from_storage(table: curves.Table | None, name: str, url: str) -> list[int]:
+    """The table's curves the storage has no trial for: recorded on another machine after this
+    storage was made (writing the table from this storage would drop them)."""
+    if table is None or name not in storage.study_names(storage.open_storage(url)):
+        return []
+    have = {t.number for t in _trials(name, url)}
+    return sorted(c.number for c in table.curves if c.number not in have)
+
+
 def _earlier_commits(table: curves.Table | None) -> list[str]:
     if table is None:
         return []
@@ -199,6 +299,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chunk", type=int, default=20, help="trials per hpo run (default %(default)s)")
     p.add_argument("--storage", help="storage URL (default sqlite:///runs/curves/<study>.db)")
     p.add_argument("--export-only", action="store_true", help="write the table from the storage, run nothing")
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="on a machine kind other than the table's: train its first K configurations again here, "
+        "then record with this machine's seconds put in the table's time base",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="--calibrate: the largest relative gap in final values accepted (default %(default)s)",
+    )
     p.add_argument(
         "--any-machine",
         action="store_true",

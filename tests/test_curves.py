@@ -12,6 +12,7 @@ import pytest
 from hpo import curves
 from hpo.bookkeeping import EVAL_TIME_PREFIX
 from hpo.errors import UsageError
+from tests.conftest import small_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,5 +162,103 @@ def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys, other):
     ]
     assert record_curves.main(args) == 2
     err = capsys.readouterr().err
-    assert recorded["cpu"] in err and "--any-machine" in err and len(err.strip().splitlines()) == 1
+    assert recorded["cpu"] in err and "--calibrate 4" in err and "--any-machine" in err
+    assert len(err.strip().splitlines()) == 1
     assert not db.exists()
+
+
+def _row(number: int, lr: float, seconds: list[float], values: list[float]) -> curves.Curve:
+    return curves.Curve(number, {"learning_rate": lr, "batch_size": 8}, [0.5, 1.0], values, seconds, [10, 20])
+
+
+def test_calibration_puts_another_machines_seconds_in_the_tables_time_base():
+    """The factor is the median of seconds-here / seconds-in-the-table over the configurations
+    trained again; the value gap the largest relative difference of their final values."""
+    rows = [_row(0, 1e-3, [4.0, 4.0], [3.0, 2.0]), _row(1, 3e-3, [8.0, 8.0], [2.5, 1.0])]
+    again = [_row(0, 1e-3, [8.0, 8.0], [3.0, 2.02]), _row(1, 3e-3, [24.0, 24.0], [2.5, 1.0])]
+    cal = curves.calibrate(rows, again)
+    assert cal.rows == [0, 1] and cal.factor == 2.5 and cal.value_gap == pytest.approx(0.01)
+    here = _row(7, 2e-3, [5.0, 10.0], [2.0, 1.5])
+    assert cal.to_table_seconds(here).seconds == [2.0, 4.0]
+    assert cal.to_table_seconds(here).values == here.values
+    with pytest.raises(ValueError, match="row 1 and its run again differ"):
+        curves.calibrate(rows, [again[0], _row(1, 9e-3, [1.0, 1.0], [1.0, 1.0])])
+    with pytest.raises(ValueError, match="2 table rows but 1"):
+        curves.calibrate(rows, again[:1])
+
+
+def test_a_calibrated_recording_scales_only_the_trials_recorded_here(tmp_path):
+    """The table keeps its first machine's time base: restored curves keep their seconds, a trial
+    recorded here has its seconds divided by the calibration's factor, and the header names the
+    first machine and lists the calibration; a storage that lacks some of the table's curves is
+    refused (writing the table from it would drop them)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    from hpo import space, storage
+    from hpo import spec as hpo_spec
+    from hpo.study import create_study
+
+    spec_path = ROOT / "studies" / "curves-tiny.yaml"
+    s = hpo_spec.load(spec_path)
+    out = tmp_path / "table.jsonl"
+    elsewhere = {"cpu": "Another CPU", "bf16": []}
+    header = {"study": s.name, "direction": "minimize", "eval_every": 0.5, "machine": elsewhere}
+    curves.write(out, header, [_row(0, 1e-3, [4.0, 4.0], [3.0, 2.0]), _row(1, 3e-3, [8.0, 8.0], [2.5, 1.0])])
+    table = curves.read(out)
+    url = f"sqlite:///{tmp_path / 'here.db'}"
+    create_study(spec_path, storage=url)
+    assert record_curves.restore(s, url, table, out.name) == 2
+    params = {"learning_rate": 2e-3, "batch_size": 8}
+    storage.load(s.name, url).add_trial(  # a trial recorded on this machine: 6 s, then 12 s
+        optuna.trial.create_trial(
+            params=params,
+            distributions={k: d for k, d in space.distributions(s.space).items() if k in params},
+            value=1.5,
+            intermediate_values={1: 2.0, 2: 1.5},
+            user_attrs={"epoch": 1.0, f"{EVAL_TIME_PREFIX}1": [6.0, 10], f"{EVAL_TIME_PREFIX}2": [18.0, 20]},
+        )
+    )
+    cal = curves.Calibration([0], 2.0, 0.001)
+    assert record_curves.write_table(s, url, str(out), ["abc"], table, cal) == 3
+    again = curves.read(out)
+    assert [c.seconds for c in again.curves] == [[4.0, 4.0], [8.0, 8.0], [3.0, 6.0]]
+    assert again.header["machine"] == elsewhere
+    assert again.header["calibrations"] == [
+        {"machine": record_curves.machine(), "rows": [0], "factor": 2.0, "value_gap": 0.001}
+    ]
+
+    extra = _row(9, 5e-3, [1.0, 1.0], [2.0, 1.9])  # a curve recorded elsewhere since
+    curves.write(out, again.header, [*again.curves, extra])
+    args = ["--spec", str(spec_path), "--storage", url, "--out", str(out), "--export-only"]
+    assert record_curves.main(args) == 2
+    assert len(curves.read(out).curves) == 4  # not rewritten
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_table_from_another_machine_kind_is_extended_after_calibration(tmp_path, tiny_model, capsys):
+    """The real stack: a table recorded "elsewhere" (two configurations), then --calibrate 1 here
+    trains its first configuration again in a study of its own (same seed: the same values on the
+    same machine), measures the factor, and the recording goes on to three curves."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    spec_path = small_spec(
+        tmp_path, name="cal", rows=60, schedule="none", sampler="random", training={"eval_every": 0.5}
+    )
+    out, url = tmp_path / "table.jsonl", f"sqlite:///{tmp_path / 'first.db'}"
+    base = ["--spec", str(spec_path), "--out", str(out), "--chunk", "2"]
+    assert record_curves.main([*base, "--storage", url, "--configs", "2"]) == 0
+    first = curves.read(out)
+    first.header["machine"] = {"cpu": "Another CPU", "bf16": []}
+    curves.write(out, first.header, first.curves)
+
+    url = f"sqlite:///{tmp_path / 'here.db'}"  # this machine has no storage yet: restored from the table
+    assert record_curves.main([*base, "--storage", url, "--configs", "3", "--calibrate", "1"]) == 0
+    table = curves.read(out)
+    assert len(table.curves) == 3 and table.curves[:2] == first.curves
+    (cal,) = table.header["calibrations"]
+    assert cal["rows"] == [0] and cal["factor"] > 0 and cal["value_gap"] <= 0.01
+    assert table.header["machine"] == {"cpu": "Another CPU", "bf16": []}
+    assert "calibration on 1 of the table's configurations" in capsys.readouterr().out
