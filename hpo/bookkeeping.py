@@ -1,7 +1,8 @@
 """The bridge's bookkeeping as pure decisions on plain values: what a Ray trial's end makes of its
-Optuna trial (COMPLETE, PRUNED or FAIL, and the user attributes it keeps), the step of each
-intermediate value, which checkpoints can go, and what counts towards the target. No Ray; unit
-tested with hand-made trials (tests/test_searcher.py)."""
+Optuna trial (COMPLETE, PRUNED or FAIL, its values and the user attributes it keeps), when a
+streak of failures stops the run, the step of each intermediate value, which checkpoints can go,
+and what counts towards the target. No Ray; unit tested with hand-made trials
+(tests/test_searcher.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpo.objectives import values_of
 from hpo.summary import CONFIRM_OF_ATTR, first_value, is_confirm, is_imported, pareto
 
 ERROR_FILE = "error.json"
@@ -55,6 +57,59 @@ def final_state(
     if last.get(BUDGET_DONE) or capped or float(last["epoch"]) >= max_t - 1e-6:
         return TrialState.COMPLETE
     return TrialState.PRUNED if scheduled else TrialState.FAIL
+
+
+def outcome(
+    state: TrialState,
+    last: dict[str, Any],
+    error_info: dict[str, str] | None,
+    metric: str | None,
+    metrics: Sequence[str],
+) -> tuple[TrialState, list[float] | None, dict[str, Any], str | None]:
+    """What a trial ending in ``state`` (``final_state``) is told: its state (COMPLETE falls to
+    FAIL when the last report lacks an objective), values (one per objective; COMPLETE only), user
+    attributes, and for a FAIL the failure ``error_class: error_message`` (None otherwise)."""
+    attrs = summary_attrs(last)
+    values: list[float] | None = None
+    if state == TrialState.COMPLETE:
+        values, missing = trial_values(last, metric, metrics)
+        if missing:
+            message = f"the trial reported no {', '.join(missing)} (an objective)"
+            values, state = None, TrialState.FAIL
+            error_info = {"error_class": "TrialError", "error_message": message}
+    failure = None
+    if state == TrialState.FAIL:
+        info = error_info or {
+            "error_class": "TrialError",
+            "error_message": "the trial failed without a message",
+        }
+        attrs.update(info)
+        failure = f"{info['error_class']}: {info['error_message']}"
+    if state == TrialState.PRUNED:
+        attrs["pruned_at_epoch"] = last.get("epoch")
+    return state, values, attrs, failure
+
+
+def trial_values(
+    last: dict[str, Any], metric: str | None, metrics: Sequence[str]
+) -> tuple[list[float], list[str]]:
+    """The trial's values (one per objective of ``metrics``) and the objectives its last report
+    lacks. The first is its best objective (the trial reports it for ``config["objective"]``)."""
+    if "best_objective" not in last and "best_eval_loss" in last:  # a report without it
+        best = float(last["best_eval_loss"])
+        last = {
+            **last,
+            "best_objective": math.exp(min(best, 50.0)) if metric == "perplexity" else best,
+        }
+    return values_of(metrics, last)
+
+
+def failure_streak(failures: list[str], max_failures: int) -> str | None:
+    """Why the run stops asking for trials: the last ``max_failures`` failures were the same
+    error; None while they were not."""
+    if len(failures) >= max_failures and len(set(failures[-max_failures:])) == 1:
+        return f"the last {max_failures} trials failed with {failures[-1]}"
+    return None
 
 
 def summary_attrs(last: dict[str, Any]) -> dict[str, Any]:

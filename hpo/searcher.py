@@ -18,16 +18,15 @@ value, sets no user attributes and leaves RUNNING rows behind after a crash. Thi
   (Tune's stopper ends them) are failed with ``fail_reason: budget`` and re-queued.
 
 The decisions (final state, which checkpoints to delete) are pure functions in
-``hpo/bookkeeping.py``; recovery of dead runs is ``hpo/recovery.py``'s.
+``hpo/bookkeeping.py``; whether and which trial starts next is ``hpo/admission.py``'s; recovery
+of dead runs is ``hpo/recovery.py``'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,27 +38,27 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from hpo import budget, placement, space
+from hpo import admission, budget, placement, space
 from hpo import storage as storage_mod
 from hpo.bookkeeping import (
     BUDGET_DONE,
     EVAL_TIME_PREFIX,
     checkpoints_to_delete,
-    counted,
     du_mb,
     eval_step,
+    failure_streak,
     final_state,
     finished_and_running,
+    outcome,
     protected,
     read_error,
     source_losses,
     summary_attrs,
 )
-from hpo.objectives import values_of
 from hpo.recovery import REQUEUER_ATTR, _this_process, recover_stale, requeue
 from hpo.spec import StudySpec
-from hpo.storage import ENQUEUED_ATTR, HEARTBEAT_S
-from hpo.summary import CONFIRM_ATTR, CONFIRM_SEED_ATTR, is_confirm
+from hpo.storage import HEARTBEAT_S
+from hpo.summary import CONFIRM_SEED_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -155,27 +154,19 @@ class OptunaBridge(Searcher):
             return None  # other trials may still fail; ask again later
         if not self._budget_allows():
             return Searcher.FINISHED
-        if self._confirm and not self._confirm_queued():
+        if self._confirm and not admission.confirm_queued(self._study):
             return Searcher.FINISHED
-        trial = self._ask()
-        if trial is None or self._over_target(trial):
+        trial = admission.ask(self._study, self._spec, self._confirm)
+        if trial is None:
+            return None
+        if admission.over_target(self._study, trial, self._target, self._confirm):
+            self._counts_cache = (0.0, 0, 0)  # closed FAIL: another run took the last slots
             return None
         params = space.suggest(trial, self._spec.space)
         if self._confirm:  # its new seed (when the space searches seed, the queue fixed it already)
             params["seed"] = int(trial.user_attrs[CONFIRM_SEED_ATTR])
         folder = self._trials_dir / f"{trial.number:05d}"
-        attrs = {
-            "ray_trial_id": trial_id,
-            "hpo_run": self._run_id,
-            "trial_dir": str(folder),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        resume = trial.user_attrs.get("resume_checkpoint")  # set when an interrupted trial was re-queued
-        if resume and Path(resume).is_dir():
-            attrs["resumed_from"] = resume
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        attrs = admission.mark_started(trial, trial_id, self._run_id, folder)
         storage_trial_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
         self._heartbeat(storage_trial_id)
         with self._lock:
@@ -190,35 +181,6 @@ class OptunaBridge(Searcher):
         if "resumed_from" in attrs:
             config["resume_checkpoint"] = attrs["resumed_from"]
         return config
-
-    def _ask(self) -> optuna.trial.Trial | None:
-        """Optuna's next trial (queued ones first) of this run's kind. A queued trial of the other
-        kind is closed FAIL: a confirm run left by a dead `hpo confirm` (it runs it again), or a
-        search trial asked by `hpo confirm` (re-queued for `hpo run`)."""
-        for _ in range(1000):
-            trial = self._study.ask()
-            if bool(trial.user_attrs.get(CONFIRM_ATTR)) == self._confirm:
-                return trial
-            reason = "asked by `hpo confirm`: re-queued" if self._confirm else "a confirm run left queued"
-            trial.set_user_attr("fail_reason", reason)
-            self._study.tell(trial, state=TrialState.FAIL)
-            if self._confirm:
-                queued = {**trial.user_attrs.get(ENQUEUED_ATTR, {}), **trial.params}
-                requeue(
-                    self._study,
-                    trial.number,
-                    queued,
-                    self._spec,
-                    None,
-                    trial.user_attrs.get("resume_checkpoint"),
-                )
-                return None
-        return None
-
-    def _confirm_queued(self) -> bool:
-        """Whether a confirm run waits in the queue."""
-        waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        return any(t.user_attrs.get(CONFIRM_ATTR) for t in waiting)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
@@ -279,30 +241,12 @@ class OptunaBridge(Searcher):
     # ------------------------------------------------------------ finishing trials
 
     def _finish(self, trial, params, state: TrialState, last: dict[str, Any], error_info) -> None:
-        attrs = summary_attrs(last)
-        values: list[float] | None = None
-        if state == TrialState.COMPLETE:
-            values, missing = self._values(last)
-            if missing:
-                message = f"the trial reported no {', '.join(missing)} (an objective)"
-                values, state = None, TrialState.FAIL
-                error_info = {"error_class": "TrialError", "error_message": message}
-        if state == TrialState.FAIL:
-            info = error_info or {
-                "error_class": "TrialError",
-                "error_message": "the trial failed without a message",
-            }
-            attrs.update(info)
-            self._failures.append(f"{info['error_class']}: {info['error_message']}")
-            if (
-                len(self._failures) >= self._max_failures
-                and len(set(self._failures[-self._max_failures :])) == 1
-            ):
-                self.stop_reason = f"the last {self._max_failures} trials failed with {self._failures[-1]}"
-        else:
+        state, values, attrs, failure = outcome(state, last, error_info, self.metric, self._spec.metrics)
+        if failure is None:
             self._failures.clear()
-        if state == TrialState.PRUNED:
-            attrs["pruned_at_epoch"] = last.get("epoch")
+        else:
+            self._failures.append(failure)
+            self.stop_reason = failure_streak(self._failures, self._max_failures) or self.stop_reason
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._study.tell(trial, values, state=state)
@@ -313,17 +257,6 @@ class OptunaBridge(Searcher):
         self._on_event(
             Event(kind, trial.number, params, value or last.get(self.metric), last.get("epoch"), message)
         )
-
-    def _values(self, last: dict[str, Any]) -> tuple[list[float], list[str]]:
-        """The trial's values (one per objective) and the objectives its last report lacks. The
-        first is its best objective (the trial reports it for ``config["objective"]``)."""
-        if "best_objective" not in last and "best_eval_loss" in last:  # a report without it
-            best = float(last["best_eval_loss"])
-            last = {
-                **last,
-                "best_objective": math.exp(min(best, 50.0)) if self.metric == "perplexity" else best,
-            }
-        return values_of(self._spec.metrics, last)
 
     def _interrupt(self, trial, params: dict[str, Any], last: dict[str, Any]) -> None:
         """Fail an interrupted trial (Ctrl-C, or the time budget's deadline: ``fail_reason``
@@ -385,41 +318,19 @@ class OptunaBridge(Searcher):
         """(finished, running) trials of the whole study, cached for a second between asks."""
         stamp, finished, running = self._counts_cache
         if fresh or time.monotonic() - stamp > 1.0:
-            trials = self._study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            )
-            finished, running = finished_and_running(trials, self._confirm)
+            finished, running = admission.counts(self._study, self._confirm)
             self._counts_cache = (time.monotonic(), finished, running)
         return finished, running
 
-    def _over_target(self, trial: optuna.trial.Trial) -> bool:
-        """Whether another run took the last slots of the target between our count and our ask.
-        Then the trial just asked is not needed: it is closed as FAIL (and never trained)."""
-        alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        trials = counted(self._study.get_trials(deepcopy=False, states=alive))
-        rank = sum(t.number <= trial.number for t in trials if is_confirm(t) == self._confirm)
-        if rank <= self._target:
-            return False
-        trial.set_user_attr("fail_reason", "not needed: other runs hold the last trials of the target")
-        self._study.tell(trial, state=TrialState.FAIL)
-        self._counts_cache = (0.0, 0, 0)
-        return True
-
     def _budget_allows(self) -> bool:
-        """Whether a new trial can reach its first rung before the deadline at the study's pace
-        (its finished trials'); when not, says why in ``budget_note`` (the run's summary)."""
+        """Whether a new trial can reach its first rung before the deadline at the study's pace;
+        when not, says why in ``budget_note`` (the run's summary)."""
         if self.deadline is None:
             return True
-        left = self.deadline - time.time()
-        pace = budget.measured_pace(budget.pace_samples(self._study.get_trials(deepcopy=False)))
-        if budget.can_start(left, self._first_rung, pace):
+        note = admission.budget_refusal(self._study, self.deadline, self._first_rung)
+        if note is None:
             return True
-        need = f" (~{budget.describe(pace.seconds_for(self._first_rung))})" if pace else ""
-        self.budget_note = (
-            f"started no trial in the last {budget.describe(max(left, 0))} of the budget: a new trial "
-            f"needs longer{need} to reach its first evaluation at {self._first_rung:g} epochs, at the "
-            f"pace of this study's finished trials"
-        )
+        self.budget_note = note
         return False
 
     def _heartbeat(self, storage_trial_id: int) -> None:

@@ -25,9 +25,9 @@ from hpo import (
     evaluation,
     gcpause,
     generation,
-    lmhead,
     memory,
     trialsetup,
+    trialstep,
 )
 from hpo import dropout as fast_dropout
 from hpo.checkpoint import (
@@ -194,7 +194,7 @@ def _run(
     config["placement"]["compile"] = trialsetup.compile_blocks(model, config.get("compile", "auto"), device)
     dist.start(model, o["seed"])  # data-parallel: every rank from rank 0's weights
     start_step = checkpoint_step(resume) if resume else 0
-    opt = trialsetup.optimizer(_param_groups(model, p["weight_decay"]), p["learning_rate"], device)
+    opt = trialsetup.optimizer(trialstep.param_groups(model, p["weight_decay"]), p["learning_rate"], device)
     cap = trialsetup.micro_cap(config, model, device, precision, int(train[0].shape[1]), int(p["batch_size"]))
     bs, micro = trialsetup.batching(  # data-parallel: each rank takes batch_size / world blocks of a step
         int(p["batch_size"]) // dist.world, int(o["gradient_accumulation_steps"]), cap
@@ -207,8 +207,10 @@ def _run(
     bs *= dist.world  # blocks per optimizer step, all ranks together
     steps_per_epoch = math.ceil(n_train / bs)
     total_steps = int(p["epochs"]) * steps_per_epoch
-    sched = _schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
-    loss_opts = _LossOptions(o["label_smoothing"], o["l1"], o["max_grad_norm"], _matrices(model))
+    sched = trialstep.schedule(opt, o["lr_scheduler"], o["warmup_ratio"], total_steps)
+    loss_opts = trialstep.LossOptions(
+        o["label_smoothing"], o["l1"], o["max_grad_norm"], trialstep.matrices(model)
+    )
     autocast = trialsetup.autocast(device, precision)
     # 3. train, evaluating at each eval_every epoch mark; early stopping ends the budget early
     gen = torch.Generator().manual_seed(o["seed"])
@@ -237,7 +239,9 @@ def _run(
             idx = np.sort(order[s * bs : (s + 1) * bs].numpy())
             threads.poll()
             t0 = time.perf_counter()
-            loss, tokens = _step(model, opt, sched, train, idx, micro, device, autocast, loss_opts, dist)
+            loss, tokens = trialstep.step(
+                model, opt, sched, train, idx, micro, device, autocast, loss_opts, dist
+            )
             state.train_s += time.perf_counter() - t0
             state.add_train(loss, tokens, step, config)
             step += 1
@@ -361,74 +365,3 @@ def _evaluate_and_keep(
         "budget_done": step == total_steps or stop,
         "early_stopped": stop and step < total_steps,
     }
-
-
-# ---------------------------------------------------------------- pieces of the loop
-
-
-def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on biases and norm weights (1-D tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _schedule(opt, name: str, warmup_ratio: float, total_steps: int):
-    """Linear warmup over ``warmup_ratio`` of the steps, then ``name``'s decay (get_scheduler)."""
-    from transformers import get_scheduler
-
-    return get_scheduler(
-        name, opt, num_warmup_steps=int(warmup_ratio * total_steps), num_training_steps=max(1, total_steps)
-    )
-
-
-def _matrices(model) -> list:
-    """The weights the L1 penalty applies to: trainable matrices (as weight decay; no biases, norms)."""
-    return [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-
-
-class _LossOptions:
-    """What shapes one optimizer step besides the data."""
-
-    def __init__(self, label_smoothing: float, l1: float, max_grad_norm: float, matrices: list):
-        self.label_smoothing, self.l1, self.max_grad_norm = float(label_smoothing), float(l1), max_grad_norm
-        self.matrices = matrices
-
-
-def _step(
-    model, opt, sched, arrays, idx, micro, device, autocast, o: _LossOptions, dist=collective.SINGLE
-) -> tuple[float, int]:
-    """One optimizer step over the blocks ``idx``, accumulating micro-batches; the loss is the
-    mean over the batch's loss-carrying tokens, exactly as if it had been one forward pass, plus
-    ``l1 * sum(|w|)`` over the weight matrices. Returns the (unpenalized) loss and token count."""
-    import numpy as np
-    import torch
-
-    labels_arr = arrays[1]  # arrays: ids, labels, positions
-    labels_np = np.asarray(labels_arr[idx])
-    n_tokens = int((labels_np[:, 1:] != -100).sum())
-    idx, labels_np = dist.shard(idx), dist.shard(labels_np)  # data-parallel: this rank's blocks
-    total = 0.0
-    for i in range(0, len(idx), micro):
-        part = idx[i : i + micro]
-        ids, pos = (torch.from_numpy(np.asarray(a[part], dtype=np.int64)).to(device) for a in arrays[::2])
-        labels = torch.from_numpy(labels_np[i : i + micro].astype(np.int64)).to(device)
-        with autocast():
-            loss = _loss_sum(model, ids, labels, pos, o.label_smoothing) / max(1, n_tokens)
-        loss.backward()
-        total += float(loss.detach())
-    total = dist.sync_grads(model, total)  # data-parallel: sum the ranks' gradients and losses
-    if o.l1:
-        (o.l1 * sum(w.abs().sum() for w in o.matrices)).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return total, n_tokens
-
-
-def _loss_sum(model, ids, labels, pos=None, label_smoothing: float = 0.0):
-    """Summed next-token cross-entropy over tokens whose label is not -100 (``lmhead``: the head
-    runs only on those tokens; ``pos``, positions restarting at 0 per packed example, makes
-    transformers mask attention block-diagonally, so an example never sees its neighbours)."""
-    return lmhead.loss_sum(model, ids, labels, pos, label_smoothing)

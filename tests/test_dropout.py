@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from hpo import dropout, trial
+from hpo import dropout, trial, trialstep
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -95,6 +95,6 @@ def test_a_swapped_model_is_the_same_model_in_eval_mode_and_saves_the_same(tiny_
     assert dropout.ATTENTION not in (tmp_path / "config.json").read_text()
     model.train()
     torch.manual_seed(5)
-    loss = trial._loss_sum(model, ids, ids)
+    loss = trialstep.loss_sum(model, ids, ids)
     loss.backward()
     assert torch.isfinite(loss) and model.transformer.wte.weight.grad is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpo import data, formats, trial
+from hpo import data, formats, trial, trialstep
 
 PAIRS = [
     ("Where is my order F1?", "It ships tomorrow."),
@@ -27,7 +27,7 @@ def _alone(model, ids: list[int], labels: list[int]) -> tuple[float, int, int]:
     """(summed loss, correct next tokens, counted tokens) of one example run by itself."""
     x, y = torch.tensor([ids]), torch.tensor([labels])
     with torch.no_grad():
-        loss = float(trial._loss_sum(model, x, y))
+        loss = float(trialstep.loss_sum(model, x, y))
     m = trial.evaluate_metrics(model, x, y)
     n = int((y[:, 1:] != -100).sum())
     return loss, round(m["token_accuracy"] * n), n
@@ -36,7 +36,7 @@ def _alone(model, ids: list[int], labels: list[int]) -> tuple[float, int, int]:
 def _packed_totals(model, packed: data.Packed) -> tuple[float, int, int]:
     ids, labels, pos = (torch.tensor(getattr(packed, k)) for k in ("ids", "labels", "pos"))
     with torch.no_grad():
-        loss = float(trial._loss_sum(model, ids, labels, pos))
+        loss = float(trialstep.loss_sum(model, ids, labels, pos))
     m = trial.evaluate_metrics(model, ids, labels, pos)
     n = int((labels[:, 1:] != -100).sum())
     return loss, round(m["token_accuracy"] * n), n
@@ -63,7 +63,7 @@ def test_without_positions_the_neighbours_would_leak_in(model_and_tok):
     packed = data.pack(enc, block=128, pad_id=tok.eos_token_id)
     ids, labels = torch.tensor(packed.ids), torch.tensor(packed.labels)
     with torch.no_grad():
-        plain = float(trial._loss_sum(model, ids, labels))
+        plain = float(trialstep.loss_sum(model, ids, labels))
     alone = sum(_alone(model, i, la)[0] for i, la in enc)
     assert abs(plain - alone) > 1e-2
 

@@ -16,7 +16,14 @@ from optuna.trial import TrialState
 from hpo import recovery, space
 from hpo import spec as spec_mod
 from hpo import storage as storage_mod
-from hpo.bookkeeping import BUDGET_DONE, checkpoints_to_delete, eval_step, final_state
+from hpo.bookkeeping import (
+    BUDGET_DONE,
+    checkpoints_to_delete,
+    eval_step,
+    failure_streak,
+    final_state,
+    outcome,
+)
 from hpo.recovery import recover_stale
 from hpo.searcher import OptunaBridge
 from tests.conftest import small_spec
@@ -40,6 +47,30 @@ def test_eval_step_is_the_index_on_the_epoch_grid():
 )
 def test_final_state(last, error, expected):
     assert final_state(last, error, max_t=3.0, scheduled=True) == expected
+
+
+def test_outcome_fails_a_complete_trial_without_its_objective_and_names_the_failure():
+    state, values, attrs, failure = outcome(
+        TrialState.COMPLETE, {"epoch": 1.0}, None, "eval_loss", ["eval_loss"]
+    )
+    assert (state, values, failure) == (
+        TrialState.FAIL,
+        None,
+        "TrialError: the trial reported no eval_loss (an objective)",
+    )
+    assert attrs["error_class"] == "TrialError" and attrs["epoch"] == 1.0
+    state, values, _, failure = outcome(
+        TrialState.COMPLETE, {"epoch": 1.0, "best_eval_loss": 2.0}, None, "perplexity", ["perplexity"]
+    )
+    assert state == TrialState.COMPLETE and values == [pytest.approx(math.exp(2.0))] and failure is None
+    state, _, attrs, failure = outcome(TrialState.PRUNED, {"epoch": 0.5}, None, "eval_loss", ["eval_loss"])
+    assert attrs["pruned_at_epoch"] == 0.5 and failure is None
+
+
+def test_the_same_failure_max_failures_times_in_a_row_stops_the_run():
+    assert failure_streak(["A: x", "A: x"], 3) is None
+    assert failure_streak(["B: y", "A: x", "A: x"], 3) is None
+    assert failure_streak(["B: y", "A: x", "A: x", "A: x"], 3) == "the last 3 trials failed with A: x"
 
 
 def _frozen(number, state, value, folder):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo import basemodel, evaluation, faultinject, placement, trial, trialsetup
+from hpo import basemodel, evaluation, faultinject, placement, trial, trialsetup, trialstep
 from hpo import spec as spec_mod
 from tests.conftest import small_spec, trial_config, validation_loss
 
@@ -192,7 +192,7 @@ def test_options_come_from_params_then_config_then_defaults():
 @pytest.mark.parametrize(("name", "end"), [("linear", 0.0), ("cosine", 0.0), ("constant_with_warmup", 1.0)])
 def test_lr_schedulers_warm_up_then_decay(name, end):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = trial._schedule(opt, name, 0.1, 100)
+    sched = trialstep.schedule(opt, name, 0.1, 100)
     lrs = []
     for _ in range(100):
         lrs.append(sched.get_last_lr()[0])
@@ -226,8 +226,8 @@ def _one_step(tiny_model, prepared, options) -> tuple[dict, dict]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     arrays = prepared.arrays()
     train = (arrays["train_ids"], arrays["train_labels"], arrays["train_pos"])
-    loss_opts = trial._LossOptions(*options, 1e9, trial._matrices(model))
-    trial._step(
+    loss_opts = trialstep.LossOptions(*options, 1e9, trialstep.matrices(model))
+    trialstep.step(
         model, opt, sched, train, np.arange(4), 4, torch.device("cpu"), contextlib.nullcontext, loss_opts
     )
     return before, dict(model.named_parameters())
@@ -251,8 +251,8 @@ def test_label_smoothing_changes_the_training_loss_only(prepared, tiny_model):
         torch.from_numpy(arrays[k][:2].astype("int64")) for k in ("val_ids", "val_labels", "val_pos")
     )
     with torch.no_grad():
-        plain = trial._loss_sum(model, ids, labels, pos)
-        smooth = trial._loss_sum(model, ids, labels, pos, label_smoothing=0.1)
+        plain = trialstep.loss_sum(model, ids, labels, pos)
+        smooth = trialstep.loss_sum(model, ids, labels, pos, label_smoothing=0.1)
         logp = F.log_softmax(model(input_ids=ids, position_ids=pos).logits[:, :-1].float(), -1)
     keep = labels[:, 1:] != -100
     uniform = -logp[keep].mean(-1).sum()

@@ -21,7 +21,8 @@ _STATE: dict[str, Any] = {"trial": None, "runs": 0, "step_s": 0.0, "steps": 0}
 
 # module -> functions (``Class.method`` for methods) to time
 TARGETS = {
-    "hpo.trial": ["run", "load_model", "evaluate_metrics", "_step"],
+    "hpo.trial": ["run", "load_model", "evaluate_metrics"],
+    "hpo.trialstep": ["step"],
     "hpo.bestweights": ["BestWeights.after_eval", "save_checkpoint"],
     "hpo.data": ["prepare", "Prepared.arrays"],
     "hpo.runner": ["run", "_tuner", "_fit"],
@@ -67,7 +68,8 @@ def _wrap(module: str, qualname: str, fn):
             return result
         finally:
             dt = time.time() - t0
-            if qualname == "_step":  # hundreds per trial: summed, written with the next evaluation
+            # the optimizer step: hundreds per trial, summed and written with the next evaluation
+            if qualname == "step" and module == "hpo.trialstep":
                 _STATE["step_s"] += dt
                 _STATE["steps"] += 1
             else:
