@@ -328,6 +328,7 @@ print("FROZEN", frozen, "TRACKED", len(gc.get_objects()), "MODEL_FREED", models[
     assert freed == "True"  # the trial's model did not outlive it
 
 
+@pytest.mark.slow  # inductor's first compile on a machine: ~90 s of the 2-core CPU
 def test_compiled_blocks_train_to_the_eager_losses(prepared, tiny_model, tmp_path):
     """``training.compile: true`` compiles the decoder blocks (auto would leave a 1.35M model eager)
     and trains to the eager losses; the trial says what it did."""
