@@ -238,7 +238,9 @@ def best_checkpoint(root: str | Path) -> Path | None:
 
 
 def _copy_tokenizer(model_path: str, previous: Path | None, out: Path) -> None:
-    source = previous or Path(model_path)
+    # the previous checkpoint's copy, unless it is this very folder (a trial folder left by an
+    # earlier study of the same name whose best was written at the same step)
+    source = previous if previous is not None and previous.resolve() != out.resolve() else Path(model_path)
     if source.is_dir():
         for name in TOKENIZER_PARTS:
             if (source / name).is_file():

@@ -1,10 +1,12 @@
 """What ``hpo.checkpoint`` decides from a model's config alone: which fields are its dropout
 probabilities (whatever the family calls them, in sub-configs too), and that a study searching
-dropout on a model without any is refused at create, before anything is written."""
+dropout on a model without any is refused at create, before anything is written; and a checkpoint
+written over a stale one of the same step."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,18 @@ def test_create_refuses_to_search_dropout_on_a_model_without_any(tmp_path, tiny_
     assert not (tmp_path / "hpo.db").exists()  # refused before anything is written
     fixed = small_spec(tmp_path, name="fixed", model=str(model), space={"dropout": 0.1})
     assert create_study(fixed, storage=url).name == "fixed"
+
+
+def test_a_checkpoint_over_a_stale_one_of_the_same_step_is_written(tmp_path, tiny_model):
+    """A trial folder left by an earlier study of the same name (deleted, then created again)
+    whose best was written at the same step: the new checkpoint replaces it (the tokenizer comes
+    from the model, not from the folder being overwritten)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = {"checkpoint_dir": str(tmp_path / "00000"), "model_path": tiny_model, "params": {"lr": 1}}
+    first = checkpoint.save_checkpoint(model, config, 14)
+    again = checkpoint.save_checkpoint(model, {**config, "params": {"lr": 2}}, 14)
+    assert again == first and checkpoint.best_checkpoint(config["checkpoint_dir"]) == Path(first)
+    assert (Path(first) / "tokenizer.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(first).config.vocab_size == model.config.vocab_size
