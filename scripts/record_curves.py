@@ -116,7 +116,7 @@ def record(args: argparse.Namespace) -> int:
     target = len(_trials(s.name, url))
     while not args.export_only and target < args.configs and time.time() < deadline:
         target = min(args.configs, target + args.chunk)
-        summary = run_study(s.name, trials=target, storage=url, runs_dir=ROOT / "runs" / "curves" / s.name)
+        summary = run_study(s.name, trials=target, storage=url, runs_dir=runs_dir(url, s.name))
         print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
         write_table(
             s, url, args.out, commits, earlier, calibration
@@ -188,13 +188,24 @@ def calibrate_here(
     if not study.get_trials(deepcopy=False):  # new (or made by a run stopped before it queued them)
         for r in rows:  # queued: the run asks these first, in order
             storage.enqueue(study, r.params, calibrates=r.number)
-    run_study(name, trials=len(rows), storage=url, runs_dir=ROOT / "runs" / "curves" / name)
-    again = [curves.curve_of(t, s.training.eval_every) for t in _trials(name, url)][: len(rows)]
+    run_study(name, trials=len(rows), storage=url, runs_dir=runs_dir(url, name))
+    done = {
+        t.user_attrs.get("calibrates"): curves.curve_of(t, s.training.eval_every) for t in _trials(name, url)
+    }
+    again = [done.get(r.number) for r in rows]
     if any(c is None for c in again):
         raise HpoError(
             f"study {name!r} in {url}: a calibration trial did not complete; delete that study to retry"
         )
     return curves.calibrate(rows, again)  # type: ignore[arg-type]
+
+
+def runs_dir(url: str, name: str) -> Path:
+    """Where a study's trial folders go: beside its SQLite file (the default storage is
+    runs/curves/<study>.db, so runs/curves/<study>), else under runs/curves."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / name
+    return ROOT / "runs" / "curves" / name
 
 
 def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) -> int:
