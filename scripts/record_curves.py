@@ -213,7 +213,8 @@ def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) 
     (Optuna's public ``create_trial``/``add_trial``), so a recording continues on another machine
     where ``runs/curves`` is gone: the sampler's seed moves on with the trial count
     (``space.sampler``), so the next configurations are the ones the first machine would have drawn.
-    Returns the curves restored (0: no table, or another study's)."""
+    A number the table lacks (a trial that failed there) becomes a FAIL trial, so that the numbers
+    line up. Returns the curves restored (0: no table, or another study's)."""
     import optuna
 
     from hpo import space
@@ -223,11 +224,20 @@ def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) 
         return 0
     dists = space.distributions(s.space)
     study = storage.load(s.name, url)
-    for c in sorted(table.curves, key=lambda c: c.number):
+    by_number = {c.number: c for c in table.curves}
+    for n in range(max(by_number) + 1):  # trial numbers line up with the table's
+        c = by_number.get(n)
+        if c is None:  # a trial that failed there on the first machine
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.FAIL, user_attrs={"restored_from": name}
+                )
+            )
+            continue
         steps = [round(e / table.header["eval_every"]) for e in c.epochs]
         elapsed = list(itertools.accumulate(c.seconds))
         tokens = c.tokens or [0] * len(steps)
-        attrs = {f"{EVAL_TIME_PREFIX}{st}": [t, n] for st, t, n in zip(steps, elapsed, tokens, strict=True)}
+        attrs = {f"{EVAL_TIME_PREFIX}{st}": [t, k] for st, t, k in zip(steps, elapsed, tokens, strict=True)}
         attrs.update(epoch=c.epochs[-1], restored_from=name)
         study.add_trial(
             optuna.trial.create_trial(

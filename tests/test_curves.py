@@ -262,3 +262,28 @@ def test_a_table_from_another_machine_kind_is_extended_after_calibration(tmp_pat
     assert cal["rows"] == [0] and cal["factor"] > 0 and cal["value_gap"] <= 0.01
     assert table.header["machine"] == {"cpu": "Another CPU", "bf16": []}
     assert "calibration on 1 of the table's configurations" in capsys.readouterr().out
+
+
+def test_a_restored_table_keeps_its_trial_numbers_across_a_failed_trial(tmp_path):
+    """A table whose first machine had a trial fail (no curve numbered 1): restoring it puts a FAIL
+    trial there, so the storage's numbers are the table's and the next trial is number 3."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    from hpo import spec as hpo_spec
+    from hpo import storage
+    from hpo.study import create_study
+
+    spec_path = ROOT / "studies" / "curves-tiny.yaml"
+    s = hpo_spec.load(spec_path)
+    header = {"study": s.name, "direction": "minimize", "eval_every": 0.5}
+    table = curves.Table(
+        header, [_row(0, 1e-3, [4.0, 4.0], [3.0, 2.0]), _row(2, 3e-3, [8.0, 8.0], [2.5, 1.0])]
+    )
+    url = f"sqlite:///{tmp_path / 'here.db'}"
+    create_study(spec_path, storage=url)
+    assert record_curves.restore(s, url, table, "table.jsonl") == 2
+    trials = storage.load(s.name, url).trials
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
+    assert trials[2].params["learning_rate"] == 3e-3
+    assert record_curves._missing_from_storage(table, s.name, url) == []
