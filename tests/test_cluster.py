@@ -145,6 +145,7 @@ def test_hpo_run_address_joins_a_cluster_with_postgresql(tmp_path, tiny_model, f
         assert Path(t.user_attrs["checkpoint"]).is_relative_to(runs)
 
 
+@pytest.mark.slow  # ~23 s; the default run keeps test_a_gpu_each_runs_four_at_once_across_both_nodes
 def test_half_a_gpu_each_runs_four_at_once_on_two_gpus(tmp_path, tiny_model):
     with local_cluster({"num_cpus": 1, "num_gpus": 1}, {"num_cpus": 1, "num_gpus": 1}) as cluster:
         summary, trials = _run(tmp_path, "gpuhalf", 0.5, cluster.address)

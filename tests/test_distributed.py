@@ -68,7 +68,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(  # plain in the default run; accumulation and LoRA (~10 s each) in the slow suite
+    "case", [pytest.param(c, marks=() if c == "plain" else pytest.mark.slow) for c in CASES]
+)
 def test_two_ranks_match_one_process(prepared, tiny_model, tmp_path, case):
     one: list[dict] = []
     two: list[dict] = []
