@@ -99,9 +99,10 @@ def record(args: argparse.Namespace) -> int:
         )
         return 2
     calibration = None
-    if other and args.calibrate and not args.export_only:
+    calibrated = f"{s.name}-calibration" in storage.study_names(storage.open_storage(url))
+    if other and (calibrated or (args.calibrate and not args.export_only)):  # export: this storage's own
         assert earlier is not None
-        calibration = calibrate_here(s, args.spec, url, earlier, args.calibrate)
+        calibration = calibrate_here(s, args.spec, url, earlier, args.calibrate or 4)
         if _too_far(calibration, args):
             return 2
     deadline, t0 = time.time() + args.minutes * 60, time.time()
@@ -141,11 +142,12 @@ def write_table(
     The table keeps the time base of the machine that started it (its header's ``machine``): with
     a ``calibration``, the seconds of the trials recorded here (not restored from the table) are
     put in that base, and the header lists each calibration."""
-    table = []
+    table, here = [], []
     for t in _trials(s.name, url):
         c = curves.curve_of(t, s.training.eval_every)
         if c is not None and calibration is not None and "restored_from" not in t.user_attrs:
             c = calibration.to_table_seconds(c)
+            here.append(c.number)
         if c is not None:
             table.append(c)
     header = {
@@ -160,9 +162,10 @@ def write_table(
         "spec": s.model_dump(mode="json"),
     }
     calibrations = list(earlier.header.get("calibrations", [])) if earlier else []
-    entry = {"machine": machine(), **dataclasses.asdict(calibration)} if calibration else None
-    if entry and entry not in calibrations:
-        calibrations.append(entry)
+    if calibration is not None:  # this machine's entry, with the curves it recorded (first, last)
+        entry = {"machine": machine(), **dataclasses.asdict(calibration)}
+        calibrations = [c for c in calibrations if {**c, "recorded": None} != {**entry, "recorded": None}]
+        calibrations.append({**entry, "recorded": [min(here), max(here)] if here else None})
     if calibrations:
         header["calibrations"] = calibrations
     curves.write(Path(out), header, table)
@@ -173,7 +176,8 @@ def calibrate_here(
     s: spec.StudySpec, spec_path: str, url: str, table: curves.Table, k: int
 ) -> curves.Calibration:
     """Train the table's first ``k`` configurations again on this machine (a study of their own,
-    ``<study>-calibration``, in the same storage: a rerun reuses it) and compare.
+    ``<study>-calibration``, in the same storage: a rerun reuses it, with the rows it queued) and
+    compare.
 
     Raises:
         HpoError: a calibration trial did not complete.
@@ -181,11 +185,14 @@ def calibrate_here(
     from hpo.study import create_study, run_study
 
     name = f"{s.name}-calibration"
-    rows = sorted(table.curves, key=lambda c: c.number)[:k]
     if name not in storage.study_names(storage.open_storage(url)):
         create_study(spec_path, name=name, storage=url)
     study = storage.load(name, url)
-    if not study.get_trials(deepcopy=False):  # new (or made by a run stopped before it queued them)
+    queued = {t.user_attrs.get("calibrates") for t in study.get_trials(deepcopy=False)} - {None}
+    if queued:
+        rows = sorted((c for c in table.curves if c.number in queued), key=lambda c: c.number)
+    else:  # new (or made by a run stopped before it queued them)
+        rows = sorted(table.curves, key=lambda c: c.number)[:k]
         for r in rows:  # queued: the run asks these first, in order
             storage.enqueue(study, r.params, calibrates=r.number)
     run_study(name, trials=len(rows), storage=url, runs_dir=runs_dir(url, name))
@@ -273,7 +280,7 @@ def _kind(m: dict) -> str:
 def _too_far(calibration: curves.Calibration, args: argparse.Namespace) -> bool:
     """Print the calibration; True (and say why) when the table's values do not reproduce here."""
     print(
-        f"calibration on {args.calibrate} of the table's configurations: this machine takes "
+        f"calibration on {len(calibration.rows)} of the table's configurations: this machine takes "
         f"{calibration.factor:g}x the table's seconds; final values within {calibration.value_gap:.2%}",
         flush=True,
     )

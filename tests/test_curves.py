@@ -224,9 +224,10 @@ def test_a_calibrated_recording_scales_only_the_trials_recorded_here(tmp_path):
     again = curves.read(out)
     assert [c.seconds for c in again.curves] == [[4.0, 4.0], [8.0, 8.0], [3.0, 6.0]]
     assert again.header["machine"] == elsewhere
-    assert again.header["calibrations"] == [
-        {"machine": record_curves.machine(), "rows": [0], "factor": 2.0, "value_gap": 0.001}
-    ]
+    entry = {"machine": record_curves.machine(), "rows": [0], "factor": 2.0, "value_gap": 0.001}
+    assert again.header["calibrations"] == [{**entry, "recorded": [2, 2]}]
+    record_curves.write_table(s, url, str(out), ["abc"], again, cal)  # a later chunk: the entry, updated
+    assert curves.read(out).header["calibrations"] == [{**entry, "recorded": [2, 2]}]
 
     extra = _row(9, 5e-3, [1.0, 1.0], [2.0, 1.9])  # a curve recorded elsewhere since
     curves.write(out, again.header, [*again.curves, extra])
@@ -259,7 +260,10 @@ def test_a_table_from_another_machine_kind_is_extended_after_calibration(tmp_pat
     table = curves.read(out)
     assert len(table.curves) == 3 and table.curves[:2] == first.curves
     (cal,) = table.header["calibrations"]
-    assert cal["rows"] == [0] and cal["factor"] > 0 and cal["value_gap"] <= 0.01
+    assert cal["rows"] == [0] and cal["factor"] > 0 and cal["value_gap"] <= 0.01 and cal["recorded"] == [2, 2]
+    # the table again from this storage alone: the curve recorded here keeps its calibrated seconds
+    assert record_curves.main([*base, "--storage", url, "--export-only"]) == 0
+    assert curves.read(out).curves == table.curves
     assert table.header["machine"] == {"cpu": "Another CPU", "bf16": []}
     assert "calibration on 1 of the table's configurations" in capsys.readouterr().out
 
