@@ -291,3 +291,15 @@ def test_a_restored_table_keeps_its_trial_numbers_across_a_failed_trial(tmp_path
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
     assert trials[2].params["learning_rate"] == 3e-3
     assert record_curves._missing_from_storage(table, s.name, url) == []
+
+
+def test_the_calibration_rows_are_spread_over_the_table():
+    """A table's seconds drift with the load of the machine that recorded it: the rows trained
+    again span it, first and last included."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    rows = [_row(n, 1e-3 + n * 1e-5, [1.0, 1.0], [2.0, 1.0]) for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)]
+    assert [r.number for r in record_curves.spread(rows, 4)] == [0, 4, 7, 10]
+    assert [r.number for r in record_curves.spread(rows, 1)] == [0]
+    assert len(record_curves.spread(rows, 20)) == 10
