@@ -178,6 +178,11 @@ def write_table(
     return len(table)
 
 
+def _recorded_elsewhere(table: curves.Table, number: int) -> bool:
+    """Whether a curve came from a calibrated machine (its seconds are already scaled)."""
+    return any(_overlaps(c, [number]) for c in table.header.get("calibrations", []))
+
+
 def _overlaps(entry: dict, numbers: list[int]) -> bool:
     first, last = entry.get("recorded") or (None, None)
     return first is not None and any(first <= n <= last for n in numbers)
@@ -202,8 +207,8 @@ def calibrate_here(
     queued = {t.user_attrs.get("calibrates") for t in study.get_trials(deepcopy=False)} - {None}
     if queued:
         rows = sorted((c for c in table.curves if c.number in queued), key=lambda c: c.number)
-    else:  # new (or made by a run stopped before it queued them)
-        rows = spread(table.curves, k)
+    else:  # new (or made by a run stopped before it queued them): rows of the table's own machine
+        rows = spread([c for c in table.curves if not _recorded_elsewhere(table, c.number)], k)
         for r in rows:  # queued: the run asks these first, in order
             storage.enqueue(study, r.params, calibrates=r.number)
     run_study(name, trials=len(rows), storage=url, runs_dir=runs_dir(url, name))
