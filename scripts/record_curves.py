@@ -62,42 +62,30 @@ def commit() -> str:
 
 
 def record(args: argparse.Namespace) -> int:
-    from hpo.study import create_study, run_study
+    from hpo.study import run_study
 
     s = spec.load(args.spec)
     if s.schedule.type != "none":
-        print(
-            f"error: {args.spec}: schedule must be none (every trial its full budget), not {s.schedule.type}",
-            file=sys.stderr,
+        return _fail(
+            f"{args.spec}: schedule must be none (every trial its full budget), not {s.schedule.type}"
         )
-        return 2
     earlier = curves.read(args.out) if Path(args.out).is_file() else None  # the table so far
     other = _other_machine(earlier)
     if other and not args.export_only and not args.any_machine and not args.calibrate:
-        print(
-            f"error: {args.out} was recorded on {other!r}, this machine is {_kind(machine())!r}: its trials "
+        return _fail(
+            f"{args.out} was recorded on {other!r}, this machine is {_kind(machine())!r}: its trials "
             "would take other seconds (and maybe another precision); record there, pass --calibrate 4 (train "
             "4 of its configurations again here first, to put this machine's seconds in the table's), "
-            "or --any-machine",
-            file=sys.stderr,
+            "or --any-machine"
         )
-        return 2
-    url = args.storage or f"sqlite:///{(ROOT / 'runs' / 'curves' / f'{s.name}.db').as_posix()}"
-    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if s.name not in storage.study_names(storage.open_storage(url, create=True)):
-        create_study(args.spec, storage=url)
-        restored = restore(s, url, earlier, Path(args.out).name)
-        if restored:
-            print(f"{url}: a new storage; restored the {restored} curves of {args.out} into it", flush=True)
+    url = _storage(s, args, earlier)
     missing = _missing_from_storage(earlier, s.name, url)
     if missing:
-        print(
-            f"error: {args.out} holds {len(missing)} curve(s) that {url} lacks (trials {missing[0]}, ...: "
+        return _fail(
+            f"{args.out} holds {len(missing)} curve(s) that {url} lacks (trials {missing[0]}, ...: "
             "recorded on another machine); move the storage aside so that the table is restored into a "
-            "new one",
-            file=sys.stderr,
+            "new one"
         )
-        return 2
     calibration = None
     calibrated = f"{s.name}-calibration" in storage.study_names(storage.open_storage(url))
     if other and (calibrated or (args.calibrate and not args.export_only)):  # export: this storage's own
@@ -105,11 +93,7 @@ def record(args: argparse.Namespace) -> int:
         calibration = calibrate_here(s, args.spec, url, earlier, args.calibrate or 4)
         if _too_far(calibration, args):
             return 2
-    deadline, t0 = time.time() + args.minutes * 60, time.time()
-    if args.until:  # an absolute end (UTC HH:MM today) for a run queued behind a lock
-        hh, mm = (int(x) for x in args.until.split(":"))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        deadline = min(deadline, now.replace(hour=hh, minute=mm, second=0).timestamp())
+    deadline, t0 = _deadline(args), time.time()
     # the code that recorded: this invocation's commit, after those of earlier invocations that
     # recorded into the same table (rerunning the command continues the study, maybe at a newer commit)
     commits = _earlier_commits(earlier)
@@ -119,14 +103,42 @@ def record(args: argparse.Namespace) -> int:
         target = min(args.configs, target + args.chunk)
         summary = run_study(s.name, trials=target, storage=url, runs_dir=runs_dir(url, s.name))
         print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
-        write_table(
-            s, url, args.out, commits, earlier, calibration
-        )  # after every chunk: a stopped recording keeps what it made
+        # after every chunk: a stopped recording keeps what it made
+        write_table(s, url, args.out, commits, earlier, calibration)
         if summary.interrupted:
             break
     n = write_table(s, url, args.out, commits, earlier, calibration)
     print(f"{args.out}: {n} curves", flush=True)
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _storage(s: spec.StudySpec, args: argparse.Namespace, earlier: curves.Table | None) -> str:
+    """The recording's storage URL; a new one gets the study and the table's curves first."""
+    from hpo.study import create_study
+
+    url = args.storage or f"sqlite:///{(ROOT / 'runs' / 'curves' / f'{s.name}.db').as_posix()}"
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if s.name not in storage.study_names(storage.open_storage(url, create=True)):
+        create_study(args.spec, storage=url)
+        restored = restore(s, url, earlier, Path(args.out).name)
+        if restored:
+            print(f"{url}: a new storage; restored the {restored} curves of {args.out} into it", flush=True)
+    return url
+
+
+def _deadline(args: argparse.Namespace) -> float:
+    """When to stop starting chunks: ``--minutes`` from now, or ``--until`` (UTC HH:MM today) if sooner."""
+    deadline = time.time() + args.minutes * 60
+    if args.until:  # an absolute end for a run queued behind a lock
+        hh, mm = (int(x) for x in args.until.split(":"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        deadline = min(deadline, now.replace(hour=hh, minute=mm, second=0).timestamp())
+    return deadline
 
 
 def write_table(
