@@ -9,6 +9,8 @@ simulator (``hpo/replay.py``) runs search strategies over it as if live. Pure: n
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,8 +154,6 @@ def calibrate(rows: list[Curve], again: list[Curve]) -> Calibration:
     Raises:
         ValueError: the lists differ in length or configuration, or a curve is empty.
     """
-    import statistics
-
     if not rows or len(rows) != len(again):
         raise ValueError(f"calibrate: {len(rows)} table rows but {len(again)} curves trained again")
     ratios, gaps = [], []
@@ -166,8 +166,6 @@ def calibrate(rows: list[Curve], again: list[Curve]) -> Calibration:
 
 
 def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    import math
-
     return a.keys() == b.keys() and all(
         math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], float) else a[k] == b[k] for k in a
     )

@@ -274,10 +274,16 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
     return frozenset(line.partition(":")[2].split())
 
 
+def bf16_units(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16 units this CPU has (``["avx512_bf16"]``; empty where it has none, or no
+    ``/proc/cpuinfo``): where ``precision: auto`` trains in bf16 on a CPU."""
+    return sorted((cpu_flags(cpuinfo) or frozenset()) & BF16_CPU_FLAGS)
+
+
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """This machine's CPU model name (``AMD EPYC``); the architecture where there is no
     ``/proc/cpuinfo``. Two CPU kinds may share a name: benchmarks and learning-curve tables record
-    ``cpu_flags() & BF16_CPU_FLAGS`` beside it (an AVX2-only EPYC trains in fp32, a Zen 4 in bf16)."""
+    ``bf16_units()`` beside it (an AVX2-only EPYC trains in fp32, a Zen 4 in bf16)."""
     import platform
 
     try:

@@ -85,7 +85,7 @@ def memory_plan(spec, opts: RunOptions, model_path: str, plan):
     training = spec.training
     precision = placement.precision(
         8 if plan.gpus else None,  # planned as on an Ampere or newer GPU (bf16 autocast)
-        bool(placement.BF16_CPU_FLAGS & (placement.cpu_flags() or set())),
+        bool(placement.bf16_units()),
         training.precision,
     )
     trainable = shape.params // 50 if spec.adapter else None  # a LoRA adapter: ~1-2% of the weights

@@ -120,8 +120,7 @@ def precision(config: dict[str, Any], device) -> str:
 def cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware: AMX tiles or AVX512-BF16 dot products, as
     /proc/cpuinfo lists them (torch's own probes are private; no /proc/cpuinfo: assume none)."""
-    flags = placement.cpu_flags()
-    return bool(flags and flags & placement.BF16_CPU_FLAGS)
+    return bool(placement.bf16_units())
 
 
 def autocast(device, precision: str = "fp32"):

@@ -320,8 +320,7 @@ def _cpu() -> str:
     ``auto`` picks, and so which figures compare."""
     from hpo import placement
 
-    units = sorted((placement.cpu_flags() or frozenset()) & placement.BF16_CPU_FLAGS)
-    return f"{placement.cpu_model()}, bf16: {'/'.join(units) or 'none'}"
+    return f"{placement.cpu_model()}, bf16: {'/'.join(placement.bf16_units()) or 'none'}"
 
 
 def main(argv: list[str]) -> int:

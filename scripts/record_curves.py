@@ -47,7 +47,7 @@ def machine() -> dict:
 
     return {
         "cpu": placement.cpu_model(),
-        "bf16": sorted((placement.cpu_flags() or frozenset()) & placement.BF16_CPU_FLAGS),
+        "bf16": placement.bf16_units(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -176,12 +176,13 @@ def write_table(
     calibrations = list(earlier.header.get("calibrations", [])) if earlier else []
     if calibration is not None:  # this machine's entry, with the curves it recorded (first, last)
         entry = {"machine": machine(), **dataclasses.asdict(calibration)}
-        mine = {**entry, "recorded": None}
-        calibrations = [  # this entry replaces its earlier self, and any older one of these curves
+        # this entry replaces its earlier self, and older ones of these curves
+        same = {**entry, "recorded": None}
+        calibrations = [
             c
             for c in calibrations
-            if {**c, "recorded": None} != mine
-            and not (c["machine"] == entry["machine"] and _overlaps(c, here))
+            if c["machine"] != entry["machine"]
+            or ({**c, "recorded": None} != same and not _overlaps(c, here))
         ]
         calibrations.append({**entry, "recorded": [min(here), max(here)] if here else None})
     if calibrations:
@@ -336,7 +337,7 @@ def _too_far(calibration: curves.Calibration, args: argparse.Namespace) -> bool:
 def _missing_from_storage(table: curves.Table | None, name: str, url: str) -> list[int]:
     """The table's curves the storage has no trial for: recorded on another machine after this
     storage was made (writing the table from this storage would drop them)."""
-    if table is None or name not in storage.study_names(storage.open_storage(url)):
+    if table is None:
         return []
     have = {t.number for t in _trials(name, url)}
     return sorted(c.number for c in table.curves if c.number not in have)
