@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +136,12 @@ class Calibration:
 
     def to_table_seconds(self, c: Curve) -> Curve:
         """A curve recorded on the calibrated machine, its seconds in the table's time base."""
-        return Curve(
-            c.number,
-            c.params,
-            c.epochs,
-            c.values,
-            [round(s / self.factor, 4) for s in c.seconds],
-            c.tokens,
-            c.complete,
-        )
+        return replace(c, seconds=[round(s / self.factor, 4) for s in c.seconds])
+
+
+def renumbered(c: Curve, number: int) -> Curve:
+    """``c`` as the table's row ``number`` (a row trained again in a study of its own)."""
+    return replace(c, number=number)
 
 
 def calibrate(rows: list[Curve], again: list[Curve]) -> Calibration:

@@ -16,6 +16,8 @@ finished or ``--minutes`` have passed; rerunning the same command continues the 
   # storage first, so the seeded draw goes on where it stopped; on another CPU kind add
   # --calibrate 4: four of the table's configurations train again here first, and this machine's
   # seconds go into the table divided by the measured factor (the table's time base stays its own)
+  # rows whose seconds a loaded machine inflated, trained again here (the table's own CPU kind) and
+  # replaced: --rerecord 0-11 (or 3,5,7-9, or all)
   # the table alone, from what the storage holds:
   python scripts/record_curves.py --spec studies/curves-tiny.yaml --export-only --out ...
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import itertools
 import logging
 import os
 import platform
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from curves_again import parse_rows, queued, restore, spread, train_again, trained
 
 from hpo import curves, spec, storage
 from hpo.errors import HpoError
@@ -78,6 +81,11 @@ def record(args: argparse.Namespace) -> int:
             "4 of its configurations again here first, to put this machine's seconds in the table's), "
             "or --any-machine"
         )
+    if args.rerecord:  # checked before any storage is made
+        if other or earlier is None:
+            where = f"was recorded on {other!r}: rerecord on that CPU kind" if other else "does not exist yet"
+            return _fail(f"--rerecord: {args.out} {where}")
+        parse_rows(args.rerecord, earlier)  # a row the table lacks: refused here, in one line
     url = _storage(s, args, earlier)
     missing = _missing_from_storage(earlier, s.name, url)
     if missing:
@@ -93,6 +101,9 @@ def record(args: argparse.Namespace) -> int:
         calibration = calibrate_here(s, args.spec, url, earlier, args.calibrate or 4)
         if _too_far(calibration, args):
             return 2
+    rerecorded = None
+    if args.rerecord and earlier is not None and not args.export_only:
+        rerecorded = rerecord(s, args, url, earlier)
     deadline, t0 = _deadline(args), time.time()
     # the code that recorded: this invocation's commit, after those of earlier invocations that
     # recorded into the same table (rerunning the command continues the study, maybe at a newer commit)
@@ -104,10 +115,10 @@ def record(args: argparse.Namespace) -> int:
         summary = run_study(s.name, trials=target, storage=url, runs_dir=runs_dir(url, s.name))
         print(f"{time.time() - t0:7.0f}s  {target} trials finished ({summary.counts})", flush=True)
         # after every chunk: a stopped recording keeps what it made
-        write_table(s, url, args.out, commits, earlier, calibration)
+        write_table(s, url, args.out, commits, earlier, calibration, rerecorded)
         if summary.interrupted:
             break
-    n = write_table(s, url, args.out, commits, earlier, calibration)
+    n = write_table(s, url, args.out, commits, earlier, calibration, rerecorded)
     print(f"{args.out}: {n} curves", flush=True)
     return 0
 
@@ -148,20 +159,24 @@ def write_table(
     commits: list[str],
     earlier: curves.Table | None = None,
     calibration: curves.Calibration | None = None,
+    rerecorded: dict | None = None,
 ) -> int:
     """Write the table of every full-budget trial the storage holds; returns the curves written.
 
     The table keeps the time base of the machine that started it (its header's ``machine``): with
     a ``calibration``, the seconds of the trials recorded here (not restored from the table) are
-    put in that base, and the header lists each calibration."""
+    put in that base, and the header lists each calibration. Rows the storage's ``<study>-rerecord``
+    study trained again replace the study's own; ``rerecorded`` is this invocation's header entry
+    for them (the header lists every rerecording)."""
     table, here = [], []
+    again = trained(s, url, "rerecord")
     for t in _trials(s.name, url):
         c = curves.curve_of(t, s.training.eval_every)
         if c is not None and calibration is not None and "restored_from" not in t.user_attrs:
             c = calibration.to_table_seconds(c)
             here.append(c.number)
         if c is not None:
-            table.append(c)
+            table.append(again.get(c.number, c))
     header = {
         "study": s.name,
         "direction": s.objective.direction,
@@ -187,13 +202,18 @@ def write_table(
         calibrations.append({**entry, "recorded": [min(here), max(here)] if here else None})
     if calibrations:
         header["calibrations"] = calibrations
+    redone = [r for r in (earlier.header.get("rerecorded", []) if earlier else []) if r != rerecorded]
+    if redone or rerecorded:
+        header["rerecorded"] = redone + ([rerecorded] if rerecorded else [])
     curves.write(Path(out), header, table)
     return len(table)
 
 
 def _recorded_elsewhere(table: curves.Table, number: int) -> bool:
-    """Whether a curve came from a calibrated machine (its seconds are already scaled)."""
-    return any(_overlaps(c, [number]) for c in table.header.get("calibrations", []))
+    """Whether a curve came from a calibrated machine (its seconds are already scaled), and was not
+    trained again on the table's own machine kind since (``--rerecord``)."""
+    redone = {n for r in table.header.get("rerecorded", []) for n in r["rows"]}
+    return number not in redone and any(_overlaps(c, [number]) for c in table.header.get("calibrations", []))
 
 
 def _overlaps(entry: dict, numbers: list[int]) -> bool:
@@ -204,46 +224,40 @@ def _overlaps(entry: dict, numbers: list[int]) -> bool:
 def calibrate_here(
     s: spec.StudySpec, spec_path: str, url: str, table: curves.Table, k: int
 ) -> curves.Calibration:
-    """Train ``k`` of the table's configurations (``spread``) again on this machine (a study of their own,
-    ``<study>-calibration``, in the same storage: a rerun reuses it, with the rows it queued) and
-    compare.
+    """Train ``k`` of the table's configurations (``spread``, rows of the table's own machine) again on
+    this machine (``curves_again.train_again``: a rerun reuses the rows it queued) and compare.
 
     Raises:
         HpoError: a calibration trial did not complete.
     """
-    from hpo.study import create_study, run_study
+    before = queued(s, url, "calibration")  # a rerun: the rows the first run chose
+    own = [c for c in table.curves if not _recorded_elsewhere(table, c.number)]
+    rows = [c for c in table.curves if c.number in before] if before else spread(own, k)
+    again = train_again(s, spec_path, url, rows, "calibration", runs_dir(url, s.name).parent)
+    return curves.calibrate(sorted(rows, key=lambda c: c.number), again)
 
-    name = f"{s.name}-calibration"
-    if name not in storage.study_names(storage.open_storage(url)):
-        create_study(spec_path, name=name, storage=url)
-    study = storage.load(name, url)
-    queued = {t.user_attrs.get("calibrates") for t in study.get_trials(deepcopy=False)} - {None}
-    if queued:
-        rows = sorted((c for c in table.curves if c.number in queued), key=lambda c: c.number)
-    else:  # new (or made by a run stopped before it queued them): rows of the table's own machine
-        rows = spread([c for c in table.curves if not _recorded_elsewhere(table, c.number)], k)
-        for r in rows:  # queued: the run asks these first, in order
-            storage.enqueue(study, r.params, calibrates=r.number)
-    run_study(name, trials=len(rows), storage=url, runs_dir=runs_dir(url, name))
-    done = {
-        t.user_attrs.get("calibrates"): curves.curve_of(t, s.training.eval_every) for t in _trials(name, url)
+
+def rerecord(s: spec.StudySpec, args: argparse.Namespace, url: str, table: curves.Table) -> dict:
+    """Train the rows ``--rerecord`` names again here (``curves_again.train_again``) and return the
+    header entry that says so: this machine, the rows, the median ratio of their seconds here to the
+    table's, and the largest relative gap of their final values (their curves replace the table's
+    in ``write_table``)."""
+    rows = parse_rows(args.rerecord, table)
+    again = train_again(s, args.spec, url, rows, "rerecord", runs_dir(url, s.name).parent)
+    by_number = {c.number: c for c in again}
+    compared = curves.calibrate(rows, [by_number[r.number] for r in rows])
+    print(
+        f"rerecorded {len(rows)} rows of {args.out}: they took {compared.factor:g}x their seconds in the "
+        f"table; final values within {compared.value_gap:.2%}",
+        flush=True,
+    )
+    return {
+        "machine": machine(),
+        "rows": compared.rows,
+        "factor": compared.factor,
+        "value_gap": compared.value_gap,
+        "date": datetime.date.today().isoformat(),
     }
-    again = [done.get(r.number) for r in rows]
-    if any(c is None for c in again):
-        raise HpoError(
-            f"study {name!r} in {url}: a calibration trial did not complete; delete that study to retry"
-        )
-    return curves.calibrate(rows, again)  # type: ignore[arg-type]
-
-
-def spread(rows: list[curves.Curve], k: int) -> list[curves.Curve]:
-    """``k`` rows evenly spaced over the table (first and last included): its seconds were recorded
-    over hours of a shared machine whose load moved them by 3x (the tiny table: ~1.7 ms a token in
-    its first 30 rows, 0.5-0.8 in the next 40), so the calibration samples the whole recording."""
-    ordered = sorted(rows, key=lambda c: c.number)
-    if k >= len(ordered):
-        return ordered
-    return [ordered[round(i * (len(ordered) - 1) / max(k - 1, 1))] for i in range(k)]
 
 
 def runs_dir(url: str, name: str) -> Path:
@@ -252,49 +266,6 @@ def runs_dir(url: str, name: str) -> Path:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///")).parent / name
     return ROOT / "runs" / "curves" / name
-
-
-def restore(s: spec.StudySpec, url: str, table: curves.Table | None, name: str) -> int:
-    """Put the curves of an existing table back into a new, empty storage as COMPLETE trials
-    (Optuna's public ``create_trial``/``add_trial``), so a recording continues on another machine
-    where ``runs/curves`` is gone: the sampler's seed moves on with the trial count
-    (``space.sampler``), so the next configurations are the ones the first machine would have drawn.
-    A number the table lacks (a trial that failed there) becomes a FAIL trial, so that the numbers
-    line up. Returns the curves restored (0: no table, or another study's)."""
-    import optuna
-
-    from hpo import space
-    from hpo.bookkeeping import EVAL_TIME_PREFIX
-
-    if table is None or table.header.get("study") != s.name:
-        return 0
-    dists = space.distributions(s.space)
-    study = storage.load(s.name, url)
-    by_number = {c.number: c for c in table.curves}
-    for n in range(max(by_number) + 1):  # trial numbers line up with the table's
-        c = by_number.get(n)
-        if c is None:  # a trial that failed there on the first machine
-            study.add_trial(
-                optuna.trial.create_trial(
-                    state=optuna.trial.TrialState.FAIL, user_attrs={"restored_from": name}
-                )
-            )
-            continue
-        steps = [round(e / table.header["eval_every"]) for e in c.epochs]
-        elapsed = list(itertools.accumulate(c.seconds))
-        tokens = c.tokens or [0] * len(steps)
-        attrs = {f"{EVAL_TIME_PREFIX}{st}": [t, k] for st, t, k in zip(steps, elapsed, tokens, strict=True)}
-        attrs.update(epoch=c.epochs[-1], restored_from=name)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={k: v for k, v in c.params.items() if k in dists},
-                distributions={k: d for k, d in dists.items() if k in c.params},
-                value=c.best(table.minimize),
-                intermediate_values=dict(zip(steps, c.values, strict=True)),
-                user_attrs=attrs,
-            )
-        )
-    return len(table.curves)
 
 
 def _other_machine(table: curves.Table | None) -> str | None:
@@ -379,6 +350,12 @@ def main(argv: list[str]) -> int:
         type=float,
         default=0.01,
         help="--calibrate: the largest relative gap in final values accepted (default %(default)s)",
+    )
+    p.add_argument(
+        "--rerecord",
+        metavar="ROWS",
+        help="train these rows of the table (0-11, 3,5,7-9 or all) again here, on the table's own CPU kind, "
+        "and replace them: for rows whose seconds a loaded machine inflated",
     )
     p.add_argument(
         "--any-machine",

@@ -193,6 +193,7 @@ def test_a_calibrated_recording_scales_only_the_trials_recorded_here(tmp_path):
     first machine and lists the calibration; a storage that lacks some of the table's curves is
     refused (writing the table from it would drop them)."""
     sys.path.insert(0, str(ROOT / "scripts"))
+    import curves_again
     import record_curves
 
     from hpo import space, storage
@@ -208,7 +209,7 @@ def test_a_calibrated_recording_scales_only_the_trials_recorded_here(tmp_path):
     table = curves.read(out)
     url = f"sqlite:///{tmp_path / 'here.db'}"
     create_study(spec_path, storage=url)
-    assert record_curves.restore(s, url, table, out.name) == 2
+    assert curves_again.restore(s, url, table, out.name) == 2
     params = {"learning_rate": 2e-3, "batch_size": 8}
     storage.load(s.name, url).add_trial(  # a trial recorded on this machine: 6 s, then 12 s
         optuna.trial.create_trial(
@@ -272,6 +273,7 @@ def test_a_restored_table_keeps_its_trial_numbers_across_a_failed_trial(tmp_path
     """A table whose first machine had a trial fail (no curve numbered 1): restoring it puts a FAIL
     trial there, so the storage's numbers are the table's and the next trial is number 3."""
     sys.path.insert(0, str(ROOT / "scripts"))
+    import curves_again
     import record_curves
 
     from hpo import spec as hpo_spec
@@ -286,7 +288,7 @@ def test_a_restored_table_keeps_its_trial_numbers_across_a_failed_trial(tmp_path
     )
     url = f"sqlite:///{tmp_path / 'here.db'}"
     create_study(spec_path, storage=url)
-    assert record_curves.restore(s, url, table, "table.jsonl") == 2
+    assert curves_again.restore(s, url, table, "table.jsonl") == 2
     trials = storage.load(s.name, url).trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
     assert trials[2].params["learning_rate"] == 3e-3
@@ -297,9 +299,142 @@ def test_the_calibration_rows_are_spread_over_the_table():
     """A table's seconds drift with the load of the machine that recorded it: the rows trained
     again span it, first and last included."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import record_curves
+    import curves_again
 
     rows = [_row(n, 1e-3 + n * 1e-5, [1.0, 1.0], [2.0, 1.0]) for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)]
-    assert [r.number for r in record_curves.spread(rows, 4)] == [0, 4, 7, 10]
-    assert [r.number for r in record_curves.spread(rows, 1)] == [0]
-    assert len(record_curves.spread(rows, 20)) == 10
+    assert [r.number for r in curves_again.spread(rows, 4)] == [0, 4, 7, 10]
+    assert [r.number for r in curves_again.spread(rows, 1)] == [0]
+    assert len(curves_again.spread(rows, 20)) == 10
+
+
+def test_rows_to_rerecord_are_named_as_ranges_and_checked_against_the_table():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import curves_again
+
+    table = curves.Table({}, [_row(n, 1e-3, [1.0, 1.0], [2.0, 1.0]) for n in (0, 1, 2, 4, 5)])
+    pick = curves_again.parse_rows
+    assert [c.number for c in pick("0-2", table)] == [0, 1, 2]
+    assert [c.number for c in pick("5, 0-1,1", table)] == [0, 1, 5]
+    assert [c.number for c in pick("all", table)] == [0, 1, 2, 4, 5]
+    with pytest.raises(UsageError, match="no curve numbered 3"):
+        pick("2-4", table)
+    with pytest.raises(UsageError, match="0-11, 3,5,7-9 or all"):
+        pick("first", table)
+
+
+def test_rerecorded_rows_replace_the_tables_own_and_stay_replaced(tmp_path):
+    """Rows trained again here (the ``<study>-rerecord`` study, each trial tagged with its row)
+    replace the restored rows in every table written from that storage; the header lists the
+    rerecording once, however often the table is written; such a row counts as the table's own
+    machine's again (a later calibration may pick it)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import curves_again
+    import record_curves
+
+    from hpo import space, storage
+    from hpo import spec as hpo_spec
+    from hpo.study import create_study
+
+    spec_path = ROOT / "studies" / "curves-tiny.yaml"
+    s = hpo_spec.load(spec_path)
+    out = tmp_path / "table.jsonl"
+    elsewhere = {"cpu": "Another CPU", "bf16": []}
+    header = {
+        "study": s.name,
+        "direction": "minimize",
+        "eval_every": 0.5,
+        "calibrations": [
+            {"machine": elsewhere, "rows": [0], "factor": 2.0, "value_gap": 0.0, "recorded": [0, 1]}
+        ],
+    }
+    rows = [_row(0, 1e-3, [40.0, 40.0], [3.0, 2.0]), _row(1, 3e-3, [80.0, 80.0], [2.5, 1.0])]
+    curves.write(out, header, rows)
+    table = curves.read(out)
+    url = f"sqlite:///{tmp_path / 'here.db'}"
+    create_study(spec_path, storage=url)
+    assert curves_again.restore(s, url, table, out.name) == 2
+    create_study(spec_path, name=f"{s.name}-rerecord", storage=url)
+    params = {"learning_rate": 3e-3, "batch_size": 8}
+    storage.load(f"{s.name}-rerecord", url).add_trial(  # row 1 trained again here: 6 s, then 12 s
+        optuna.trial.create_trial(
+            params=params,
+            distributions={k: d for k, d in space.distributions(s.space).items() if k in params},
+            value=1.01,
+            intermediate_values={1: 2.5, 2: 1.01},
+            user_attrs={
+                "rerecords": 1,
+                "epoch": 1.0,
+                f"{EVAL_TIME_PREFIX}1": [6.0, 10],
+                f"{EVAL_TIME_PREFIX}2": [18.0, 20],
+            },
+        )
+    )
+    assert curves_again.queued(s, url, "rerecord") == {1}
+    entry = {
+        "machine": record_curves.machine(),
+        "rows": [1],
+        "factor": 0.1125,
+        "value_gap": 0.01,
+        "date": "x",
+    }
+    assert record_curves.write_table(s, url, str(out), ["abc"], table, None, entry) == 2
+    again = curves.read(out)
+    assert [c.seconds for c in again.curves] == [[40.0, 40.0], [6.0, 12.0]]
+    assert [c.number for c in again.curves] == [0, 1] and again.curves[1].values == [2.5, 1.01]
+    assert again.header["rerecorded"] == [entry]
+    record_curves.write_table(s, url, str(out), ["abc"], again, None, entry)  # a later chunk
+    record_curves.write_table(s, url, str(out), ["abc"], curves.read(out))  # a later command, no --rerecord
+    final = curves.read(out)
+    assert final.header["rerecorded"] == [entry] and final.curves == again.curves
+    assert record_curves._recorded_elsewhere(final, 0) and not record_curves._recorded_elsewhere(final, 1)
+
+
+def test_rerecording_is_refused_for_a_table_of_another_cpu(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    out = tmp_path / "table.jsonl"
+    row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
+    curves.write(
+        out, {"study": "curves-tiny", "direction": "minimize", "machine": {"cpu": "Another CPU"}}, [row]
+    )
+    db = tmp_path / "fresh.db"
+    args = [
+        "--spec",
+        str(ROOT / "studies" / "curves-tiny.yaml"),
+        "--storage",
+        f"sqlite:///{db}",
+        "--out",
+        str(out),
+    ]
+    assert record_curves.main([*args, "--rerecord", "0", "--any-machine"]) == 2
+    err = capsys.readouterr().err
+    assert "Another CPU" in err and "rerecord on that CPU kind" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_row_is_trained_again_and_replaced_through_the_real_stack(tmp_path, tiny_model, capsys):
+    """Two configurations recorded, then ``--rerecord 0``: its configuration trains again in a study
+    of its own (same seed, same machine: the same values), and its curve in the table is the new
+    one, seconds and all; the header says so; a third configuration is recorded after it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import record_curves
+
+    spec_path = small_spec(
+        tmp_path, name="rr", rows=60, schedule="none", sampler="random", training={"eval_every": 0.5}
+    )
+    out, url = tmp_path / "table.jsonl", f"sqlite:///{tmp_path / 'rr.db'}"
+    base = ["--spec", str(spec_path), "--out", str(out), "--chunk", "2", "--storage", url]
+    assert record_curves.main([*base, "--configs", "2"]) == 0
+    first = curves.read(out)
+    assert record_curves.main([*base, "--configs", "3", "--rerecord", "0"]) == 0
+    table = curves.read(out)
+    assert len(table.curves) == 3 and table.curves[1] == first.curves[1]
+    redone, was = table.curves[0], first.curves[0]
+    assert redone.params == was.params and redone.seconds != was.seconds
+    assert redone.values[-1] == pytest.approx(was.values[-1], rel=0.01)
+    (entry,) = table.header["rerecorded"]
+    assert entry["rows"] == [0] and entry["value_gap"] <= 0.01 and entry["factor"] > 0
+    assert "rerecorded 1 rows of" in capsys.readouterr().out
