@@ -14,16 +14,27 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+from typing import Any
 
 from hpo import curves, spec, storage
 from hpo.errors import HpoError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: the study of each purpose: ``<study>-<purpose>``, its trials tagged ``<attribute>: <table row>``
 ATTRIBUTE = {"calibration": "calibrates", "rerecord": "rerecords"}
 
 
+def runs_dir(url: str, name: str) -> Path:
+    """Where a study's trial folders go: beside its SQLite file (the default storage is
+    runs/curves/<study>.db, so runs/curves/<study>), else under runs/curves."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / name
+    return ROOT / "runs" / "curves" / name
+
+
 def train_again(
-    s: spec.StudySpec, spec_path: str, url: str, rows: list[curves.Curve], purpose: str, runs: Path
+    s: spec.StudySpec, spec_path: str, url: str, rows: list[curves.Curve], purpose: str
 ) -> list[curves.Curve]:
     """Train ``rows`` (and any rows this purpose's study queued before) again here; returns every row
     that study trained, as curves numbered as the table's rows, in the table's order.
@@ -42,7 +53,7 @@ def train_again(
         if r.number not in numbers:
             storage.enqueue(study, r.params, **{attribute: r.number})
             numbers.add(r.number)
-    run_study(name, trials=len(numbers), storage=url, runs_dir=runs / name)
+    run_study(name, trials=len(numbers), storage=url, runs_dir=runs_dir(url, name))
     done = trained(s, url, purpose)
     if numbers - done.keys():
         raise HpoError(
@@ -54,27 +65,26 @@ def train_again(
 
 def queued(s: spec.StudySpec, url: str, purpose: str) -> set[int]:
     """The table rows ``<study>-<purpose>`` was asked to train (done or not; none: no such study)."""
-    name, attribute = f"{s.name}-{purpose}", ATTRIBUTE[purpose]
-    if name not in storage.study_names(storage.open_storage(url)):
-        return set()
-    return {
-        int(t.user_attrs[attribute])
-        for t in storage.load(name, url).get_trials(deepcopy=False)
-        if attribute in t.user_attrs
-    }
+    return {row for row, _ in _tagged(s, url, purpose)}
 
 
 def trained(s: spec.StudySpec, url: str, purpose: str) -> dict[int, curves.Curve]:
     """The curves ``<study>-<purpose>`` holds (none: no such study), by the table row each trains."""
+    out = {}
+    for row, t in _tagged(s, url, purpose):
+        c = curves.curve_of(t, s.training.eval_every)
+        if c is not None:
+            out[row] = curves.renumbered(c, row)
+    return out
+
+
+def _tagged(s: spec.StudySpec, url: str, purpose: str) -> list[tuple[int, Any]]:
+    """(table row, trial) for each trial of ``<study>-<purpose>`` (none: no such study)."""
     name, attribute = f"{s.name}-{purpose}", ATTRIBUTE[purpose]
     if name not in storage.study_names(storage.open_storage(url)):
-        return {}
-    out = {}
-    for t in storage.load(name, url).get_trials(deepcopy=False):
-        c = curves.curve_of(t, s.training.eval_every)
-        if c is not None and t.user_attrs.get(attribute) is not None:
-            out[int(t.user_attrs[attribute])] = curves.renumbered(c, int(t.user_attrs[attribute]))
-    return out
+        return []
+    trials = storage.load(name, url).get_trials(deepcopy=False)
+    return [(int(t.user_attrs[attribute]), t) for t in trials if t.user_attrs.get(attribute) is not None]
 
 
 def spread(rows: list[curves.Curve], k: int) -> list[curves.Curve]:
@@ -87,7 +97,7 @@ def spread(rows: list[curves.Curve], k: int) -> list[curves.Curve]:
     return [ordered[round(i * (len(ordered) - 1) / max(k - 1, 1))] for i in range(k)]
 
 
-def parse_rows(text: str, table: curves.Table, flag: str = "--rerecord") -> list[curves.Curve]:
+def parse_rows(text: str, table: curves.Table) -> list[curves.Curve]:
     """The table rows named by ``text`` (``0-11``, ``3,5,7-9``, ``all``).
 
     Raises:
@@ -100,13 +110,13 @@ def parse_rows(text: str, table: curves.Table, flag: str = "--rerecord") -> list
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
-            raise UsageError(f"{flag} {text!r}: write table rows as 0-11, 3,5,7-9 or all")
+            raise UsageError(f"--rerecord {text!r}: write table rows as 0-11, 3,5,7-9 or all")
         first, last = int(m[1]), int(m[2] or m[1])
         numbers.update(range(first, last + 1))
     missing = sorted(numbers - by_number.keys())
     if missing:
         raise UsageError(
-            f"{flag} {text!r}: the table has no curve numbered {missing[0]} (rows: its curves' numbers)"
+            f"--rerecord {text!r}: the table has no curve numbered {missing[0]} (rows: its curves' numbers)"
         )
     return [by_number[n] for n in sorted(numbers)]
 

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from curves_again import parse_rows, queued, restore, spread, train_again, trained
+from curves_again import parse_rows, queued, restore, runs_dir, spread, train_again, trained
 
 from hpo import curves, spec, storage
 from hpo.errors import HpoError
@@ -233,7 +233,7 @@ def calibrate_here(
     before = queued(s, url, "calibration")  # a rerun: the rows the first run chose
     own = [c for c in table.curves if not _recorded_elsewhere(table, c.number)]
     rows = [c for c in table.curves if c.number in before] if before else spread(own, k)
-    again = train_again(s, spec_path, url, rows, "calibration", runs_dir(url, s.name).parent)
+    again = train_again(s, spec_path, url, rows, "calibration")
     return curves.calibrate(sorted(rows, key=lambda c: c.number), again)
 
 
@@ -243,7 +243,7 @@ def rerecord(s: spec.StudySpec, args: argparse.Namespace, url: str, table: curve
     table's, and the largest relative gap of their final values (their curves replace the table's
     in ``write_table``)."""
     rows = parse_rows(args.rerecord, table)
-    again = train_again(s, args.spec, url, rows, "rerecord", runs_dir(url, s.name).parent)
+    again = train_again(s, args.spec, url, rows, "rerecord")
     by_number = {c.number: c for c in again}
     compared = curves.calibrate(rows, [by_number[r.number] for r in rows])
     print(
@@ -258,14 +258,6 @@ def rerecord(s: spec.StudySpec, args: argparse.Namespace, url: str, table: curve
         "value_gap": compared.value_gap,
         "date": datetime.date.today().isoformat(),
     }
-
-
-def runs_dir(url: str, name: str) -> Path:
-    """Where a study's trial folders go: beside its SQLite file (the default storage is
-    runs/curves/<study>.db, so runs/curves/<study>), else under runs/curves."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).parent / name
-    return ROOT / "runs" / "curves" / name
 
 
 def _other_machine(table: curves.Table | None) -> str | None:

@@ -148,23 +148,22 @@ def test_a_table_from_another_cpu_is_not_extended_here(tmp_path, capsys, other):
         if other == "name"
         else {"cpu": here["cpu"], "bf16": [] if here["bf16"] else ["amx_bf16"]}
     )
-    out = tmp_path / "table.jsonl"
-    row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
-    curves.write(out, {"study": "curves-tiny", "direction": "minimize", "machine": recorded}, [row])
-    db = tmp_path / "fresh.db"
-    args = [
-        "--spec",
-        str(ROOT / "studies" / "curves-tiny.yaml"),
-        "--storage",
-        f"sqlite:///{db}",
-        "--out",
-        str(out),
-    ]
+    args, db = _table_recorded_on(tmp_path, recorded)
     assert record_curves.main(args) == 2
     err = capsys.readouterr().err
     assert recorded["cpu"] in err and "--calibrate 4" in err and "--any-machine" in err
     assert len(err.strip().splitlines()) == 1
     assert not db.exists()
+
+
+def _table_recorded_on(tmp_path: Path, machine: dict) -> tuple[list[str], Path]:
+    """A one-row curves-tiny table whose header names ``machine``; the recorder's arguments for it
+    with a storage not made yet, and that storage's file."""
+    out, db = tmp_path / "table.jsonl", tmp_path / "fresh.db"
+    row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
+    curves.write(out, {"study": "curves-tiny", "direction": "minimize", "machine": machine}, [row])
+    spec_path = str(ROOT / "studies" / "curves-tiny.yaml")
+    return ["--spec", spec_path, "--storage", f"sqlite:///{db}", "--out", str(out)], db
 
 
 def _row(number: int, lr: float, seconds: list[float], values: list[float]) -> curves.Curve:
@@ -393,20 +392,7 @@ def test_rerecording_is_refused_for_a_table_of_another_cpu(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "scripts"))
     import record_curves
 
-    out = tmp_path / "table.jsonl"
-    row = curves.Curve(0, {"learning_rate": 1e-3}, [1.0], [2.0], [4.0], [100])
-    curves.write(
-        out, {"study": "curves-tiny", "direction": "minimize", "machine": {"cpu": "Another CPU"}}, [row]
-    )
-    db = tmp_path / "fresh.db"
-    args = [
-        "--spec",
-        str(ROOT / "studies" / "curves-tiny.yaml"),
-        "--storage",
-        f"sqlite:///{db}",
-        "--out",
-        str(out),
-    ]
+    args, db = _table_recorded_on(tmp_path, {"cpu": "Another CPU"})
     assert record_curves.main([*args, "--rerecord", "0", "--any-machine"]) == 2
     err = capsys.readouterr().err
     assert "Another CPU" in err and "rerecord on that CPU kind" in err and len(err.strip().splitlines()) == 1
