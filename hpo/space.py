@@ -94,5 +94,12 @@ def sampler(
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=s, warn_independent_sampling=False),
         "gp": lambda: optuna.samplers.GPSampler(seed=s),  # needs torch and scipy
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s),  # one objective or several
+        "cqr": lambda: _cqr(s),  # the search extra (syne-tune)
     }
     return table[name]()
+
+
+def _cqr(seed: int) -> optuna.samplers.BaseSampler:
+    from hpo.cqr import CQRSampler
+
+    return CQRSampler(seed=seed)

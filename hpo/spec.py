@@ -10,6 +10,7 @@ and pydantic's errors as one line each are ``hpo/specfile.py``'s); the sections'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -99,7 +100,7 @@ __all__ = [
 #: The name of the offline base model hpo builds itself.
 TINY_MODEL = "hpo:tiny-gpt2"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2", "cqr")
 
 
 class StudySpec(Frozen):
@@ -128,10 +129,11 @@ class StudySpec(Frozen):
     adapter: AdapterSpec | None = Field(
         default=None, validate_default=True, description="train a LoRA adapter instead of all weights"
     )
-    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = Field(
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2", "cqr"] = Field(
         default="tpe",
-        description="Optuna's sampler; grid needs every searched parameter int or categorical; "
-        "several objectives: tpe, nsga2, gp, random or grid",
+        description="Optuna's sampler, or cqr (syne-tune's conformal quantile regression on each trial's "
+        "last evaluation; needs the search extra); grid needs every searched parameter int or "
+        "categorical; several objectives: tpe, nsga2, gp, random or grid",
     )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="known-good configurations tried first (warm start)"
@@ -253,6 +255,11 @@ class StudySpec(Frozen):
         if several and v not in MULTI_SAMPLERS:
             raise ValueError(
                 f"{v} handles one objective; with {len(several)} objectives use {', '.join(MULTI_SAMPLERS)}"
+            )
+        if v == "cqr" and importlib.util.find_spec("syne_tune") is None:
+            raise ValueError(
+                "cqr needs syne-tune, which is not installed: "
+                "pip install -e '.[search]' (or scripts/setup --search)"
             )
         space = info.data.get("space")
         if v == "grid" and space is not None:

@@ -142,7 +142,7 @@ class PeerStrategy:
         mode = "min" if table.minimize else "max"
         metric = table.header.get("metric", "eval_loss")
         self._search = OptunaSearch(
-            space=_distributions(spec.space),
+            space=space.distributions(spec.space),
             metric=metric,
             mode=mode,
             sampler=optuna.samplers.TPESampler(seed=seed),
@@ -241,29 +241,9 @@ class SyneTuneStrategy:
 
 def _syne_space(sp: SpaceSpec) -> dict[str, Any]:
     """The searched part of ``sp`` as a syne-tune config space."""
-    from syne_tune import config_space as cs
+    from hpo.cqr import syne_space
 
-    out: dict[str, Any] = {}
-    for name, p in sp.searched().items():
-        if isinstance(p, FloatParam):
-            out[name] = (cs.loguniform if p.log else cs.uniform)(p.low, p.high)
-        elif isinstance(p, IntParam):
-            out[name] = (cs.lograndint if p.log else cs.randint)(int(p.low), int(p.high))
-        else:
-            out[name] = cs.choice(list(p.choices))
-    return out
-
-
-def _distributions(sp: SpaceSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for name, p in sp.searched().items():
-        if isinstance(p, FloatParam):
-            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
-        elif isinstance(p, IntParam):
-            out[name] = optuna.distributions.IntDistribution(p.low, p.high, log=p.log)
-        else:
-            out[name] = optuna.distributions.CategoricalDistribution(p.choices)
-    return out
+    return syne_space(space.distributions(sp))
 
 
 def _result(table: Table, index: int, epoch: float, value: float) -> dict[str, Any]:

@@ -54,6 +54,10 @@ def make_strategy(name: str, table, spec, seed: int):
         return strategies.OptunaStrategy(table, spec, tpe(), scheduler=schedulers.build(asha))
     if name == "pasha+tpe":
         return strategies.OptunaStrategy(table, spec, tpe(), scheduler=schedulers.build(pasha))
+    if name == "asha+cqr":  # hpo's live `sampler: cqr` (syne-tune's CQR as an Optuna sampler)
+        return strategies.OptunaStrategy(
+            table, spec, space.sampler("cqr", seed), scheduler=schedulers.build(asha)
+        )
     if name == "pasha+random":
         return strategies.OptunaStrategy(table, spec, rnd(), scheduler=schedulers.build(pasha))
     if name == "hyperband+tpe":  # Optuna's BOHB-like recipe: TPE + HyperbandPruner, step = evaluation
@@ -83,6 +87,7 @@ STRATEGIES = (
     "hyperband+tpe",
     "pasha+tpe",
     "pasha+random",
+    "asha+cqr",
     *SYNE,
 )
 MISSING = "{name}: skipped, syne-tune is not installed (pip install -e '.[search]' or scripts/setup --search)"

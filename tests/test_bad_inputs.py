@@ -171,7 +171,7 @@ CASES = [
         with_spec(space={"epochs": {"type": "float", "low": 1, "high": 2}}),
         ("space.epochs", "type: int or categorical"),
     ),
-    Case("unknown-sampler", with_spec(sampler="bayes"), ("sampler", "'gp' or 'nsga2'", "'bayes'")),
+    Case("unknown-sampler", with_spec(sampler="bayes"), ("sampler", "'nsga2' or 'cqr'", "'bayes'")),
     Case("unknown-schedule", with_spec(schedule="hyperband"), ("schedule: use asha", "or none")),
     Case(
         "grace-above-max",

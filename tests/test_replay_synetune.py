@@ -1,6 +1,7 @@
-"""syne-tune's model-based multi-fidelity schedulers (hpo/strategies.py ``SyneTuneStrategy``) in the
-replay simulator, on the synthetic table of tests/test_replay.py whose answer is known. syne-tune is
-an optional extra (``pip install -e .[search]``); without it these tests skip."""
+"""syne-tune's model-based multi-fidelity schedulers (hpo/strategies.py ``SyneTuneStrategy``), and
+hpo's ``sampler: cqr`` (hpo/cqr.py) under Ray's ASHA, in the replay simulator, on the synthetic
+table of tests/test_replay.py whose answer is known. syne-tune is an optional extra
+(``pip install -e .[search]``); without it these tests skip."""
 
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ def test_bohb_finds_the_dominant_row_with_less_compute_than_random(workers):
 
 
 @pytest.mark.slow  # CQR fits five gradient-boosted quantile regressors per new trial: ~1 s each
-def test_cqr_finds_the_dominant_row_with_less_compute_than_random():
+@pytest.mark.parametrize("name", ["syne-asha+cqr", "asha+cqr"])  # syne-tune's own; hpo's sampler: cqr
+def test_cqr_finds_the_dominant_row_with_less_compute_than_random(name):
     baseline = _median_found("random", 1)
     assert math.isfinite(baseline)
-    assert _median_found("syne-asha+cqr", 1) < baseline
+    assert _median_found(name, 1) < baseline
 
 
-@pytest.mark.parametrize("name", ["syne-bohb", "syne-asha+cqr"])
+@pytest.mark.parametrize("name", ["syne-bohb", "syne-asha+cqr", "asha+cqr"])
 def test_a_seeded_run_is_reproducible_and_stops_trials_early(name):
     table = synthetic_table()
 
