@@ -122,7 +122,7 @@ class CQRSampler(optuna.samplers.BaseSampler):
         if len(seen) < self._n_startup:
             return {}
         key = (len(seen), tuple(sorted(search_space)))
-        if self._searcher is None or key != self._fitted_on:  # syne-tune refits when a trial is new
+        if key != self._fitted_on:  # syne-tune refits when a trial is new (never (0, ()) here)
             self._searcher = self._fit(search_space, seen)
             self._fitted_on = key
         config = self._searcher.suggest()

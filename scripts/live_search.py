@@ -61,6 +61,7 @@ def measure(study_name: str, url: str, wall_s: float) -> dict[str, Any]:
             curve.append(((t.datetime_complete - t0).total_seconds(), spent, best))
     states = [t.state.name for t in study.trials]
     return {
+        "minimize": minimize,
         "wall_s": round(wall_s, 1),
         "best": best,
         "curve": curve,  # (seconds since start, trial-seconds, best so far) at each new best
@@ -70,12 +71,13 @@ def measure(study_name: str, url: str, wall_s: float) -> dict[str, Any]:
     }
 
 
-def reached(run: dict[str, Any], target: float, minimize: bool) -> tuple[float, float]:
-    """(wall s, trial-seconds) when the run's best came within ``target``; inf if never."""
-    for wall, spent, best in run["curve"]:
-        if (best <= target) if minimize else (best >= target):
-            return wall, spent
-    return float("inf"), float("inf")
+def reached(run: dict[str, Any], target: float) -> tuple[float, float]:
+    """(trial-seconds, wall s) when the run's best came within ``target``; inf if never (the
+    replay's ``Trace.reach`` over the run's new-best points)."""
+    from hpo.replay import Trace
+
+    wall, spent, best = (list(x) for x in zip(*run["curve"], strict=True)) if run["curve"] else ([], [], [])
+    return Trace(compute=spent, wall=wall, best=best).reach(target, run["minimize"])
 
 
 def main() -> None:
@@ -109,23 +111,23 @@ def main() -> None:
                 runs[name] = measure(name, url, time.time() - start)
                 print(f"{name}: best {runs[name]['best']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
 
-    minimize = (
-        yaml.safe_load(args.spec.read_text()).get("objective", {}).get("direction", "minimize") == "minimize"
-    )
+    from hpo.replay import target_of
+
+    minimize = next(iter(runs.values()))["minimize"]
     values = [r["best"] for r in runs.values() if r["best"] is not None]
     best = min(values) if minimize else max(values)
-    target = best * (1.01 if minimize else 0.99)
+    target = target_of(best, 0.01, minimize)
     summary = {}
     for sampler in args.samplers.split(","):
         mine = [r for n, r in runs.items() if f"-{sampler}-s" in n]
-        hits = [reached(r, target, minimize) for r in mine]
+        hits = [reached(r, target) for r in mine]
         summary[sampler] = {
             "best_median": statistics.median(r["best"] for r in mine),
             "wall_s_median": statistics.median(r["wall_s"] for r in mine),
             "trial_s_median": statistics.median(r["trial_s"] for r in mine),
-            "wall_to_1pct_median": statistics.median(h[0] for h in hits),
-            "trial_s_to_1pct_median": statistics.median(h[1] for h in hits),
-            "reached_1pct": sum(h[0] != float("inf") for h in hits),
+            "wall_to_1pct_median": statistics.median(h[1] for h in hits),
+            "trial_s_to_1pct_median": statistics.median(h[0] for h in hits),
+            "reached_1pct": sum(h[1] != float("inf") for h in hits),
         }
         print(sampler, json.dumps(summary[sampler]), flush=True)
     out = {"spec": str(args.spec), "trials": args.trials, "best": best, "target_1pct": target}
