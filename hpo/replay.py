@@ -72,6 +72,23 @@ def target_of(best: float, within: float, minimize: bool = True) -> float:
     return best + abs(best) * within if minimize else best - abs(best) * within
 
 
+def compute_floor(table: Table, target: float, workers: int) -> float:
+    """The least compute (trial-seconds) any strategy can spend reaching ``target`` with
+    ``workers`` workers: ``workers`` x the seconds the fastest row takes to get there from its
+    start. The simulator keeps every worker busy from time 0 (a worker whose trial ended starts the
+    next at once), so when the first trial reaches the target at wall time T, the compute is
+    ``workers`` x T, and T is at least that row's seconds. inf when no row reaches it."""
+    minimize, fastest = table.minimize, float("inf")
+    for c in table.curves:
+        spent = 0.0
+        for value, seconds in zip(c.values, c.seconds, strict=True):
+            spent += seconds
+            if (value <= target) if minimize else (value >= target):
+                fastest = min(fastest, spent)
+                break
+    return workers * fastest
+
+
 def replay(
     table: Table,
     strategy: Strategy,

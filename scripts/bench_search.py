@@ -100,6 +100,14 @@ def _pasha(spec):
     return PashaSpec(grace_period=s.grace_period, reduction_factor=s.reduction_factor, max_t=s.max_t)
 
 
+def sim_spec_of(table, schedule_from: str):
+    """The table's study spec with the schedule of the spec at ``schedule_from``."""
+    from hpo import spec
+
+    base = spec.from_json(json.dumps(table.header["spec"]))
+    return base.model_copy(update={"schedule": spec.load(schedule_from).schedule})
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import random
 
@@ -109,8 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     table = curves.read(args.table)
     ref = spec.load(args.schedule_from)
-    base = spec.from_json(json.dumps(table.header["spec"]))
-    sim_spec = base.model_copy(update={"schedule": ref.schedule, "training": base.training})
+    sim_spec = sim_spec_of(table, args.schedule_from)
     one_pass = sum(sum(c.seconds) for c in table.curves)
     budget = args.budget * one_pass
     best = table.best()
@@ -249,6 +256,45 @@ def merge(paths: list[str]) -> dict[str, Any]:
     return merged
 
 
+def add_floors(out: dict[str, Any]) -> None:
+    """``out["floors"]``: per worker count, the least compute any strategy can spend reaching each
+    target (``replay.compute_floor``: workers x the fastest row's seconds to it)."""
+    from hpo import curves, replay
+
+    path = Path(out["table"])
+    table = curves.read(path if path.is_absolute() else ROOT / path)
+    best, workers = table.best(), sorted({int(k.split("|")[1]) for k in out["results"]})
+    out["floors"] = {
+        str(w): {
+            f"{within * 100:g}%": replay.compute_floor(
+                table, replay.target_of(best, within, table.minimize), w
+            )
+            for within in TARGETS
+        }
+        for w in workers
+    }
+
+
+def floor_markdown(out: dict[str, Any], ref: str = "asha+tpe", peers: str = "peers") -> str:
+    """Per worker count: the compute floor to 1% against half of ``ref``'s and ``peers``' medians
+    (a strategy at 0.5x of them must spend that; below the floor no strategy can)."""
+    lines = [
+        f"| workers | floor to 1% s | 0.5x {ref} s | 0.5x {peers} s | floor / {ref} | floor / {peers} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for w, f in out["floors"].items():
+        floor = f["1%"]
+        a, b = (_median_1pct(out, name, w) for name in (ref, peers))
+        cols = (f"{floor:,.0f}", f"{a / 2:,.0f}", f"{b / 2:,.0f}", f"{floor / a:.2f}", f"{floor / b:.2f}")
+        lines.append(f"| {w} | " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _median_1pct(out: dict[str, Any], name: str, workers: str) -> float:
+    r = out["results"].get(f"{name}|{workers}")
+    return r["compute_1%"]["median"] if r else float("nan")
+
+
 def markdown(out: dict[str, Any]) -> str:
     """The results as a markdown table: medians over seeds (inf: under half the seeds got there)."""
 
@@ -267,7 +313,7 @@ def markdown(out: dict[str, Any]) -> str:
             name += f" ({r['seeds']} seeds)"
         cols = [cell(r, k) for k in ("compute_1%", "compute_0.5%", "wall_1%", "chosen_compute_1%")]
         lines.append(f"| {name} | {w} | " + " | ".join(cols) + f" | {r['trials_median']:g} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + floor_markdown(out)
 
 
 def main(argv: list[str]) -> int:
@@ -293,6 +339,7 @@ def main(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     out = merge(args.merge) if args.merge else run(args)
+    add_floors(out)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     if args.html:
         figure(out, Path(args.html))

@@ -135,3 +135,18 @@ def test_results_with_fewer_seeds_merge_and_say_so(tmp_path):
     assert merged["seeds"] == 3 and merged["results"]["asha+random|1"]["seeds"] == 2
     rows = md.read_text().splitlines()[2:]
     assert rows[0].startswith("| random | 1 |") and rows[1].startswith("| asha+random (2 seeds) | 1 |")
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_no_strategy_reaches_the_target_with_less_than_the_compute_floor(workers):
+    table = synthetic_table(12)
+    target = replay.target_of(table.best(), 0.01)  # STAR's last evaluation alone: 8 segments of 1 s
+    assert replay.compute_floor(table, target, workers) == 8.0 * workers
+    assert replay.compute_floor(table, table.best() - 1.0, workers) == math.inf
+    budget = 4 * sum(sum(c.seconds) for c in table.curves)
+    for name in ("random", "asha+tpe", "peers"):
+        for seed in range(3):
+            np.random.seed(seed)
+            strat = bench_search.make_strategy(name, table, _sim_spec(), seed)
+            reached = replay.replay(table, strat, workers, budget, stop_within=0.01).reach(target)[0]
+            assert replay.compute_floor(table, target, workers) <= reached < math.inf, (name, seed)
