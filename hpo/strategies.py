@@ -197,6 +197,8 @@ class SyneTuneStrategy:
     def __init__(self, table: Table, spec: StudySpec, seed: int, method: str = "cqr"):
         from syne_tune.optimizer import baselines
 
+        from hpo.cqr import syne_space
+
         if method not in self.METHODS:
             raise ValueError(f"method={method!r}: use one of {', '.join(self.METHODS)}")
         logging.getLogger("syne_tune").setLevel(logging.ERROR)  # a warning per scheduler built
@@ -204,7 +206,7 @@ class SyneTuneStrategy:
         self._table, self._snap = table, Snap(table, spec.space)
         self._metric = table.header.get("metric", "eval_loss")
         self._scheduler = cls(
-            config_space=_syne_space(spec.space),
+            config_space=syne_space(space.distributions(spec.space)),
             metric=self._metric,
             do_minimize=table.minimize,
             time_attr="epoch",
@@ -237,13 +239,6 @@ class SyneTuneStrategy:
             self._scheduler.on_trial_remove(trial)
         else:
             self._scheduler.on_trial_complete(trial, result)
-
-
-def _syne_space(sp: SpaceSpec) -> dict[str, Any]:
-    """The searched part of ``sp`` as a syne-tune config space."""
-    from hpo.cqr import syne_space
-
-    return syne_space(space.distributions(sp))
 
 
 def _result(table: Table, index: int, epoch: float, value: float) -> dict[str, Any]:

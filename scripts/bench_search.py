@@ -43,7 +43,7 @@ def make_strategy(name: str, table, spec, seed: int):
     def rnd():
         return optuna.samplers.RandomSampler(seed=seed)
 
-    asha = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"type": "asha"})})
+    asha = asha_spec(spec)
     pasha = spec.model_copy(update={"schedule": _pasha(spec)})
     n_steps = max(len(c.values) for c in table.curves)
     if name == "random":
@@ -93,6 +93,12 @@ STRATEGIES = (
 MISSING = "{name}: skipped, syne-tune is not installed (pip install -e '.[search]' or scripts/setup --search)"
 
 
+def asha_spec(spec, **settings):
+    """``spec`` with ``schedule: asha`` on its own schedule settings (``settings`` changed)."""
+    schedule = spec.schedule.model_copy(update={"type": "asha", **settings})
+    return spec.model_copy(update={"schedule": schedule})
+
+
 def _pasha(spec):
     from hpo.spec import PashaSpec
 
@@ -113,10 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import numpy as np
 
-    from hpo import curves, replay, spec
+    from hpo import curves, replay
 
     table = curves.read(args.table)
-    ref = spec.load(args.schedule_from)
     sim_spec = sim_spec_of(table, args.schedule_from)
     one_pass = sum(sum(c.seconds) for c in table.curves)
     budget = args.budget * one_pass
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": len(table.curves),
         "table_best": best,
         "budget_s": budget,
-        "schedule": ref.schedule.model_dump(),
+        "schedule": sim_spec.schedule.model_dump(),
         "seeds": args.seeds,
         "results": {},
     }

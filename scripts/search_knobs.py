@@ -44,14 +44,14 @@ VARIANTS: dict[str, tuple[dict[str, Any] | str, dict[str, float]]] = {
 def strategy(name: str, table, sim_spec, seed: int):
     """hpo's ASHA + TPE (bench_search's ``asha+tpe``) with the variant's changes."""
     import optuna
+    from bench_search import asha_spec
 
     from hpo import schedulers, space, strategies
 
     sampler_kw, sched_kw = VARIANTS[name]
-    schedule = sim_spec.schedule.model_copy(update={"type": "asha"})
     if "grace_period" in sched_kw:
-        sched_kw = {"grace_period": schedule.grace_period * sched_kw["grace_period"]}
-    asha = sim_spec.model_copy(update={"schedule": schedule.model_copy(update=sched_kw)})
+        sched_kw = {"grace_period": sim_spec.schedule.grace_period * sched_kw["grace_period"]}
+    asha = asha_spec(sim_spec, **sched_kw)
     if sampler_kw == "gp":
         sampler = optuna.samplers.GPSampler(seed=seed)
     elif sampler_kw:
